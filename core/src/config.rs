@@ -1,0 +1,502 @@
+//! The TOML config document: `[[pool]]` sections (stored by `trackwire apply`)
+//! and `[[listener]]` sections (served by `trackwire data-plane`); `trackwire
+//! dev` uses both. Parsing validates everything and names the failing field.
+//!
+//! ```toml
+//! [[pool]]
+//! name = "myApp"
+//! [pool.check]
+//! kind = "http"
+//! path = "/readyz"
+//! expect_status = "200"
+//! [[pool.backend]]
+//! name = "server-1"
+//! address = "backend-1.example.com:6443"
+//!
+//! [[listener]]
+//! name = "myApp"
+//! bind = "0.0.0.0:6443"
+//! pool = "myApp"
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration;
+use crate::error::FieldError;
+use crate::model::{
+    AdminState, BackendSpec, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState, PoolSpec,
+    Quorum, StatusSet, TlsSpec,
+};
+
+pub const MAX_POOLS: usize = 1_000;
+pub const MAX_LISTENERS: usize = 256;
+
+/// A parsed and validated config document.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Document {
+    pub pools: Vec<PoolSpec>,
+    pub listeners: Vec<ListenerSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub pool: String,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// Further backends tried when a connect fails (HAProxy `retries` with `redispatch`).
+    pub retries: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Invalid(#[from] FieldError),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocument {
+    #[serde(default)]
+    pool: Vec<RawPool>,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: String,
+    #[serde(default)]
+    backend: Vec<RawBackend>,
+    check: Option<RawCheck>,
+    quorum: Option<String>,
+    initial_state: Option<String>,
+    replicas: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    name: String,
+    address: String,
+    weight: Option<u32>,
+    admin_state: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    kind: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    host: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    expect_status: Option<String>,
+    expect_body: Option<String>,
+    interval: Option<String>,
+    fast_interval: Option<String>,
+    down_interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    port: Option<u16>,
+    tls_server_name: Option<String>,
+    tls_ca_file: Option<String>,
+    tls_insecure: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    bind: String,
+    pool: String,
+    balance: Option<String>,
+    connect_timeout: Option<String>,
+    retries: Option<u32>,
+}
+
+impl Document {
+    /// Parses and validates a TOML document.
+    pub fn parse(text: &str) -> Result<Document, ConfigError> {
+        let raw: RawDocument =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let doc = raw.into_document()?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Checks every pool and the cross-document rules: unique pool and listener
+    /// names, no two listeners on one address. A listener may name a pool this
+    /// document does not define (a data-plane config serving pools applied elsewhere).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.pools.len() > MAX_POOLS {
+            return Err(FieldError::new("pool", format!("at most {MAX_POOLS} pools")));
+        }
+        if self.listeners.len() > MAX_LISTENERS {
+            return Err(FieldError::new(
+                "listener",
+                format!("at most {MAX_LISTENERS} listeners"),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            p.validate().map_err(|e| e.within(&format!("pool[{i}]")))?;
+            if !names.insert(p.name.as_str()) {
+                return Err(FieldError::new(
+                    format!("pool[{i}].name"),
+                    format!("duplicate pool name {:?}", p.name),
+                ));
+            }
+        }
+        let mut lnames = HashSet::new();
+        let mut binds = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !lnames.insert(l.name.as_str()) {
+                return Err(FieldError::new(
+                    format!("listener[{i}].name"),
+                    format!("duplicate listener name {:?}", l.name),
+                ));
+            }
+            if l.bind.port() != 0 && !binds.insert(l.bind) {
+                return Err(FieldError::new(
+                    format!("listener[{i}].bind"),
+                    format!("{} is bound by another listener", l.bind),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Renders the document as TOML that [`Document::parse`] reads back unchanged.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        for p in &self.pools {
+            out.push_str(&pool_toml(p));
+            out.push('\n');
+        }
+        for l in &self.listeners {
+            out.push_str("[[listener]]\n");
+            push_kv(&mut out, "name", &l.name);
+            push_kv(&mut out, "bind", &l.bind.to_string());
+            push_kv(&mut out, "pool", &l.pool);
+            push_kv(&mut out, "balance", "roundrobin");
+            push_kv(&mut out, "connect_timeout", &duration::format(l.connect_timeout));
+            out.push_str(&format!("retries = {}\n\n", l.retries));
+        }
+        out
+    }
+}
+
+fn push_kv(out: &mut String, key: &str, value: &str) {
+    // toml's string serializer handles escaping.
+    let v = toml::Value::String(value.to_string());
+    out.push_str(&format!("{key} = {v}\n"));
+}
+
+fn pool_toml(p: &PoolSpec) -> String {
+    let mut out = String::from("[[pool]]\n");
+    push_kv(&mut out, "name", &p.name);
+    push_kv(&mut out, "quorum", p.quorum.as_str());
+    push_kv(&mut out, "initial_state", p.initial_state.as_str());
+    out.push_str(&format!("replicas = {}\n", p.replicas));
+    if let Some(c) = &p.check {
+        out.push_str("\n[pool.check]\n");
+        push_kv(&mut out, "kind", c.kind.as_str());
+        push_kv(&mut out, "method", &c.method);
+        push_kv(&mut out, "path", &c.path);
+        if let Some(h) = &c.host {
+            push_kv(&mut out, "host", h);
+        }
+        push_kv(&mut out, "expect_status", &c.expect_status.to_string());
+        if let Some(b) = &c.expect_body {
+            push_kv(&mut out, "expect_body", b);
+        }
+        push_kv(&mut out, "interval", &duration::format(c.interval));
+        push_kv(&mut out, "fast_interval", &duration::format(c.fast_interval));
+        push_kv(&mut out, "down_interval", &duration::format(c.down_interval));
+        push_kv(&mut out, "timeout", &duration::format(c.timeout));
+        out.push_str(&format!("rise = {}\nfall = {}\n", c.rise, c.fall));
+        if let Some(port) = c.port {
+            out.push_str(&format!("port = {port}\n"));
+        }
+        if let Some(s) = &c.tls.server_name {
+            push_kv(&mut out, "tls_server_name", s);
+        }
+        if let Some(f) = &c.tls.ca_file {
+            push_kv(&mut out, "tls_ca_file", &f.to_string_lossy());
+        }
+        if c.tls.insecure {
+            out.push_str("tls_insecure = true\n");
+        }
+        if !c.headers.is_empty() {
+            out.push_str("\n[pool.check.headers]\n");
+            for (k, v) in &c.headers {
+                push_kv(&mut out, &toml::Value::String(k.clone()).to_string(), v);
+            }
+        }
+    }
+    for b in &p.backends {
+        out.push_str("\n[[pool.backend]]\n");
+        push_kv(&mut out, "name", &b.name);
+        push_kv(&mut out, "address", &b.address);
+        out.push_str(&format!("weight = {}\n", b.weight));
+        push_kv(&mut out, "admin_state", b.admin_state.as_str());
+    }
+    out
+}
+
+fn parse_field<T: std::str::FromStr<Err = String>>(
+    value: Option<&str>,
+    path: &str,
+    default: T,
+) -> Result<T, FieldError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e| FieldError::new(path, e)),
+    }
+}
+
+fn parse_duration(value: Option<&str>, path: &str) -> Result<Option<Duration>, FieldError> {
+    value
+        .map(|v| duration::parse(v).map_err(|e| FieldError::new(path, e)))
+        .transpose()
+}
+
+impl RawDocument {
+    fn into_document(self) -> Result<Document, FieldError> {
+        let pools = self
+            .pool
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| p.into_spec().map_err(|e| e.within(&format!("pool[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let listeners = self
+            .listener
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| l.into_spec().map_err(|e| e.within(&format!("listener[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Document { pools, listeners })
+    }
+}
+
+impl RawPool {
+    fn into_spec(self) -> Result<PoolSpec, FieldError> {
+        let backends = self
+            .backend
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Ok(BackendSpec {
+                    name: b.name,
+                    address: b.address,
+                    weight: b.weight.unwrap_or(1),
+                    admin_state: parse_field(
+                        b.admin_state.as_deref(),
+                        &format!("backend[{i}].admin_state"),
+                        AdminState::Ready,
+                    )?,
+                })
+            })
+            .collect::<Result<Vec<_>, FieldError>>()?;
+        let check = self
+            .check
+            .map(|c| c.into_spec().map_err(|e| e.within("check")))
+            .transpose()?;
+        Ok(PoolSpec {
+            name: self.name,
+            backends,
+            check,
+            quorum: parse_field(self.quorum.as_deref(), "quorum", Quorum::Majority)?,
+            initial_state: parse_field(
+                self.initial_state.as_deref(),
+                "initial_state",
+                HealthState::Down,
+            )?,
+            replicas: self.replicas.unwrap_or(DEFAULT_REPLICAS),
+        })
+    }
+}
+
+impl RawCheck {
+    fn into_spec(self) -> Result<CheckSpec, FieldError> {
+        let d = CheckSpec::http_default();
+        let kind = parse_field(self.kind.as_deref(), "kind", CheckKind::Http)?;
+        let interval = parse_duration(self.interval.as_deref(), "interval")?.unwrap_or(d.interval);
+        let expect_status = match self.expect_status.as_deref() {
+            None => StatusSet::default(),
+            Some(s) => s
+                .parse()
+                .map_err(|e| FieldError::new("expect_status", e))?,
+        };
+        let spec = CheckSpec {
+            kind,
+            method: self.method.unwrap_or(d.method),
+            path: self.path.unwrap_or(d.path),
+            host: self.host,
+            headers: self.headers.into_iter().collect(),
+            expect_status,
+            expect_body: self.expect_body,
+            interval,
+            // HAProxy: fastinter and downinter default to inter, timeout check to inter.
+            fast_interval: parse_duration(self.fast_interval.as_deref(), "fast_interval")?
+                .unwrap_or(interval),
+            down_interval: parse_duration(self.down_interval.as_deref(), "down_interval")?
+                .unwrap_or(interval),
+            timeout: parse_duration(self.timeout.as_deref(), "timeout")?.unwrap_or(interval),
+            rise: self.rise.unwrap_or(d.rise),
+            fall: self.fall.unwrap_or(d.fall),
+            port: self.port,
+            tls: TlsSpec {
+                server_name: self.tls_server_name,
+                ca_file: self.tls_ca_file.map(Into::into),
+                insecure: self.tls_insecure.unwrap_or(false),
+            },
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl RawListener {
+    fn into_spec(self) -> Result<ListenerSpec, FieldError> {
+        crate::model::validate_name(&self.name).map_err(|e| FieldError::new("name", e))?;
+        crate::model::validate_name(&self.pool).map_err(|e| FieldError::new("pool", e))?;
+        let bind = parse_bind(&self.bind).map_err(|e| FieldError::new("bind", e))?;
+        let balance = match self.balance.as_deref() {
+            None | Some("roundrobin") => Balance::RoundRobin,
+            Some(other) => {
+                return Err(FieldError::new(
+                    "balance",
+                    format!("unknown balance algorithm {other:?} (supported: roundrobin)"),
+                ));
+            }
+        };
+        let connect_timeout = parse_duration(self.connect_timeout.as_deref(), "connect_timeout")?
+            .unwrap_or(Duration::from_secs(5));
+        if connect_timeout.is_zero() {
+            return Err(FieldError::new("connect_timeout", "must be greater than 0"));
+        }
+        let retries = self.retries.unwrap_or(2);
+        if retries > 16 {
+            return Err(FieldError::new("retries", "must be between 0 and 16"));
+        }
+        Ok(ListenerSpec {
+            name: self.name,
+            bind,
+            pool: self.pool,
+            balance,
+            connect_timeout,
+            retries,
+        })
+    }
+}
+
+/// Accepts `ip:port`, `[v6]:port`, and HAProxy's `*:port` / `:port` (all IPv4 addresses).
+pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    let normalized = if let Some(port) = s.strip_prefix("*:").or_else(|| s.strip_prefix(':')) {
+        format!("0.0.0.0:{port}")
+    } else {
+        s.to_string()
+    };
+    normalized.parse().map_err(|_| {
+        format!("invalid bind address {s:?}: expected ip:port, [ipv6]:port or *:port")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+[[pool]]
+name = "myApp"
+
+[pool.check]
+kind = "http"
+method = "GET"
+path = "/readyz"
+expect_status = "200"
+
+[[pool.backend]]
+name = "server-1"
+address = "backend-1.example.com:6443"
+
+[[pool.backend]]
+name = "server-2"
+address = "backend-2.example.com:6443"
+
+[[pool.backend]]
+name = "server-3"
+address = "backend-3.example.com:6443"
+
+[[listener]]
+name = "myApp"
+bind = "*:6443"
+pool = "myApp"
+"#;
+
+    #[test]
+    fn seed_configuration_is_expressible() {
+        let doc = Document::parse(SEED).expect("seed parses");
+        let pool = &doc.pools[0];
+        assert_eq!(pool.name, "myApp");
+        assert_eq!(pool.backends.len(), 3);
+        let check = pool.check.as_ref().expect("check");
+        assert_eq!(check.path, "/readyz");
+        assert!(check.expect_status.contains(200) && !check.expect_status.contains(204));
+        assert_eq!(check.interval, Duration::from_secs(2));
+        assert_eq!((check.rise, check.fall), (2, 3));
+        assert_eq!(doc.listeners[0].bind, "0.0.0.0:6443".parse().expect("addr"));
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let doc = Document::parse(SEED).expect("seed parses");
+        let again = Document::parse(&doc.to_toml()).expect("rendered parses");
+        assert_eq!(doc, again);
+    }
+
+    fn err(text: &str) -> String {
+        Document::parse(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(
+            err("[[pool]]\nname = \"a\"\n[pool.check]\nexpect_status = \"700\"\n")
+                .starts_with("pool[0].check.expect_status:")
+        );
+        assert!(
+            err("[[pool]]\nname = \"a\"\n[[pool.backend]]\nname = \"b\"\naddress = \"nohost\"\n")
+                .starts_with("pool[0].backend[0].address:")
+        );
+        assert!(err("[[pool]]\nname = \"a\"\n[[pool]]\nname = \"a\"\n").starts_with("pool[1].name:"));
+        assert!(
+            err("[[listener]]\nname = \"l\"\nbind = \"nope\"\npool = \"p\"\n")
+                .starts_with("listener[0].bind:")
+        );
+        assert!(err("[[pool]]\nname = \"a\"\nbogus = 1\n").contains("bogus"));
+        assert!(
+            err("[[pool]]\nname = \"a\"\n[pool.check]\ninterval = \"0s\"\n")
+                .starts_with("pool[0].check.interval:")
+        );
+    }
+}

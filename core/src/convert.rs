@@ -1,0 +1,343 @@
+//! Conversions between `trackwire.v1` wire types and domain types.
+//!
+//! Wire → domain validates and returns a [`FieldError`] naming the field path
+//! (`pools[2].check.rise`); domain → wire cannot fail.
+
+use std::time::Duration;
+
+use trackwire_proto::v1 as pb;
+
+use crate::error::FieldError;
+use crate::map::{Endpoint, PoolUpdate};
+use crate::model::{
+    AdminState, BackendSpec, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState, PoolSpec,
+    Quorum, StatusSet, TlsSpec,
+};
+
+pub fn health_to_pb(s: HealthState) -> i32 {
+    match s {
+        HealthState::Up => pb::HealthState::Up as i32,
+        HealthState::Down => pb::HealthState::Down as i32,
+    }
+}
+
+pub fn health_from_pb(v: i32, path: &str) -> Result<HealthState, FieldError> {
+    match pb::HealthState::try_from(v) {
+        Ok(pb::HealthState::Up) => Ok(HealthState::Up),
+        Ok(pb::HealthState::Down) => Ok(HealthState::Down),
+        _ => Err(FieldError::new(path, format!("invalid health state {v}"))),
+    }
+}
+
+pub fn admin_to_pb(s: AdminState) -> i32 {
+    match s {
+        AdminState::Ready => pb::AdminState::Ready as i32,
+        AdminState::Drain => pb::AdminState::Drain as i32,
+        AdminState::Maint => pb::AdminState::Maint as i32,
+    }
+}
+
+pub fn admin_from_pb(v: i32, path: &str) -> Result<AdminState, FieldError> {
+    match pb::AdminState::try_from(v) {
+        Ok(pb::AdminState::Unspecified | pb::AdminState::Ready) => Ok(AdminState::Ready),
+        Ok(pb::AdminState::Drain) => Ok(AdminState::Drain),
+        Ok(pb::AdminState::Maint) => Ok(AdminState::Maint),
+        Err(_) => Err(FieldError::new(path, format!("invalid admin state {v}"))),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub fn check_to_pb(c: &CheckSpec) -> pb::CheckSpec {
+    pb::CheckSpec {
+        kind: match c.kind {
+            CheckKind::Http => pb::CheckKind::Http,
+            CheckKind::Https => pb::CheckKind::Https,
+            CheckKind::Tcp => pb::CheckKind::Tcp,
+        } as i32,
+        method: c.method.clone(),
+        path: c.path.clone(),
+        host: c.host.clone().unwrap_or_default(),
+        headers: c
+            .headers
+            .iter()
+            .map(|(name, value)| pb::HeaderSpec {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        expect_status: c.expect_status.to_string(),
+        expect_body: c.expect_body.clone().unwrap_or_default(),
+        interval_ms: ms(c.interval),
+        fast_interval_ms: ms(c.fast_interval),
+        down_interval_ms: ms(c.down_interval),
+        timeout_ms: ms(c.timeout),
+        rise: c.rise,
+        fall: c.fall,
+        port: c.port.map(u32::from).unwrap_or(0),
+        tls_server_name: c.tls.server_name.clone().unwrap_or_default(),
+        tls_ca_file: c
+            .tls
+            .ca_file
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        tls_insecure: c.tls.insecure,
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl TryFrom<&pb::CheckSpec> for CheckSpec {
+    type Error = FieldError;
+
+    fn try_from(c: &pb::CheckSpec) -> Result<Self, FieldError> {
+        let d = CheckSpec::http_default();
+        let kind = match pb::CheckKind::try_from(c.kind) {
+            Ok(pb::CheckKind::Unspecified | pb::CheckKind::Http) => CheckKind::Http,
+            Ok(pb::CheckKind::Https) => CheckKind::Https,
+            Ok(pb::CheckKind::Tcp) => CheckKind::Tcp,
+            Err(_) => return Err(FieldError::new("kind", format!("invalid kind {}", c.kind))),
+        };
+        let interval = if c.interval_ms == 0 {
+            d.interval
+        } else {
+            Duration::from_millis(c.interval_ms)
+        };
+        let or_interval = |v: u64| {
+            if v == 0 {
+                interval
+            } else {
+                Duration::from_millis(v)
+            }
+        };
+        let expect_status = if c.expect_status.is_empty() {
+            StatusSet::default()
+        } else {
+            c.expect_status
+                .parse()
+                .map_err(|e| FieldError::new("expect_status", e))?
+        };
+        let port = match c.port {
+            0 => None,
+            p => Some(
+                u16::try_from(p)
+                    .map_err(|_| FieldError::new("port", format!("port {p} is not 1-65535")))?,
+            ),
+        };
+        let spec = CheckSpec {
+            kind,
+            method: non_empty(&c.method).unwrap_or(d.method),
+            path: non_empty(&c.path).unwrap_or(d.path),
+            host: non_empty(&c.host),
+            headers: c
+                .headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            expect_status,
+            expect_body: non_empty(&c.expect_body),
+            interval,
+            fast_interval: or_interval(c.fast_interval_ms),
+            down_interval: or_interval(c.down_interval_ms),
+            timeout: or_interval(c.timeout_ms),
+            rise: if c.rise == 0 { d.rise } else { c.rise },
+            fall: if c.fall == 0 { d.fall } else { c.fall },
+            port,
+            tls: TlsSpec {
+                server_name: non_empty(&c.tls_server_name),
+                ca_file: non_empty(&c.tls_ca_file).map(Into::into),
+                insecure: c.tls_insecure,
+            },
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+pub fn pool_to_pb(p: &PoolSpec) -> pb::PoolSpec {
+    pb::PoolSpec {
+        name: p.name.clone(),
+        backends: p
+            .backends
+            .iter()
+            .map(|b| pb::BackendSpec {
+                name: b.name.clone(),
+                address: b.address.clone(),
+                weight: b.weight,
+                admin_state: admin_to_pb(b.admin_state),
+            })
+            .collect(),
+        check: p.check.as_ref().map(check_to_pb),
+        quorum: match p.quorum {
+            Quorum::Majority => pb::QuorumPolicy::Majority,
+            Quorum::Any => pb::QuorumPolicy::Any,
+            Quorum::All => pb::QuorumPolicy::All,
+        } as i32,
+        initial_state: health_to_pb(p.initial_state),
+        replicas: p.replicas,
+    }
+}
+
+impl TryFrom<&pb::PoolSpec> for PoolSpec {
+    type Error = FieldError;
+
+    fn try_from(p: &pb::PoolSpec) -> Result<Self, FieldError> {
+        let backends = p
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Ok(BackendSpec {
+                    name: b.name.clone(),
+                    address: b.address.clone(),
+                    weight: b.weight,
+                    admin_state: admin_from_pb(b.admin_state, &format!("backends[{i}].admin_state"))?,
+                })
+            })
+            .collect::<Result<Vec<_>, FieldError>>()?;
+        let check = p
+            .check
+            .as_ref()
+            .map(|c| CheckSpec::try_from(c).map_err(|e| e.within("check")))
+            .transpose()?;
+        let quorum = match pb::QuorumPolicy::try_from(p.quorum) {
+            Ok(pb::QuorumPolicy::Unspecified | pb::QuorumPolicy::Majority) => Quorum::Majority,
+            Ok(pb::QuorumPolicy::Any) => Quorum::Any,
+            Ok(pb::QuorumPolicy::All) => Quorum::All,
+            Err(_) => {
+                return Err(FieldError::new("quorum", format!("invalid quorum {}", p.quorum)));
+            }
+        };
+        let initial_state = if p.initial_state == pb::HealthState::Unspecified as i32 {
+            HealthState::Down
+        } else {
+            health_from_pb(p.initial_state, "initial_state")?
+        };
+        let spec = PoolSpec {
+            name: p.name.clone(),
+            backends,
+            check,
+            quorum,
+            initial_state,
+            replicas: if p.replicas == 0 {
+                DEFAULT_REPLICAS
+            } else {
+                p.replicas
+            },
+        };
+        spec.validate()
+            .map_err(|e| FieldError { path: e.path.replace("backend[", "backends["), ..e })?;
+        Ok(spec)
+    }
+}
+
+pub fn endpoint_to_pb(e: &Endpoint) -> pb::Endpoint {
+    pb::Endpoint {
+        backend: e.backend.clone(),
+        address: e.address.clone(),
+        weight: e.weight,
+        admin_state: admin_to_pb(e.admin_state),
+        state: health_to_pb(e.state),
+        decided_at_ms: e.decided_at_ms,
+        votes: e.votes,
+        votes_up: e.votes_up,
+    }
+}
+
+impl TryFrom<&pb::Endpoint> for Endpoint {
+    type Error = FieldError;
+
+    fn try_from(e: &pb::Endpoint) -> Result<Self, FieldError> {
+        crate::model::validate_address(&e.address).map_err(|m| FieldError::new("address", m))?;
+        Ok(Endpoint {
+            backend: e.backend.clone(),
+            address: e.address.clone(),
+            weight: e.weight,
+            admin_state: admin_from_pb(e.admin_state, "admin_state")?,
+            state: health_from_pb(e.state, "state")?,
+            decided_at_ms: e.decided_at_ms,
+            votes: e.votes,
+            votes_up: e.votes_up,
+        })
+    }
+}
+
+pub fn pool_update_to_pb(u: &PoolUpdate) -> pb::PoolUpdate {
+    pb::PoolUpdate {
+        pool: u.pool.clone(),
+        upserts: u.upserts.iter().map(endpoint_to_pb).collect(),
+        removals: u.removals.clone(),
+        removed: u.removed,
+    }
+}
+
+impl TryFrom<&pb::PoolUpdate> for PoolUpdate {
+    type Error = FieldError;
+
+    fn try_from(u: &pb::PoolUpdate) -> Result<Self, FieldError> {
+        let upserts = u
+            .upserts
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Endpoint::try_from(e).map_err(|err| err.within(&format!("upserts[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PoolUpdate {
+            pool: u.pool.clone(),
+            upserts,
+            removals: u.removals.clone(),
+            removed: u.removed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Document;
+
+    #[test]
+    fn pool_round_trips_through_the_wire() {
+        let doc = Document::parse(
+            "[[pool]]\nname = \"p\"\nquorum = \"any\"\ninitial_state = \"up\"\n[pool.check]\nkind = \"https\"\npath = \"/readyz\"\nexpect_status = \"200-204\"\ntls_insecure = true\nport = 8443\n[pool.check.headers]\nX-A = \"b\"\n[[pool.backend]]\nname = \"b1\"\naddress = \"[::1]:6443\"\nadmin_state = \"drain\"\n",
+        )
+        .expect("valid");
+        let pool = &doc.pools[0];
+        let back = PoolSpec::try_from(&pool_to_pb(pool)).expect("round trip");
+        assert_eq!(&back, pool);
+    }
+
+    #[test]
+    fn wire_errors_name_the_field() {
+        let mut p = pool_to_pb(&PoolSpec {
+            name: "p".into(),
+            backends: vec![BackendSpec {
+                name: "b".into(),
+                address: "h:1".into(),
+                weight: 1,
+                admin_state: AdminState::Ready,
+            }],
+            check: Some(CheckSpec::http_default()),
+            quorum: Quorum::Majority,
+            initial_state: HealthState::Down,
+            replicas: 3,
+        });
+        p.backends[0].address = "bad".into();
+        assert_eq!(
+            PoolSpec::try_from(&p).expect_err("bad address").path,
+            "backends[0].address"
+        );
+        p.backends[0].address = "h:1".into();
+        if let Some(c) = p.check.as_mut() {
+            c.expect_status = "99".into();
+        }
+        assert_eq!(
+            PoolSpec::try_from(&p).expect_err("bad status").path,
+            "check.expect_status"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! Durations as operators write them in HAProxy and TOML configs: `500ms`,
+//! `2s`, `1m`, `1h`; a bare number is milliseconds, as in HAProxy.
+
+use std::time::Duration;
+
+pub fn parse(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!("invalid duration {s:?}: expected a number with a unit such as 500ms or 2s"));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
+    let ms = match unit {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "us" => return Ok(Duration::from_micros(n)),
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?} (use us, ms, s, m or h)"
+            ));
+        }
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("invalid duration {s:?}: too large"))
+}
+
+/// Formats a duration the way [`parse`] reads it, choosing the largest exact unit.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return format!("{}us", d.as_micros());
+    }
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse("1500"), Ok(Duration::from_millis(1500)));
+        assert!(parse("2x").unwrap_err().contains("unknown unit"));
+        assert!(parse("s").is_err());
+        assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for s in ["500ms", "2s", "1m", "1h", "1500ms"] {
+            let d = parse(s).expect("valid");
+            assert_eq!(parse(&format(d)), Ok(d));
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Domain types shared by every trackwire component, and the pure logic that
+//! works on them: the TOML config document and its validation, conversions to
+//! and from the `trackwire.v1` wire types (with field-path errors), and
+//! health-map diffing. Nothing here does IO or reads a clock.
+
+pub mod config;
+pub mod convert;
+pub mod duration;
+pub mod error;
+pub mod map;
+pub mod model;
+
+pub use error::FieldError;
+pub use map::{Endpoint, HealthMap, PoolUpdate};
+pub use model::{
+    AdminState, BackendSpec, CheckKind, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
+    TlsSpec,
+};

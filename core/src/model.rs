@@ -1,0 +1,500 @@
+//! Validated domain types for pools, backends and checks.
+//!
+//! Values of these types are valid by construction: the config parser and the
+//! proto conversions are the only ways in, and both validate.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::FieldError;
+
+/// Largest number of bytes of a response body a check reads (HAProxy reads a bounded buffer too).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HealthState {
+    Up,
+    Down,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Up => "up",
+            HealthState::Down => "down",
+        }
+    }
+}
+
+impl FromStr for HealthState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "up" => Ok(HealthState::Up),
+            "down" => Ok(HealthState::Down),
+            _ => Err(format!("unknown state {s:?} (expected up or down)")),
+        }
+    }
+}
+
+impl fmt::Display for HealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Operator-set state of a backend, as HAProxy's `set server state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AdminState {
+    /// Takes traffic when healthy.
+    #[default]
+    Ready,
+    /// No new connections; existing ones continue; checks keep running.
+    Drain,
+    /// No traffic and no checks.
+    Maint,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+impl FromStr for AdminState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ready" => Ok(AdminState::Ready),
+            "drain" => Ok(AdminState::Drain),
+            "maint" => Ok(AdminState::Maint),
+            _ => Err(format!(
+                "unknown admin state {s:?} (expected ready, drain or maint)"
+            )),
+        }
+    }
+}
+
+/// How agent verdicts combine into a backend's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quorum {
+    /// DOWN only when a strict majority of the counted verdicts say DOWN.
+    #[default]
+    Majority,
+    /// DOWN when any counted verdict says DOWN.
+    Any,
+    /// DOWN only when every counted verdict says DOWN.
+    All,
+}
+
+impl Quorum {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quorum::Majority => "majority",
+            Quorum::Any => "any",
+            Quorum::All => "all",
+        }
+    }
+}
+
+impl FromStr for Quorum {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "majority" => Ok(Quorum::Majority),
+            "any" => Ok(Quorum::Any),
+            "all" => Ok(Quorum::All),
+            _ => Err(format!(
+                "unknown quorum policy {s:?} (expected majority, any or all)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    Http,
+    Https,
+    Tcp,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+            CheckKind::Tcp => "tcp",
+        }
+    }
+}
+
+impl FromStr for CheckKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http" => Ok(CheckKind::Http),
+            "https" => Ok(CheckKind::Https),
+            "tcp" => Ok(CheckKind::Tcp),
+            _ => Err(format!(
+                "unknown check kind {s:?} (expected http, https or tcp)"
+            )),
+        }
+    }
+}
+
+/// Expected HTTP statuses: a list of inclusive ranges (`200`, `200,204`, `200-299`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+impl Default for StatusSet {
+    /// HAProxy's default for `option httpchk`: any 2xx or 3xx.
+    fn default() -> Self {
+        StatusSet(vec![(200, 399)])
+    }
+}
+
+impl FromStr for StatusSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (part, part),
+            };
+            let parse = |v: &str| -> Result<u16, String> {
+                let n: u16 = v
+                    .parse()
+                    .map_err(|_| format!("invalid status {v:?} in {s:?}"))?;
+                if !(100..=599).contains(&n) {
+                    return Err(format!("status {n} in {s:?} is outside 100-599"));
+                }
+                Ok(n)
+            };
+            let (lo, hi) = (parse(lo)?, parse(hi)?);
+            if lo > hi {
+                return Err(format!("empty status range {lo}-{hi} in {s:?}"));
+            }
+            out.push((lo, hi));
+        }
+        Ok(StatusSet(out))
+    }
+}
+
+impl fmt::Display for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsSpec {
+    /// Name sent as SNI and verified against the certificate; default: the backend host.
+    pub server_name: Option<String>,
+    /// PEM bundle of the CAs to trust; default: the webpki roots are *not* used,
+    /// so a verified HTTPS check needs a CA file or `insecure`.
+    pub ca_file: Option<PathBuf>,
+    /// Skip certificate verification (HAProxy's `verify none`).
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSpec {
+    pub kind: CheckKind,
+    pub method: String,
+    pub path: String,
+    /// Host header; default: the address checked.
+    pub host: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub expect_status: StatusSet,
+    /// Substring the first [`MAX_BODY_BYTES`] of the body must contain.
+    pub expect_body: Option<String>,
+    pub interval: Duration,
+    pub fast_interval: Duration,
+    pub down_interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Check this port instead of the backend's traffic port.
+    pub port: Option<u16>,
+    pub tls: TlsSpec,
+}
+
+impl CheckSpec {
+    /// An HTTP check with HAProxy's defaults: `GET /`, expect 200-399, inter 2s, rise 2, fall 3.
+    pub fn http_default() -> Self {
+        let interval = Duration::from_secs(2);
+        CheckSpec {
+            kind: CheckKind::Http,
+            method: "GET".into(),
+            path: "/".into(),
+            host: None,
+            headers: Vec::new(),
+            expect_status: StatusSet::default(),
+            expect_body: None,
+            interval,
+            fast_interval: interval,
+            down_interval: interval,
+            timeout: interval,
+            rise: 2,
+            fall: 3,
+            port: None,
+            tls: TlsSpec::default(),
+        }
+    }
+
+    /// Checks the invariants every constructor must uphold.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        for (name, d) in [
+            ("interval", self.interval),
+            ("fast_interval", self.fast_interval),
+            ("down_interval", self.down_interval),
+            ("timeout", self.timeout),
+        ] {
+            if d.is_zero() {
+                return Err(FieldError::new(name, "must be greater than 0"));
+            }
+            if d > Duration::from_secs(3600) {
+                return Err(FieldError::new(name, "must be at most 1h"));
+            }
+        }
+        if self.rise == 0 || self.rise > 1000 {
+            return Err(FieldError::new("rise", "must be between 1 and 1000"));
+        }
+        if self.fall == 0 || self.fall > 1000 {
+            return Err(FieldError::new("fall", "must be between 1 and 1000"));
+        }
+        if matches!(self.kind, CheckKind::Http | CheckKind::Https) {
+            if self.method.is_empty()
+                || !self.method.bytes().all(|b| b.is_ascii_alphabetic())
+            {
+                return Err(FieldError::new(
+                    "method",
+                    format!("invalid HTTP method {:?}", self.method),
+                ));
+            }
+            if !self.path.starts_with('/') || self.path.chars().any(char::is_whitespace) {
+                return Err(FieldError::new(
+                    "path",
+                    format!("must start with / and contain no spaces, got {:?}", self.path),
+                ));
+            }
+        }
+        if self.headers.len() > 32 {
+            return Err(FieldError::new("headers", "at most 32 headers"));
+        }
+        for (i, (name, value)) in self.headers.iter().enumerate() {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(FieldError::new(
+                    format!("headers[{i}].name"),
+                    format!("invalid header name {name:?}"),
+                ));
+            }
+            if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(FieldError::new(
+                    format!("headers[{i}].value"),
+                    "must not contain CR or LF",
+                ));
+            }
+        }
+        if let Some(b) = &self.expect_body
+            && (b.is_empty() || b.len() > 4096)
+        {
+            return Err(FieldError::new(
+                "expect_body",
+                "must be 1 to 4096 bytes",
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(FieldError::new("port", "must be 1-65535"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub name: String,
+    /// `host:port`; IPv6 hosts in brackets.
+    pub address: String,
+    pub weight: u32,
+    pub admin_state: AdminState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub backends: Vec<BackendSpec>,
+    /// `None`: backends are not checked and always UP (a HAProxy server without `check`).
+    pub check: Option<CheckSpec>,
+    pub quorum: Quorum,
+    /// State of a checked backend before any agent has reported on it.
+    pub initial_state: HealthState,
+    /// How many agents check each backend (all agents if fewer are live).
+    pub replicas: u32,
+}
+
+pub const DEFAULT_REPLICAS: u32 = 3;
+pub const MAX_BACKENDS_PER_POOL: usize = 10_000;
+
+impl PoolSpec {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        validate_name(&self.name).map_err(|e| FieldError::new("name", e))?;
+        if self.backends.len() > MAX_BACKENDS_PER_POOL {
+            return Err(FieldError::new(
+                "backend",
+                format!("at most {MAX_BACKENDS_PER_POOL} backends per pool"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let path = format!("backend[{i}]");
+            validate_name(&b.name).map_err(|e| FieldError::new(format!("{path}.name"), e))?;
+            if !seen.insert(b.name.as_str()) {
+                return Err(FieldError::new(
+                    format!("{path}.name"),
+                    format!("duplicate backend name {:?}", b.name),
+                ));
+            }
+            validate_address(&b.address)
+                .map_err(|e| FieldError::new(format!("{path}.address"), e))?;
+            if b.weight > 256 {
+                return Err(FieldError::new(
+                    format!("{path}.weight"),
+                    "must be between 0 and 256",
+                ));
+            }
+        }
+        if let Some(c) = &self.check {
+            c.validate().map_err(|e| e.within("check"))?;
+        }
+        if self.replicas == 0 || self.replicas > 64 {
+            return Err(FieldError::new("replicas", "must be between 1 and 64"));
+        }
+        Ok(())
+    }
+}
+
+/// Names of pools, backends and listeners: 1-63 characters of letters, digits,
+/// `-`, `_` and `.`, starting with a letter or digit. They appear in store keys.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok_len = (1..=63).contains(&name.len());
+    let ok_first = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok_rest = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok_len && ok_first && ok_rest {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name {name:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6) and checks both parts.
+pub fn split_address(addr: &str) -> Result<(&str, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("invalid address {addr:?}: expected host:port"))?;
+    let host = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .ok_or_else(|| format!("invalid address {addr:?}: unclosed '['"))?
+    } else if host.contains(':') {
+        return Err(format!(
+            "invalid address {addr:?}: put IPv6 addresses in brackets, e.g. [::1]:6443"
+        ));
+    } else {
+        host
+    };
+    if host.is_empty() {
+        return Err(format!("invalid address {addr:?}: empty host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid address {addr:?}: port {port:?} is not 1-65535"))?;
+    if port == 0 {
+        return Err(format!("invalid address {addr:?}: port 0"));
+    }
+    Ok((host, port))
+}
+
+pub fn validate_address(addr: &str) -> Result<(), String> {
+    split_address(addr).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_sets() {
+        let s: StatusSet = "200,204,300-302".parse().expect("valid");
+        assert!(s.contains(200) && s.contains(204) && s.contains(301));
+        assert!(!s.contains(201) && !s.contains(303));
+        assert_eq!(s.to_string(), "200,204,300-302");
+        assert!(StatusSet::default().contains(302) && !StatusSet::default().contains(404));
+        assert!("600".parse::<StatusSet>().unwrap_err().contains("outside 100-599"));
+        assert!("299-200".parse::<StatusSet>().unwrap_err().contains("empty"));
+        assert!("abc".parse::<StatusSet>().is_err());
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(split_address("a.example:6443"), Ok(("a.example", 6443)));
+        assert_eq!(split_address("[::1]:80"), Ok(("::1", 80)));
+        assert!(split_address("::1:80").unwrap_err().contains("brackets"));
+        assert!(split_address("host").is_err());
+        assert!(split_address("host:0").is_err());
+        assert!(split_address(":80").is_err());
+        assert!(split_address("h:99999").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("myApp").is_ok());
+        assert!(validate_name("server-1").is_ok());
+        assert!(validate_name("-x").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn check_validation_names_fields() {
+        let mut c = CheckSpec::http_default();
+        assert!(c.validate().is_ok());
+        c.rise = 0;
+        assert_eq!(c.validate().unwrap_err().path, "rise");
+        c = CheckSpec::http_default();
+        c.path = "readyz".into();
+        assert_eq!(c.validate().unwrap_err().path, "path");
+        c = CheckSpec::http_default();
+        c.interval = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().path, "interval");
+    }
+}
