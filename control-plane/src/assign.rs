@@ -1,0 +1,88 @@
+//! Deterministic check assignment: rendezvous (highest-random-weight) hashing
+//! of each backend over the live agents. Every replica computes the same
+//! assignment from the same facts; an agent joining or leaving moves only the
+//! backends whose top-`replicas` set it enters or leaves.
+
+/// FNV-1a followed by a splitmix64 finalizer: stable across processes,
+/// platforms and Rust versions (unlike `std`'s hasher), and well mixed.
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The agents that check `pool/backend`: the `replicas` agents with the
+/// highest score, ordered by score (all agents when fewer are live).
+pub fn assign<'a>(pool: &str, backend: &str, agents: &[&'a str], replicas: u32) -> Vec<&'a str> {
+    let mut scored: Vec<(u64, &'a str)> = agents
+        .iter()
+        .map(|a| (stable_hash(&[a, pool, backend]), *a))
+        .collect();
+    scored.sort_unstable_by(|x, y| y.cmp(x));
+    scored
+        .into_iter()
+        .take(replicas as usize)
+        .map(|(_, a)| a)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn assignment(agents: &[&str], backends: usize) -> BTreeSet<(usize, String)> {
+        (0..backends)
+            .flat_map(|b| {
+                assign("p", &format!("b{b}"), agents, 3)
+                    .into_iter()
+                    .map(move |a| (b, a.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fewer_agents_than_replicas_assigns_all() {
+        let got = assign("p", "b", &["a1", "a2"], 3);
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn adding_an_agent_moves_only_its_share() {
+        let six = ["a1", "a2", "a3", "a4", "a5", "a6"];
+        let seven = ["a1", "a2", "a3", "a4", "a5", "a6", "a7"];
+        let before = assignment(&six, 1000);
+        let after = assignment(&seven, 1000);
+        let moved = before.difference(&after).count();
+        // 3000 assignments; the new agent should take about 3000/7 of them.
+        let share = 3000.0 / 7.0;
+        assert!((moved as f64) < share * 1.15, "moved {moved}, share {share}");
+        // Only the new agent gains assignments.
+        assert!(after.difference(&before).all(|(_, a)| a == "a7"));
+    }
+
+    #[test]
+    fn removing_an_agent_moves_only_its_assignments() {
+        let six = ["a1", "a2", "a3", "a4", "a5", "a6"];
+        let five = ["a1", "a2", "a3", "a4", "a5"];
+        let before = assignment(&six, 1000);
+        let after = assignment(&five, 1000);
+        assert!(before.difference(&after).all(|(_, a)| a == "a6"));
+    }
+
+    #[test]
+    fn hash_is_stable() {
+        // A fixed value: a change here silently reshuffles every fleet's assignment.
+        assert_eq!(stable_hash(&["agent", "pool", "backend"]), 0xb7c0_ab98_3d2c_5412);
+        assert_ne!(stable_hash(&["ab", "c"]), stable_hash(&["a", "bc"]));
+    }
+}

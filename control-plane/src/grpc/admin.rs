@@ -1,0 +1,162 @@
+//! `AdminService`: apply and list pools, read derived health.
+//!
+//! `ApplyPools` validates the whole request first, then writes every pool in
+//! one store transaction guarded by each key's revision: all pools are
+//! written or none, and a concurrent writer makes it fail rather than
+//! interleave.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use trackwire_core::convert::{endpoint_to_pb, health_to_pb, pool_to_pb};
+use trackwire_core::PoolSpec;
+use trackwire_proto::v1 as pb;
+use trackwire_proto::v1::admin_service_server::AdminService;
+
+use crate::keys::{self, Keys};
+use crate::state::{StateRx, ready};
+use crate::store::{Compare, Op, Store};
+
+use super::probe::store_status;
+
+pub struct AdminSvc {
+    pub store: Arc<dyn Store>,
+    pub keys: Keys,
+    pub state: StateRx,
+}
+
+/// Validates a request's pools into domain specs, naming the failing field.
+pub fn validate_pools(pools: &[pb::PoolSpec]) -> Result<Vec<PoolSpec>, Status> {
+    let specs = pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            PoolSpec::try_from(p)
+                .map_err(|e| Status::invalid_argument(e.within(&format!("pools[{i}]")).to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let doc = trackwire_core::config::Document {
+        pools: specs,
+        listeners: vec![],
+    };
+    doc.validate().map_err(|e| {
+        Status::invalid_argument(e.to_string().replace("pool[", "pools[").replace("backend[", "backends["))
+    })?;
+    Ok(doc.pools)
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminSvc {
+    async fn apply_pools(
+        &self,
+        request: Request<pb::ApplyPoolsRequest>,
+    ) -> Result<Response<pb::ApplyPoolsResponse>, Status> {
+        let req = request.into_inner();
+        let specs = validate_pools(&req.pools)?;
+        let (existing, revision) = self
+            .store
+            .list(&self.keys.pools())
+            .await
+            .map_err(store_status)?;
+        if req.expected_revision != 0
+            && let Some(newer) = existing.iter().find(|kv| kv.mod_revision > req.expected_revision)
+        {
+            return Err(Status::failed_precondition(format!(
+                "expected_revision: pools changed since revision {} ({} at revision {})",
+                req.expected_revision, newer.key, newer.mod_revision
+            )));
+        }
+        let mut resp = pb::ApplyPoolsResponse {
+            revision,
+            ..Default::default()
+        };
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        for spec in &specs {
+            let key = self.keys.pool(&spec.name);
+            let value = keys::encode_pool(pool_to_pb(spec));
+            match existing.iter().find(|kv| kv.key == key) {
+                Some(kv) if kv.value == value => resp.unchanged.push(spec.name.clone()),
+                Some(kv) => {
+                    compares.push(Compare::ModRevision(key.clone(), kv.mod_revision));
+                    ops.push(Op::Put { key, value, lease: None });
+                    resp.updated.push(spec.name.clone());
+                }
+                None => {
+                    compares.push(Compare::Absent(key.clone()));
+                    ops.push(Op::Put { key, value, lease: None });
+                    resp.created.push(spec.name.clone());
+                }
+            }
+        }
+        if !ops.is_empty() {
+            let r = self.store.txn(compares, ops).await.map_err(store_status)?;
+            if !r.succeeded {
+                return Err(Status::aborted(
+                    "pools changed concurrently; nothing was written, apply again",
+                ));
+            }
+            resp.revision = r.revision;
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn list_pools(
+        &self,
+        _request: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let mut state = self.state.clone();
+        let snap = ready(&mut state)
+            .await
+            .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
+        Ok(Response::new(pb::ListPoolsResponse {
+            revision: snap.facts.revision,
+            pools: snap.facts.pools.values().map(pool_to_pb).collect(),
+        }))
+    }
+
+    async fn get_health(
+        &self,
+        request: Request<pb::GetHealthRequest>,
+    ) -> Result<Response<pb::GetHealthResponse>, Status> {
+        let pool = request.into_inner().pool;
+        let mut state = self.state.clone();
+        let snap = ready(&mut state)
+            .await
+            .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
+        if !pool.is_empty() && !snap.derived.map.pools.contains_key(&pool) {
+            return Err(Status::not_found(format!("pool {pool:?} does not exist")));
+        }
+        let mut backends = Vec::new();
+        for (name, endpoints) in &snap.derived.map.pools {
+            if !pool.is_empty() && *name != pool {
+                continue;
+            }
+            for e in endpoints.values() {
+                let detail = snap.derived.details.get(&(name.clone(), e.backend.clone()));
+                backends.push(pb::BackendHealth {
+                    pool: name.clone(),
+                    endpoint: Some(endpoint_to_pb(e)),
+                    assigned_agents: detail.map(|d| d.assigned.clone()).unwrap_or_default(),
+                    votes: detail
+                        .map(|d| {
+                            d.votes
+                                .iter()
+                                .map(|v| pb::AgentVote {
+                                    agent_id: v.agent.clone(),
+                                    state: health_to_pb(v.verdict.state),
+                                    reason: v.verdict.reason.clone(),
+                                    since_ms: v.verdict.since_ms,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        Ok(Response::new(pb::GetHealthResponse {
+            revision: snap.derived.map.revision,
+            backends,
+        }))
+    }
+}

@@ -1,0 +1,92 @@
+//! The control plane's HTTP port: `/healthz` (process alive), `/readyz`
+//! (facts loaded, map served), `/metrics` (Prometheus text) and `/` (a status
+//! page listing every backend's derived state).
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+use crate::state::StateRx;
+
+#[derive(Clone)]
+struct Ctx {
+    state: StateRx,
+    metrics: Arc<Metrics>,
+}
+
+pub fn router(state: StateRx, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/", get(status_page))
+        .with_state(Ctx { state, metrics })
+}
+
+async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
+    if ctx.state.borrow().is_some() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading facts from the store\n")
+    }
+}
+
+async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.metrics.render(),
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+async fn status_page(State(ctx): State<Ctx>) -> Html<String> {
+    let snap = ctx.state.borrow().clone();
+    let mut out = String::from(
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
+         <title>trackwire</title><style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}\
+         .up{color:#080}.down{color:#b00}</style></head><body><h1>trackwire control plane</h1>",
+    );
+    let Some(snap) = snap else {
+        out.push_str("<p>loading facts from the store…</p></body></html>");
+        return Html(out);
+    };
+    let _ = write!(
+        out,
+        "<p>revision {} · {} agents live</p><table><tr><th>pool</th><th>backend</th><th>address</th>\
+         <th>state</th><th>admin</th><th>votes up/counted</th><th>agents</th></tr>",
+        snap.derived.map.revision,
+        snap.facts.agents.len()
+    );
+    for (pool, endpoints) in &snap.derived.map.pools {
+        for e in endpoints.values() {
+            let agents = snap
+                .derived
+                .details
+                .get(&(pool.clone(), e.backend.clone()))
+                .map(|d| d.assigned.len())
+                .unwrap_or(0);
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class={st}>{st}</td><td>{}</td><td>{}/{}</td><td>{agents}</td></tr>",
+                escape(pool),
+                escape(&e.backend),
+                escape(&e.address),
+                e.admin_state.as_str(),
+                e.votes_up,
+                e.votes,
+                st = e.state.as_str(),
+            );
+        }
+    }
+    out.push_str("</table></body></html>");
+    Html(out)
+}

@@ -1,0 +1,62 @@
+//! Prometheus text-format metrics of the control plane. A handful of atomics
+//! rendered by hand: the set is small and fixed, and it keeps the hot paths
+//! free of registry locks.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use trackwire_core::HealthState;
+
+use crate::derive::Derived;
+use crate::facts::Facts;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub revision: AtomicU64,
+    pub pools: AtomicU64,
+    pub backends_up: AtomicU64,
+    pub backends_down: AtomicU64,
+    pub agents_live: AtomicU64,
+    pub agent_sessions: AtomicU64,
+    pub subscribers: AtomicU64,
+    pub verdict_writes: AtomicU64,
+    pub map_updates_sent: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe_map(&self, d: &Derived, f: &Facts) {
+        let (mut up, mut down) = (0, 0);
+        for pool in d.map.pools.values() {
+            for e in pool.values() {
+                match e.state {
+                    HealthState::Up => up += 1,
+                    HealthState::Down => down += 1,
+                }
+            }
+        }
+        self.revision.store(d.map.revision, Relaxed);
+        self.pools.store(d.map.pools.len() as u64, Relaxed);
+        self.backends_up.store(up, Relaxed);
+        self.backends_down.store(down, Relaxed);
+        self.agents_live.store(f.agents.len() as u64, Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+            ("trackwire_store_revision", "gauge", "store revision of the served health map", &self.revision),
+            ("trackwire_pools", "gauge", "pools in the health map", &self.pools),
+            ("trackwire_backends_up", "gauge", "backends derived UP", &self.backends_up),
+            ("trackwire_backends_down", "gauge", "backends derived DOWN", &self.backends_down),
+            ("trackwire_agents_live", "gauge", "agents with a live session lease", &self.agents_live),
+            ("trackwire_agent_sessions", "gauge", "agent sessions connected to this replica", &self.agent_sessions),
+            ("trackwire_subscribers", "gauge", "health-map subscribers connected to this replica", &self.subscribers),
+            ("trackwire_verdict_writes_total", "counter", "verdict transitions written to the store", &self.verdict_writes),
+            ("trackwire_map_updates_sent_total", "counter", "health-map messages sent to subscribers", &self.map_updates_sent),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+        out
+    }
+}

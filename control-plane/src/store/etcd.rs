@@ -1,0 +1,329 @@
+//! `EtcdStore`: the production store, on etcd's v3 API through etcd-client.
+//!
+//! Unary requests carry a client timeout and idempotent ones are retried, so
+//! a lost etcd leader costs about one election, not the default ~6 s stall.
+//! Watches and lease keep-alives use a second client without that timeout
+//! because they are long-lived streams.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, WatchOptions,
+};
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span};
+
+use super::{
+    Compare, KeyValue, LeaseId, Op, Result, Store, StoreError, TxnResult, WatchBatch, WatchEvent,
+    WatchStream,
+};
+
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    /// Deadline of one unary request.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Attempts for idempotent requests (get, list, put, delete).
+    pub attempts: u32,
+}
+
+impl EtcdOptions {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdOptions {
+            endpoints,
+            request_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            attempts: 3,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    unary: Client,
+    streams: Client,
+    attempts: u32,
+}
+
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn rev(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> u64 {
+    h.map(|h| rev(h.revision())).unwrap_or(0)
+}
+
+fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: rev(kv.create_revision()),
+        mod_revision: rev(kv.mod_revision()),
+        lease: kv.lease(),
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the endpoints (etcd-client balances across them).
+    pub async fn connect(opts: &EtcdOptions) -> Result<Self> {
+        if opts.endpoints.is_empty() {
+            return Err(StoreError::Invalid("no etcd endpoints".into()));
+        }
+        let base = ConnectOptions::new()
+            .with_connect_timeout(opts.connect_timeout)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        let unary = Client::connect(&opts.endpoints, Some(base.clone().with_timeout(opts.request_timeout)))
+            .await
+            .map_err(unavailable)?;
+        let streams = Client::connect(&opts.endpoints, Some(base))
+            .await
+            .map_err(unavailable)?;
+        Ok(EtcdStore {
+            unary,
+            streams,
+            attempts: opts.attempts.max(1),
+        })
+    }
+
+    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut last = None;
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
+            }
+            match f(self.unary.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    debug!(attempt, error = %e, "etcd {what} failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.map(unavailable).unwrap_or_else(|| StoreError::Unavailable(what.into())))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let resp = self
+            .retry("get", |mut c| async move { c.get(key, None).await })
+            .await?;
+        Ok(resp.kvs().first().map(convert_kv))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64)> {
+        let resp = self
+            .retry("list", |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
+        let mut kvs: Vec<KeyValue> = resp.kvs().iter().map(convert_kv).collect();
+        kvs.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok((kvs, header_revision(resp.header())))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<u64> {
+        let resp = self
+            .retry("put", |mut c| {
+                let value = value.clone();
+                async move {
+                    let opts = lease.map(|l| PutOptions::new().with_lease(l));
+                    c.put(key, value, opts).await
+                }
+            })
+            .await
+            .map_err(|e| lease_error(e, lease))?;
+        Ok(header_revision(resp.header()))
+    }
+
+    async fn delete(&self, key: &str) -> Result<u64> {
+        let resp = self
+            .retry("delete", |mut c| async move { c.delete(key, None).await })
+            .await?;
+        Ok(header_revision(resp.header()))
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult> {
+        let when: Vec<EtcdCompare> = compares
+            .iter()
+            .map(|c| match c {
+                Compare::ModRevision(k, r) => {
+                    EtcdCompare::mod_revision(k.as_str(), CompareOp::Equal, *r as i64)
+                }
+                Compare::Absent(k) => EtcdCompare::create_revision(k.as_str(), CompareOp::Equal, 0),
+            })
+            .collect();
+        let leases: Vec<LeaseId> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Put { lease: Some(l), .. } => Some(*l),
+                _ => None,
+            })
+            .collect();
+        let then: Vec<TxnOp> = ops
+            .into_iter()
+            .map(|o| match o {
+                Op::Put { key, value, lease } => {
+                    TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)))
+                }
+                Op::Delete(key) => TxnOp::delete(key, None),
+            })
+            .collect();
+        // Not retried: a commit whose response was lost would then fail its compares.
+        let resp = self
+            .unary
+            .clone()
+            .txn(Txn::new().when(when).and_then(then))
+            .await
+            .map_err(|e| lease_error(unavailable(e), leases.first().copied()))?;
+        Ok(TxnResult {
+            succeeded: resp.succeeded(),
+            revision: header_revision(resp.header()),
+        })
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: u64) -> Result<WatchStream> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision as i64);
+        let mut stream = self
+            .streams
+            .clone()
+            .watch(prefix, Some(opts))
+            .await
+            .map_err(unavailable)?;
+        // The first message confirms creation, or says the start revision is compacted.
+        match stream.message().await.map_err(unavailable)? {
+            Some(m) if m.canceled() => {
+                return Err(if m.compact_revision() > 0 {
+                    StoreError::Compacted {
+                        requested: from_revision,
+                        compacted: rev(m.compact_revision()),
+                    }
+                } else {
+                    StoreError::WatchCancelled(m.cancel_reason().to_string())
+                });
+            }
+            Some(_) => {}
+            None => return Err(StoreError::WatchCancelled("stream closed".into())),
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let span = info_span!("etcd_watch", prefix);
+        tokio::spawn(
+            async move {
+                loop {
+                    let item = tokio::select! {
+                        m = stream.message() => m,
+                        () = tx.closed() => return,
+                    };
+                    let batch = match item {
+                        Ok(Some(m)) if m.canceled() => Err(if m.compact_revision() > 0 {
+                            StoreError::Compacted {
+                                requested: from_revision,
+                                compacted: rev(m.compact_revision()),
+                            }
+                        } else {
+                            StoreError::WatchCancelled(m.cancel_reason().to_string())
+                        }),
+                        Ok(Some(m)) => {
+                            let events: Vec<WatchEvent> = m
+                                .events()
+                                .iter()
+                                .filter_map(|e| {
+                                    let kv = e.kv()?;
+                                    Some(match e.event_type() {
+                                        EventType::Put => WatchEvent::Put(convert_kv(kv)),
+                                        EventType::Delete => WatchEvent::Delete {
+                                            key: String::from_utf8_lossy(kv.key()).into_owned(),
+                                            mod_revision: rev(kv.mod_revision()),
+                                        },
+                                    })
+                                })
+                                .collect();
+                            if events.is_empty() {
+                                continue;
+                            }
+                            Ok(WatchBatch { events })
+                        }
+                        Ok(None) => Err(StoreError::WatchCancelled("stream closed".into())),
+                        Err(e) => Err(unavailable(e)),
+                    };
+                    let end = batch.is_err();
+                    if tx.send(batch).await.is_err() || end {
+                        return;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(rx)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let resp = self
+            .retry("lease grant", |mut c| async move { c.lease_grant(secs, None).await })
+            .await?;
+        Ok(resp.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        let fut = async {
+            let (mut keeper, mut responses) = self
+                .streams
+                .clone()
+                .lease_keep_alive(lease)
+                .await
+                .map_err(unavailable)?;
+            keeper.keep_alive().await.map_err(unavailable)?;
+            match responses.message().await.map_err(unavailable)? {
+                Some(r) if r.ttl() > 0 => Ok(()),
+                _ => Err(StoreError::LeaseNotFound(lease)),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3), fut)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("lease keep-alive timed out".into())))
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        self.unary
+            .clone()
+            .lease_revoke(lease)
+            .await
+            .map_err(|e| lease_error(unavailable(e), Some(lease)))?;
+        Ok(())
+    }
+
+    async fn revision(&self) -> Result<u64> {
+        // A get of an unused key returns the store revision in its header.
+        let resp = self
+            .retry("revision", |mut c| async move {
+                c.get("\0trackwire-revision-probe", None).await
+            })
+            .await?;
+        Ok(header_revision(resp.header()))
+    }
+}
+
+/// etcd reports a missing lease as an error string; map it to `LeaseNotFound`.
+fn lease_error(e: StoreError, lease: Option<LeaseId>) -> StoreError {
+    match (&e, lease) {
+        (StoreError::Unavailable(m), Some(l)) if m.contains("lease not found") => {
+            StoreError::LeaseNotFound(l)
+        }
+        _ => e,
+    }
+}
