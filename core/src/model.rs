@@ -328,6 +328,13 @@ impl CheckSpec {
                 "must be 1 to 4096 bytes",
             ));
         }
+        if self.kind == CheckKind::Https && self.tls.ca_file.is_none() && !self.tls.insecure {
+            // As HAProxy: verification is on by default and needs a CA file.
+            return Err(FieldError::new(
+                "tls_ca_file",
+                "an https check verifies the server certificate: set tls_ca_file, or tls_insecure = true to skip verification",
+            ));
+        }
         if self.port == Some(0) {
             return Err(FieldError::new("port", "must be 1-65535"));
         }

@@ -1,0 +1,129 @@
+//! The trackwire probe agent: runs the checks the control plane assigns it,
+//! with HAProxy's semantics, and reports verdict transitions.
+//!
+//! - [`check`]: one HTTP/HTTPS/TCP check with HAProxy outcome codes.
+//! - [`risefall`]: the sans-IO rise/fall machine.
+//! - [`runner`]: one task per assigned target; applies assignment diffs.
+//! - [`session`]: the `ProbeService.Connect` session with failover.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
+
+pub mod check;
+pub mod http;
+pub mod risefall;
+pub mod runner;
+pub mod session;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::runner::Shared;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub control_plane: Vec<String>,
+    pub zone: String,
+    /// Holds `agent-id`, so the agent keeps its identity across restarts.
+    pub state_dir: Option<PathBuf>,
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error("state dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.control_plane.is_empty() {
+            return Err(Error::Config("control_plane: at least one endpoint".into()));
+        }
+        if self.zone.len() > 63 {
+            return Err(Error::Config("zone: at most 63 bytes".into()));
+        }
+        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(60) {
+            return Err(Error::Config("heartbeat: must be between 100ms and 60s".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Reads `agent-id` from the state dir, creating it (atomically) on first start.
+pub fn load_or_create_agent_id(dir: &Path) -> Result<String, Error> {
+    let err = |source| Error::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let path = dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let id = s.trim();
+            uuid::Uuid::parse_str(id).map_err(|e| {
+                Error::Config(format!("{}: not a UUID ({e})", path.display()))
+            })?;
+            Ok(id.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::new_v4().to_string();
+            let tmp = dir.join("agent-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n")).map_err(err)?;
+            std::fs::rename(&tmp, &path).map_err(err)?;
+            Ok(id)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    http: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let agent_id = match &config.state_dir {
+        Some(dir) => load_or_create_agent_id(dir)?,
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            warn!(agent_id = %id, "no state dir: this agent gets a new identity on every start");
+            id
+        }
+    };
+    info!(agent_id = %agent_id, zone = %config.zone, "probe agent starting");
+    let shared = Arc::new(Shared::default());
+    let session = tokio::spawn(
+        session::run(
+            session::SessionConfig {
+                endpoints: config.control_plane.clone(),
+                agent_id: agent_id.clone(),
+                zone: config.zone.clone(),
+                heartbeat: config.heartbeat,
+            },
+            Arc::clone(&shared),
+            shutdown.clone(),
+        )
+        .instrument(info_span!("agent", id = %agent_id)),
+    );
+    if let Some(l) = http {
+        info!(http_addr = %l.local_addr()?, "probe agent HTTP listening");
+        axum::serve(l, http::router(Arc::clone(&shared)))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
+    }
+    shutdown.cancelled().await;
+    let _ = session.await;
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Runs the assigned checks: one task per target, each with its own jittered
+//! schedule and rise/fall machine. Applying a new assignment starts new
+//! targets, stops removed ones and restarts only those whose spec changed;
+//! the others keep their schedule and state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+use trackwire_core::convert::health_to_pb;
+use trackwire_core::{CheckSpec, HealthState};
+use trackwire_proto::v1 as pb;
+
+use crate::check::{CheckResult, PreparedCheck};
+use crate::risefall::{Cadence, RiseFall};
+
+/// (pool, backend)
+pub type TargetKey = (String, String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSpec {
+    pub address: String,
+    pub check: CheckSpec,
+}
+
+/// State shared between check tasks, the session and the HTTP port.
+#[derive(Default)]
+pub struct Shared {
+    verdicts: Mutex<Verdicts>,
+    /// Woken when a verdict changes and must be reported.
+    pub changed: Notify,
+    pub last_results: Mutex<HashMap<TargetKey, CheckResult>>,
+    pub checks_total: AtomicU64,
+    pub checks_failed: AtomicU64,
+    pub transitions: AtomicU64,
+    pub targets: AtomicU64,
+    pub connected: AtomicU64,
+    /// Worst lateness of a check against its schedule, in microseconds, since last read.
+    pub max_lateness_us: AtomicU64,
+}
+
+#[derive(Default)]
+struct Verdicts {
+    current: BTreeMap<TargetKey, pb::Verdict>,
+    /// Keys whose verdict changed since the last report.
+    pending: BTreeSet<TargetKey>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn set_verdict(&self, key: &TargetKey, state: HealthState, at_ms: u64, reason: String) {
+        let mut v = lock(&self.verdicts);
+        v.current.insert(
+            key.clone(),
+            pb::Verdict {
+                pool: key.0.clone(),
+                backend: key.1.clone(),
+                state: health_to_pb(state),
+                since_ms: at_ms,
+                reason,
+            },
+        );
+        v.pending.insert(key.clone());
+        drop(v);
+        self.transitions.fetch_add(1, Relaxed);
+        self.changed.notify_one();
+    }
+
+    fn forget(&self, key: &TargetKey) {
+        let mut v = lock(&self.verdicts);
+        v.current.remove(key);
+        v.pending.remove(key);
+        lock(&self.last_results).remove(key);
+    }
+
+    /// Every verdict held, for the hello of a new session; nothing stays pending.
+    pub fn all_verdicts(&self) -> Vec<pb::Verdict> {
+        let mut v = lock(&self.verdicts);
+        v.pending.clear();
+        v.current.values().cloned().collect()
+    }
+
+    /// Verdicts changed since the last call.
+    pub fn take_pending(&self) -> Vec<pb::Verdict> {
+        let mut v = lock(&self.verdicts);
+        let keys = std::mem::take(&mut v.pending);
+        keys.iter().filter_map(|k| v.current.get(k).cloned()).collect()
+    }
+
+    pub fn verdict(&self, key: &TargetKey) -> Option<pb::Verdict> {
+        lock(&self.verdicts).current.get(key).cloned()
+    }
+}
+
+pub struct Runner {
+    shared: Arc<Shared>,
+    running: HashMap<TargetKey, (TargetSpec, JoinHandle<()>)>,
+}
+
+impl Runner {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Runner {
+            shared,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Makes the running set equal to `targets`.
+    pub fn apply(&mut self, targets: HashMap<TargetKey, TargetSpec>) {
+        let (mut started, mut stopped) = (0, 0);
+        self.running.retain(|key, (spec, handle)| {
+            let keep = targets.get(key) == Some(spec);
+            if !keep {
+                handle.abort();
+                self.shared.forget(key);
+                stopped += 1;
+            }
+            keep
+        });
+        for (key, spec) in targets {
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            let span = info_span!("check", pool = %key.0, backend = %key.1);
+            let handle = tokio::spawn(
+                check_loop(key.clone(), spec.clone(), Arc::clone(&self.shared)).instrument(span),
+            );
+            self.running.insert(key, (spec, handle));
+            started += 1;
+        }
+        self.shared.targets.store(self.running.len() as u64, Relaxed);
+        if started + stopped > 0 {
+            info!(started, stopped, running = self.running.len(), "applied assignment");
+        }
+    }
+
+    pub fn stop_all(&mut self) {
+        self.apply(HashMap::new());
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        for (_, handle) in self.running.values() {
+            handle.abort();
+        }
+    }
+}
+
+/// `base` ±10%: checks of many targets drift apart instead of firing together.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(rand::rng().random_range(0.9..1.1))
+}
+
+async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
+    let check = match PreparedCheck::new(&spec.address, spec.check.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot run check");
+            return;
+        }
+    };
+    let mut rf = RiseFall::new(spec.check.rise, spec.check.fall);
+    // First check at a random point of one interval: a fresh agent with
+    // 10,000 targets spreads them instead of sending a burst.
+    let first = spec.check.fast_interval.mul_f64(rand::rng().random_range(0.0..1.0));
+    let mut next = Instant::now() + first;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let late = Instant::now().saturating_duration_since(next);
+        shared
+            .max_lateness_us
+            .fetch_max(late.as_micros() as u64, Relaxed);
+        let result = check.run().await;
+        shared.checks_total.fetch_add(1, Relaxed);
+        if !result.passed() {
+            shared.checks_failed.fetch_add(1, Relaxed);
+        }
+        if let Some(t) = rf.observe(result.passed(), now_ms()) {
+            info!(to = %t.to, outcome = %result.outcome, reason = %result.reason, "verdict changed");
+            shared.set_verdict(&key, t.to, t.at_ms, result.summary());
+        }
+        lock(&shared.last_results).insert(key.clone(), result);
+        let base = match rf.cadence() {
+            Cadence::Normal => spec.check.interval,
+            Cadence::Fast => spec.check.fast_interval,
+            Cadence::Down => spec.check.down_interval,
+        };
+        next += jittered(base);
+        // A check that overran its slot starts the next one now, not in a burst.
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

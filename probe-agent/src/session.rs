@@ -1,0 +1,148 @@
+//! The agent's session with the control plane: connect to any configured
+//! endpoint (failing over with jittered backoff), send a hello carrying every
+//! verdict held, apply assignments as they stream down, report verdict
+//! transitions and heartbeat. Checks keep running while disconnected; what
+//! changed meanwhile goes out in the next hello.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+use trackwire_core::CheckSpec;
+use trackwire_core::endpoints::Backoff;
+use trackwire_proto::v1 as pb;
+use trackwire_proto::v1::probe_service_client::ProbeServiceClient;
+
+use crate::runner::{Runner, Shared, TargetKey, TargetSpec};
+
+pub struct SessionConfig {
+    pub endpoints: Vec<String>,
+    pub agent_id: String,
+    pub zone: String,
+    pub heartbeat: Duration,
+}
+
+pub async fn run(cfg: SessionConfig, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut runner = Runner::new(Arc::clone(&shared));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut next = 0usize;
+    loop {
+        let url = &cfg.endpoints[next % cfg.endpoints.len()];
+        let outcome = tokio::select! {
+            r = session(url, &cfg, &shared, &mut runner, &mut backoff) => r,
+            () = shutdown.cancelled() => break,
+        };
+        shared.connected.store(0, Relaxed);
+        if let Err(e) = outcome {
+            warn!(endpoint = %url, error = %e, "control-plane session ended");
+        }
+        next += 1;
+        let delay = backoff.next_delay(rand::rng().random_range(0.0..1.0));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    runner.stop_all();
+}
+
+async fn session(
+    url: &str,
+    cfg: &SessionConfig,
+    shared: &Shared,
+    runner: &mut Runner,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (tx, rx) = mpsc::channel(64);
+    let hello = pb::AgentHello {
+        agent_id: cfg.agent_id.clone(),
+        zone: cfg.zone.clone(),
+        verdicts: shared.all_verdicts(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let sent = hello.verdicts.len();
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut inbound = ProbeServiceClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    info!(endpoint = %url, verdicts = sent, "connected to control plane");
+    shared.connected.store(1, Relaxed);
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::ControlMessage { msg: Some(pb::control_message::Msg::Assignment(a)) })) => {
+                    if first {
+                        backoff.reset();
+                        first = false;
+                    }
+                    runner.apply(targets(&a));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("stream closed by the control plane".into()),
+                Err(s) => return Err(format!("{}: {}", s.code(), s.message())),
+            },
+            () = shared.changed.notified() => {
+                let verdicts = shared.take_pending();
+                if !verdicts.is_empty() {
+                    let m = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Report(pb::VerdictReport { verdicts })) };
+                    tx.send(m).await.map_err(|_| "stream closed".to_string())?;
+                }
+            }
+            _ = heartbeat.tick() => {
+                let m = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_ms: crate::runner::now_ms() })) };
+                tx.send(m).await.map_err(|_| "stream closed".to_string())?;
+            }
+        }
+    }
+}
+
+/// Converts an assignment, dropping (and logging) targets whose spec is invalid.
+fn targets(a: &pb::Assignment) -> HashMap<TargetKey, TargetSpec> {
+    let mut out = HashMap::new();
+    for (i, t) in a.targets.iter().enumerate() {
+        let check = match t.check.as_ref().map(CheckSpec::try_from) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                warn!(field = %e.within(&format!("targets[{i}].check")), "invalid check in assignment; skipped");
+                continue;
+            }
+            None => {
+                warn!(pool = %t.pool, backend = %t.backend, "assignment target without a check; skipped");
+                continue;
+            }
+        };
+        out.insert(
+            (t.pool.clone(), t.backend.clone()),
+            TargetSpec {
+                address: t.address.clone(),
+                check,
+            },
+        );
+    }
+    out
+}
