@@ -1,0 +1,92 @@
+//! The fail-static cache: the last health map, persisted atomically (write a
+//! temp file, fsync, rename) on every change and loaded at start, so a proxy
+//! restarted while the control plane is unreachable routes as before.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use trackwire_core::HealthMap;
+use trackwire_core::convert::pool_update_to_pb;
+use trackwire_proto::v1 as pb;
+
+const FILE: &str = "healthmap.pb";
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+pub fn save(dir: &Path, map: &HealthMap) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let msg = pb::HealthMapUpdate {
+        revision: map.revision,
+        snapshot: true,
+        pools: map.snapshot(&[]).iter().map(pool_update_to_pb).collect(),
+    };
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&msg.encode_to_vec())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path(dir))
+}
+
+/// `Ok(None)` when there is no cache yet; an error when it exists but cannot be read.
+pub fn load(dir: &Path) -> Result<Option<HealthMap>, String> {
+    let p = path(dir);
+    let bytes = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", p.display())),
+    };
+    let msg = pb::HealthMapUpdate::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", p.display()))?;
+    let updates = msg
+        .pools
+        .iter()
+        .map(trackwire_core::PoolUpdate::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut map = HealthMap {
+        revision: msg.revision,
+        ..HealthMap::default()
+    };
+    map.apply(&updates);
+    Ok(Some(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use trackwire_core::{AdminState, Endpoint, HealthState};
+
+    #[test]
+    fn round_trips_and_reports_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(load(dir.path()), Ok(None));
+        let mut pool = BTreeMap::new();
+        pool.insert(
+            "b".to_string(),
+            Endpoint {
+                backend: "b".into(),
+                address: "127.0.0.1:1".into(),
+                weight: 1,
+                admin_state: AdminState::Ready,
+                state: HealthState::Up,
+                decided_at_ms: 5,
+                votes: 3,
+                votes_up: 3,
+            },
+        );
+        let map = HealthMap {
+            revision: 42,
+            pools: BTreeMap::from([("p".to_string(), Arc::new(pool))]),
+        };
+        save(dir.path(), &map).expect("save");
+        assert_eq!(load(dir.path()), Ok(Some(map)));
+        std::fs::write(path(dir.path()), b"\xff\xff garbage").expect("write");
+        assert!(load(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! The trackwire data plane: TCP listeners that route only to backends the
+//! health map says are UP, fed by a subscription to the control plane.
+//!
+//! - [`subscribe`]: the `HealthMapService.Subscribe` task → `watch` channel.
+//! - [`cache`]: the fail-static cache of the last map on disk.
+//! - [`balance`]: smooth weighted round robin (sans IO).
+//! - [`proxy`]: accept, pick, connect with redispatch, relay.
+//!
+//! Fail static: losing the control plane never changes routing; the last map
+//! stays in force and is loaded from the state dir after a restart.
+
+pub mod balance;
+pub mod cache;
+pub mod http;
+pub mod metrics;
+pub mod proxy;
+pub mod subscribe;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use trackwire_core::HealthMap;
+use trackwire_core::config::ListenerSpec;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub control_plane: Vec<String>,
+    pub listeners: Vec<ListenerSpec>,
+    /// Where the last health map is persisted (fail static across restarts).
+    pub state_dir: Option<PathBuf>,
+    pub proxy_id: String,
+    /// How long open sessions may run after shutdown before they are cut.
+    pub drain_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.control_plane.is_empty() {
+            return Err(Error::Config("control_plane: at least one endpoint".into()));
+        }
+        if self.listeners.is_empty() {
+            return Err(Error::Config("listener: the config defines no [[listener]]".into()));
+        }
+        Ok(())
+    }
+
+    /// The pools the listeners route to, deduplicated.
+    pub fn pools(&self) -> Vec<String> {
+        let mut pools: Vec<String> = self.listeners.iter().map(|l| l.pool.clone()).collect();
+        pools.sort();
+        pools.dedup();
+        pools
+    }
+}
+
+/// Binds every listener's address (call before anything else starts, so a
+/// bind error exits early and cleanly).
+pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<proxy::Listener>, Error> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let socket = TcpListener::bind(spec.bind).await.map_err(|source| Error::Bind {
+            addr: spec.bind,
+            source,
+        })?;
+        out.push(proxy::Listener {
+            spec: spec.clone(),
+            socket,
+        });
+    }
+    Ok(out)
+}
+
+/// Serves until `shutdown`, then stops accepting and lets open sessions run
+/// for up to `drain_grace`.
+pub async fn run(
+    config: Config,
+    listeners: Vec<proxy::Listener>,
+    http: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::default());
+    let initial = match &config.state_dir {
+        Some(dir) => match cache::load(dir) {
+            Ok(Some(map)) => {
+                info!(revision = map.revision, pools = map.pools.len(), "loaded the last health map from the state dir");
+                map
+            }
+            Ok(None) => HealthMap::default(),
+            Err(e) => {
+                warn!(error = %e, "ignoring unreadable health-map cache");
+                HealthMap::default()
+            }
+        },
+        None => HealthMap::default(),
+    };
+    metrics
+        .map_revision
+        .store(initial.revision, std::sync::atomic::Ordering::Relaxed);
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    let sub = tokio::spawn(
+        subscribe::run(
+            subscribe::SubscribeConfig {
+                endpoints: config.control_plane.clone(),
+                pools: config.pools(),
+                proxy_id: config.proxy_id.clone(),
+                state_dir: config.state_dir.clone(),
+            },
+            tx,
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        )
+        .instrument(info_span!("subscription")),
+    );
+    let tracker = TaskTracker::new();
+    let mut accept_loops = Vec::new();
+    for l in listeners {
+        info!(listener = %l.spec.name, bind = %l.socket.local_addr()?, pool = %l.spec.pool, "proxy listening");
+        accept_loops.push(tokio::spawn(proxy::serve(
+            l,
+            rx.clone(),
+            Arc::clone(&metrics),
+            tracker.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(l) = http {
+        info!(http_addr = %l.local_addr()?, "data plane HTTP listening");
+        axum::serve(l, http::router(rx.clone(), Arc::clone(&metrics)))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
+    }
+    shutdown.cancelled().await;
+    for a in accept_loops {
+        let _ = a.await;
+    }
+    let _ = sub.await;
+    tracker.close();
+    if tokio::time::timeout(config.drain_grace, tracker.wait()).await.is_err() {
+        warn!(grace = ?config.drain_grace, "sessions still open after the drain grace period; closing them");
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The health-map subscription: a task that holds a `Subscribe` stream to
+//! one of the configured control-plane endpoints (failing over with jittered
+//! backoff) and publishes each new map into a `watch` channel. Routing reads
+//! the channel and never waits on the network. When the stream is lost the
+//! last map stays published — fail static — until a new stream delivers a
+//! snapshot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+use trackwire_core::endpoints::Backoff;
+use trackwire_core::{HealthMap, PoolUpdate};
+use trackwire_proto::v1 as pb;
+use trackwire_proto::v1::health_map_service_client::HealthMapServiceClient;
+
+use crate::cache;
+use crate::metrics::Metrics;
+
+pub struct SubscribeConfig {
+    pub endpoints: Vec<String>,
+    pub pools: Vec<String>,
+    pub proxy_id: String,
+    pub state_dir: Option<PathBuf>,
+}
+
+pub async fn run(
+    cfg: SubscribeConfig,
+    tx: watch::Sender<Arc<HealthMap>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut next = 0usize;
+    loop {
+        let url = &cfg.endpoints[next % cfg.endpoints.len()];
+        let result = tokio::select! {
+            r = stream(url, &cfg, &tx, &metrics, &mut backoff) => r,
+            () = shutdown.cancelled() => return,
+        };
+        metrics.stream_connected.store(0, Relaxed);
+        let e = result.err().unwrap_or_else(|| "stream ended".into());
+        warn!(endpoint = %url, error = %e, revision = tx.borrow().revision, "health-map stream lost; routing on the last map");
+        next += 1;
+        let delay = backoff.next_delay(rand::rng().random_range(0.0..1.0));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn stream(
+    url: &str,
+    cfg: &SubscribeConfig,
+    tx: &watch::Sender<Arc<HealthMap>>,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut updates = HealthMapServiceClient::new(channel)
+        .subscribe(pb::SubscribeRequest {
+            pools: cfg.pools.clone(),
+            proxy_id: cfg.proxy_id.clone(),
+            labels: Default::default(),
+        })
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    loop {
+        let msg = updates
+            .message()
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+            .ok_or("stream closed by the control plane")?;
+        let pools = msg
+            .pools
+            .iter()
+            .map(PoolUpdate::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("invalid update: {e}"))?;
+        let mut map = if msg.snapshot {
+            // A snapshot replaces everything held: the control plane only
+            // sends one once it has loaded all facts, so it is complete.
+            info!(endpoint = %url, revision = msg.revision, pools = pools.len(), "health-map snapshot received");
+            metrics.stream_connected.store(1, Relaxed);
+            backoff.reset();
+            HealthMap::default()
+        } else {
+            (**tx.borrow()).clone()
+        };
+        map.apply(&pools);
+        map.retain(&cfg.pools);
+        map.revision = msg.revision;
+        metrics.observe_update(&pools);
+        if let Some(dir) = &cfg.state_dir {
+            if let Err(e) = cache::save(dir, &map) {
+                warn!(error = %e, "persisting the health map failed");
+            }
+        }
+        metrics.map_revision.store(map.revision, Relaxed);
+        tx.send_replace(Arc::new(map));
+    }
+}
