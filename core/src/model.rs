@@ -153,6 +153,11 @@ impl FromStr for CheckKind {
 pub struct StatusSet(Vec<(u16, u16)>);
 
 impl StatusSet {
+    /// Exactly one status, e.g. HAProxy's `http-check expect status 200`.
+    pub fn single(status: u16) -> Self {
+        StatusSet(vec![(status, status)])
+    }
+
     pub fn contains(&self, status: u16) -> bool {
         self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
     }

@@ -45,6 +45,58 @@ pub fn validate_pools(pools: &[pb::PoolSpec]) -> Result<Vec<PoolSpec>, Status> {
     Ok(doc.pools)
 }
 
+/// Creates or replaces `specs` (already validated) in one transaction guarded
+/// by each pool key's revision. Pools not named are left as they are.
+pub async fn apply(
+    store: &dyn Store,
+    keys: &Keys,
+    specs: &[PoolSpec],
+    expected_revision: u64,
+) -> Result<pb::ApplyPoolsResponse, Status> {
+    let (existing, revision) = store.list(&keys.pools()).await.map_err(store_status)?;
+    if expected_revision != 0
+        && let Some(newer) = existing.iter().find(|kv| kv.mod_revision > expected_revision)
+    {
+        return Err(Status::failed_precondition(format!(
+            "expected_revision: pools changed since revision {expected_revision} ({} at revision {})",
+            newer.key, newer.mod_revision
+        )));
+    }
+    let mut resp = pb::ApplyPoolsResponse {
+        revision,
+        ..Default::default()
+    };
+    let mut compares = Vec::new();
+    let mut ops = Vec::new();
+    for spec in specs {
+        let key = keys.pool(&spec.name);
+        let value = keys::encode_pool(pool_to_pb(spec));
+        match existing.iter().find(|kv| kv.key == key) {
+            Some(kv) if kv.value == value => resp.unchanged.push(spec.name.clone()),
+            Some(kv) => {
+                compares.push(Compare::ModRevision(key.clone(), kv.mod_revision));
+                ops.push(Op::Put { key, value, lease: None });
+                resp.updated.push(spec.name.clone());
+            }
+            None => {
+                compares.push(Compare::Absent(key.clone()));
+                ops.push(Op::Put { key, value, lease: None });
+                resp.created.push(spec.name.clone());
+            }
+        }
+    }
+    if !ops.is_empty() {
+        let r = store.txn(compares, ops).await.map_err(store_status)?;
+        if !r.succeeded {
+            return Err(Status::aborted(
+                "pools changed concurrently; nothing was written, apply again",
+            ));
+        }
+        resp.revision = r.revision;
+    }
+    Ok(resp)
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminSvc {
     async fn apply_pools(
@@ -53,51 +105,7 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::ApplyPoolsResponse>, Status> {
         let req = request.into_inner();
         let specs = validate_pools(&req.pools)?;
-        let (existing, revision) = self
-            .store
-            .list(&self.keys.pools())
-            .await
-            .map_err(store_status)?;
-        if req.expected_revision != 0
-            && let Some(newer) = existing.iter().find(|kv| kv.mod_revision > req.expected_revision)
-        {
-            return Err(Status::failed_precondition(format!(
-                "expected_revision: pools changed since revision {} ({} at revision {})",
-                req.expected_revision, newer.key, newer.mod_revision
-            )));
-        }
-        let mut resp = pb::ApplyPoolsResponse {
-            revision,
-            ..Default::default()
-        };
-        let mut compares = Vec::new();
-        let mut ops = Vec::new();
-        for spec in &specs {
-            let key = self.keys.pool(&spec.name);
-            let value = keys::encode_pool(pool_to_pb(spec));
-            match existing.iter().find(|kv| kv.key == key) {
-                Some(kv) if kv.value == value => resp.unchanged.push(spec.name.clone()),
-                Some(kv) => {
-                    compares.push(Compare::ModRevision(key.clone(), kv.mod_revision));
-                    ops.push(Op::Put { key, value, lease: None });
-                    resp.updated.push(spec.name.clone());
-                }
-                None => {
-                    compares.push(Compare::Absent(key.clone()));
-                    ops.push(Op::Put { key, value, lease: None });
-                    resp.created.push(spec.name.clone());
-                }
-            }
-        }
-        if !ops.is_empty() {
-            let r = self.store.txn(compares, ops).await.map_err(store_status)?;
-            if !r.succeeded {
-                return Err(Status::aborted(
-                    "pools changed concurrently; nothing was written, apply again",
-                ));
-            }
-            resp.revision = r.revision;
-        }
+        let resp = apply(self.store.as_ref(), &self.keys, &specs, req.expected_revision).await?;
         Ok(Response::new(resp))
     }
 

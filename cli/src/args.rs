@@ -1,0 +1,154 @@
+//! Command-line arguments. Every flag also reads a `TRACKWIRE_…` environment
+//! variable, so containers and systemd units configure the same way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trackwire",
+    version,
+    about = "Shared, quorum-checked backend health for a fleet of TCP load balancers"
+)]
+pub struct Cli {
+    /// Log filter (tracing-subscriber syntax), e.g. `info` or `trackwire=debug`.
+    #[arg(long, env = "TRACKWIRE_LOG", default_value = "info", global = true)]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a control-plane replica (etcd with --etcd, else the embedded store).
+    ControlPlane(ControlPlaneArgs),
+    /// Run a probe agent that checks the backends the control plane assigns it.
+    ProbeAgent(ProbeAgentArgs),
+    /// Run a TCP proxy serving the config's listeners on the streamed health map.
+    DataPlane(DataPlaneArgs),
+    /// Run everything in one process: control plane, agent, proxy and demo backends.
+    Dev(DevArgs),
+    /// Store the pools of a config file in the control plane.
+    Apply(ApplyArgs),
+    /// List pools or backends.
+    Get(GetArgs),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    trackwire_core::duration::parse(s)
+}
+
+/// A comma-separated endpoint list, parsed as one flag value.
+#[derive(Debug, Clone)]
+pub struct Urls(pub Vec<String>);
+
+fn parse_urls(s: &str) -> Result<Urls, String> {
+    trackwire_core::endpoints::parse_urls(s).map(Urls)
+}
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// etcd endpoints, comma-separated (http://host:port,...). Without it the embedded store is used.
+    #[arg(long, env = "TRACKWIRE_ETCD", value_parser = parse_urls)]
+    pub etcd: Option<Urls>,
+    /// gRPC address for agents, proxies and admin clients.
+    #[arg(long, env = "TRACKWIRE_GRPC_BIND", default_value = "0.0.0.0:7400")]
+    pub grpc_bind: SocketAddr,
+    /// HTTP address for /metrics, /healthz, /readyz and the status page.
+    #[arg(long, env = "TRACKWIRE_HTTP_BIND", default_value = "0.0.0.0:7401")]
+    pub http_bind: SocketAddr,
+    /// A config document whose [[pool]] sections are applied at start.
+    #[arg(long, env = "TRACKWIRE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Store key prefix.
+    #[arg(long, env = "TRACKWIRE_PREFIX", default_value = "/trackwire/")]
+    pub prefix: String,
+    /// How long an agent's verdicts count after it was last heard from.
+    #[arg(long, env = "TRACKWIRE_AGENT_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub agent_ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeAgentArgs {
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
+    pub control_plane: Urls,
+    /// Zone label of this agent (e.g. a datacenter or availability zone).
+    #[arg(long, env = "TRACKWIRE_ZONE", default_value = "")]
+    pub zone: String,
+    /// Directory holding the agent's stable identity.
+    #[arg(long, env = "TRACKWIRE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "TRACKWIRE_HTTP_BIND", default_value = "0.0.0.0:7402")]
+    pub http_bind: SocketAddr,
+    /// Heartbeat interval on the control-plane session (keep it well below the agent TTL).
+    #[arg(long, env = "TRACKWIRE_HEARTBEAT", default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DataPlaneArgs {
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
+    pub control_plane: Urls,
+    /// Config document whose [[listener]] sections this proxy serves.
+    #[arg(long, env = "TRACKWIRE_CONFIG")]
+    pub config: PathBuf,
+    /// Directory where the last health map is kept (fail static across restarts).
+    #[arg(long, env = "TRACKWIRE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, env = "TRACKWIRE_HTTP_BIND", default_value = "0.0.0.0:7403")]
+    pub http_bind: SocketAddr,
+    /// Identity shown to the control plane (default: a random UUID).
+    #[arg(long, env = "TRACKWIRE_PROXY_ID")]
+    pub proxy_id: Option<String>,
+    /// How long open sessions may continue after SIGTERM.
+    #[arg(long, env = "TRACKWIRE_DRAIN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Config document (pools and listeners). Without it: three demo backends and one listener.
+    #[arg(long, env = "TRACKWIRE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Proxy address of the demo listener (ignored with --config, whose listeners say where).
+    #[arg(long, env = "TRACKWIRE_PROXY_BIND", default_value = "127.0.0.1:8080")]
+    pub proxy_bind: SocketAddr,
+    /// Control-plane gRPC address.
+    #[arg(long, env = "TRACKWIRE_GRPC_BIND", default_value = "127.0.0.1:7400")]
+    pub grpc_bind: SocketAddr,
+    /// Control-plane HTTP address (status page, /metrics).
+    #[arg(long, env = "TRACKWIRE_HTTP_BIND", default_value = "127.0.0.1:7401")]
+    pub http_bind: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Config document whose [[pool]] sections are applied.
+    #[arg(short = 'f', long = "file", env = "TRACKWIRE_FILE")]
+    pub file: PathBuf,
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
+    pub control_plane: Urls,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GetWhat {
+    Pools,
+    Backends,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// What to list.
+    pub what: GetWhat,
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
+    pub control_plane: Urls,
+}

@@ -1,0 +1,47 @@
+//! `trackwire`: parse arguments, start tracing, run one command, exit with
+//! its code (0 ok, 1 operational failure, 2 invalid input).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use trackwire_cli::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --log {:?}: {e}", cli.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::ControlPlane(a) => trackwire_cli::run::control_plane(a).await,
+            Command::ProbeAgent(a) => trackwire_cli::run::probe_agent(a).await,
+            Command::DataPlane(a) => trackwire_cli::run::data_plane(a).await,
+            Command::Dev(a) => trackwire_cli::dev::dev(a).await,
+            Command::Apply(a) => trackwire_cli::admin::apply(a).await,
+            Command::Get(a) => trackwire_cli::admin::get(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(trackwire_cli::exit_code(&e))
+        }
+    }
+}

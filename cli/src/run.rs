@@ -1,0 +1,154 @@
+//! The long-running commands: `control-plane`, `probe-agent`, `data-plane`.
+//! Each validates its configuration, then binds its ports, then runs until
+//! SIGINT/SIGTERM and drains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use trackwire_control_plane::keys::Keys;
+use trackwire_control_plane::store::{EtcdOptions, EtcdStore, MemStore, Store};
+use trackwire_core::PoolSpec;
+
+use crate::Invalid;
+use crate::args::{ControlPlaneArgs, DataPlaneArgs, ProbeAgentArgs};
+
+pub async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {what} {addr}"))
+}
+
+/// Cancels `token` on SIGINT/SIGTERM.
+pub fn cancel_on_signal(token: &CancellationToken) {
+    let t = token.clone();
+    tokio::spawn(async move {
+        crate::signal().await;
+        info!("signal received; shutting down");
+        t.cancel();
+    });
+}
+
+/// Applies `pools` once the control plane answers, retrying while the store is unavailable.
+pub async fn apply_at_start(
+    store: Arc<dyn Store>,
+    prefix: &str,
+    pools: Vec<PoolSpec>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let keys = Keys::new(prefix).map_err(Invalid)?;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0).await {
+            Ok(r) => {
+                info!(revision = r.revision, created = ?r.created, updated = ?r.updated, "applied pools from the config file");
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Aborted => {
+                warn!(error = %s.message(), "applying config pools failed; retrying");
+            }
+            Err(s) => return Err(crate::admin::status_error(s)),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let config = trackwire_control_plane::Config {
+        prefix: args.prefix.clone(),
+        agent_ttl: args.agent_ttl,
+    };
+    config.validate().map_err(|e| Invalid(e.to_string()))?;
+    let pools = match &args.config {
+        Some(path) => {
+            let doc = crate::load_document(path)?;
+            if !doc.listeners.is_empty() {
+                warn!("the control plane ignores [[listener]] sections; data-plane proxies serve them");
+            }
+            doc.pools
+        }
+        None => Vec::new(),
+    };
+    let grpc = bind(args.grpc_bind, "--grpc-bind").await?;
+    let http = bind(args.http_bind, "--http-bind").await?;
+    let store: Arc<dyn Store> = match &args.etcd {
+        Some(urls) => {
+            info!(endpoints = ?urls.0, "using etcd");
+            Arc::new(
+                EtcdStore::connect(&EtcdOptions::new(urls.0.clone()))
+                    .await
+                    .context("connect to etcd")?,
+            )
+        }
+        None => {
+            warn!("no --etcd: using the embedded store (single node; state is lost on restart)");
+            Arc::new(MemStore::new())
+        }
+    };
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(&shutdown);
+    if !pools.is_empty() {
+        let (store, prefix, token) = (Arc::clone(&store), args.prefix.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = apply_at_start(store, &prefix, pools, token.clone()).await {
+                tracing::error!(error = %e, "config pools rejected; shutting down");
+                token.cancel();
+            }
+        });
+    }
+    trackwire_control_plane::run(
+        config,
+        store,
+        trackwire_control_plane::Listeners {
+            grpc,
+            http: Some(http),
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn probe_agent(args: ProbeAgentArgs) -> anyhow::Result<()> {
+    let config = trackwire_probe_agent::Config {
+        control_plane: args.control_plane.0,
+        zone: args.zone,
+        state_dir: args.state_dir,
+        heartbeat: args.heartbeat,
+    };
+    config.validate().map_err(|e| Invalid(e.to_string()))?;
+    let http = bind(args.http_bind, "--http-bind").await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(&shutdown);
+    trackwire_probe_agent::run(config, Some(http), shutdown).await?;
+    Ok(())
+}
+
+pub async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
+    let doc = crate::load_document(&args.config)?;
+    let config = trackwire_data_plane::Config {
+        control_plane: args.control_plane.0,
+        listeners: doc.listeners,
+        state_dir: args.state_dir,
+        proxy_id: args
+            .proxy_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        drain_grace: args.drain_grace,
+    };
+    config
+        .validate()
+        .map_err(|e| Invalid(format!("{}: {e}", args.config.display())))?;
+    let listeners = trackwire_data_plane::bind(&config.listeners).await?;
+    let http = bind(args.http_bind, "--http-bind").await?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(&shutdown);
+    trackwire_data_plane::run(config, listeners, Some(http), shutdown).await?;
+    Ok(())
+}
