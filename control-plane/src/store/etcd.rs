@@ -280,15 +280,12 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+        let err = |e| lease_error(unavailable(e), Some(lease));
         let fut = async {
-            let (mut keeper, mut responses) = self
-                .streams
-                .clone()
-                .lease_keep_alive(lease)
-                .await
-                .map_err(unavailable)?;
-            keeper.keep_alive().await.map_err(unavailable)?;
-            match responses.message().await.map_err(unavailable)? {
+            let (mut keeper, mut responses) =
+                self.streams.clone().lease_keep_alive(lease).await.map_err(err)?;
+            keeper.keep_alive().await.map_err(err)?;
+            match responses.message().await.map_err(err)? {
                 Some(r) if r.ttl() > 0 => Ok(()),
                 _ => Err(StoreError::LeaseNotFound(lease)),
             }
