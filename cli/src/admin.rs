@@ -93,7 +93,13 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|c| match c.kind {
                         trackwire_core::CheckKind::Tcp => "tcp".to_string(),
-                        k => format!("{} {} {} expect {}", k.as_str(), c.method, c.path, c.expect_status),
+                        k => format!(
+                            "{} {} {} expect {}",
+                            k.as_str(),
+                            c.method,
+                            c.path,
+                            c.expect_status
+                        ),
                     })
                     .unwrap_or_else(|| "none".into());
                 rows.push(vec![
@@ -108,7 +114,9 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
         }
         GetWhat::Backends => {
             let resp = client
-                .get_health(pb::GetHealthRequest { pool: String::new() })
+                .get_health(pb::GetHealthRequest {
+                    pool: String::new(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -123,7 +131,8 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
             ]];
             for b in &resp.backends {
                 let Some(e) = &b.endpoint else { continue };
-                let e = MapEndpoint::try_from(e).context("control plane sent an invalid endpoint")?;
+                let e =
+                    MapEndpoint::try_from(e).context("control plane sent an invalid endpoint")?;
                 let reason = b
                     .votes
                     .iter()
@@ -150,7 +159,13 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {

@@ -24,7 +24,11 @@ pub struct DemoBackend {
 
 impl DemoBackend {
     /// Serves on `listener` until `shutdown`.
-    pub fn spawn(name: &str, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<Self> {
+    pub fn spawn(
+        name: &str,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let backend = DemoBackend {
             name: name.to_string(),

@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::config::{Balance, Document, ListenerSpec};
-use trackwire_core::{AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet};
+use trackwire_core::{
+    AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
+};
 
 use crate::Invalid;
 use crate::args::DevArgs;
@@ -86,7 +88,11 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         None => {
             for i in 1..=3 {
                 let l = bind("127.0.0.1:0".parse()?, "demo backend").await?;
-                demo.push(DemoBackend::spawn(&format!("backend-{i}"), l, shutdown.clone())?);
+                demo.push(DemoBackend::spawn(
+                    &format!("backend-{i}"),
+                    l,
+                    shutdown.clone(),
+                )?);
             }
             demo_document(&demo, args.proxy_bind)
         }
@@ -103,15 +109,18 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
     cancel_on_signal(&shutdown);
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let cp = spawn_linked(&shutdown, trackwire_control_plane::run(
-        trackwire_control_plane::Config::default(),
-        Arc::clone(&store),
-        trackwire_control_plane::Listeners {
-            grpc,
-            http: Some(http),
-        },
-        shutdown.clone(),
-    ));
+    let cp = spawn_linked(
+        &shutdown,
+        trackwire_control_plane::run(
+            trackwire_control_plane::Config::default(),
+            Arc::clone(&store),
+            trackwire_control_plane::Listeners {
+                grpc,
+                http: Some(http),
+            },
+            shutdown.clone(),
+        ),
+    );
     apply_at_start(
         Arc::clone(&store),
         &trackwire_control_plane::Config::default().prefix,
@@ -119,16 +128,19 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
-    let agent = spawn_linked(&shutdown, trackwire_probe_agent::run(
-        trackwire_probe_agent::Config {
-            control_plane: vec![control_url.clone()],
-            zone: "dev".into(),
-            state_dir: None,
-            heartbeat: Duration::from_secs(2),
-        },
-        None::<TcpListener>,
-        shutdown.clone(),
-    ));
+    let agent = spawn_linked(
+        &shutdown,
+        trackwire_probe_agent::run(
+            trackwire_probe_agent::Config {
+                control_plane: vec![control_url.clone()],
+                zone: "dev".into(),
+                state_dir: None,
+                heartbeat: Duration::from_secs(2),
+            },
+            None::<TcpListener>,
+            shutdown.clone(),
+        ),
+    );
     let mut proxy_lines = Vec::new();
     for p in &proxies {
         proxy_lines.push(format!(
@@ -138,18 +150,21 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             p.spec.pool
         ));
     }
-    let dp = spawn_linked(&shutdown, trackwire_data_plane::run(
-        trackwire_data_plane::Config {
-            control_plane: vec![control_url.clone()],
-            listeners: doc.listeners.clone(),
-            state_dir: None,
-            proxy_id: "dev".into(),
-            drain_grace: Duration::from_secs(2),
-        },
-        proxies,
-        None,
-        shutdown.clone(),
-    ));
+    let dp = spawn_linked(
+        &shutdown,
+        trackwire_data_plane::run(
+            trackwire_data_plane::Config {
+                control_plane: vec![control_url.clone()],
+                listeners: doc.listeners.clone(),
+                state_dir: None,
+                proxy_id: "dev".into(),
+                drain_grace: Duration::from_secs(2),
+            },
+            proxies,
+            None,
+            shutdown.clone(),
+        ),
+    );
 
     let mut banner = String::from("trackwire dev is running (Ctrl-C stops it)\n");
     for l in &proxy_lines {

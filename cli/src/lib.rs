@@ -37,8 +37,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 /// Reads and validates a config document; every failure is [`Invalid`].
 pub fn load_document(path: &std::path::Path) -> anyhow::Result<trackwire_core::config::Document> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Invalid(format!("{}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Invalid(format!("{}: {e}", path.display())))?;
     trackwire_core::config::Document::parse(&text)
         .map_err(|e| Invalid(format!("{}: {e}", path.display())).into())
 }
@@ -48,13 +48,14 @@ pub async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

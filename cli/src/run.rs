@@ -70,7 +70,9 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         Some(path) => {
             let doc = crate::load_document(path)?;
             if !doc.listeners.is_empty() {
-                warn!("the control plane ignores [[listener]] sections; data-plane proxies serve them");
+                warn!(
+                    "the control plane ignores [[listener]] sections; data-plane proxies serve them"
+                );
             }
             doc.pools
         }

@@ -65,7 +65,10 @@ mod tests {
         let moved = before.difference(&after).count();
         // 3000 assignments; the new agent should take about 3000/7 of them.
         let share = 3000.0 / 7.0;
-        assert!((moved as f64) < share * 1.15, "moved {moved}, share {share}");
+        assert!(
+            (moved as f64) < share * 1.15,
+            "moved {moved}, share {share}"
+        );
         // Only the new agent gains assignments.
         assert!(after.difference(&before).all(|(_, a)| a == "a7"));
     }
@@ -82,7 +85,10 @@ mod tests {
     #[test]
     fn hash_is_stable() {
         // A fixed value: a change here silently reshuffles every fleet's assignment.
-        assert_eq!(stable_hash(&["agent", "pool", "backend"]), 0xb7c0_ab98_3d2c_5412);
+        assert_eq!(
+            stable_hash(&["agent", "pool", "backend"]),
+            0xb7c0_ab98_3d2c_5412
+        );
         assert_ne!(stable_hash(&["ab", "c"]), stable_hash(&["a", "bc"]));
     }
 }

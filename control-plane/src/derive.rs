@@ -51,7 +51,10 @@ pub fn decide(quorum: Quorum, votes: &[&VerdictFact]) -> Option<HealthState> {
     if votes.is_empty() {
         return None;
     }
-    let down = votes.iter().filter(|v| v.state == HealthState::Down).count();
+    let down = votes
+        .iter()
+        .filter(|v| v.state == HealthState::Down)
+        .count();
     let is_down = match quorum {
         Quorum::Majority => down * 2 > votes.len(),
         Quorum::Any => down > 0,
@@ -105,7 +108,10 @@ pub fn derive(facts: &Facts, previous: Option<&Derived>) -> Derived {
                         }
                     }
                     detail.assigned = assigned.iter().map(|a| (*a).to_string()).collect();
-                    let up = counted.iter().filter(|v| v.state == HealthState::Up).count();
+                    let up = counted
+                        .iter()
+                        .filter(|v| v.state == HealthState::Up)
+                        .count();
                     match decide(pool.quorum, &counted) {
                         None => (pool.initial_state, 0, 0, 0),
                         Some(state) => {
@@ -133,7 +139,8 @@ pub fn derive(facts: &Facts, previous: Option<&Derived>) -> Derived {
                     votes_up,
                 },
             );
-            out.details.insert((pool_name.clone(), b.name.clone()), detail);
+            out.details
+                .insert((pool_name.clone(), b.name.clone()), detail);
         }
         // Share the previous Arc when the pool did not change, so diffs and
         // snapshots of untouched pools cost a pointer comparison.
@@ -216,7 +223,11 @@ mod tests {
         let mut f = facts(pool("p", 1, true, Quorum::Majority), &["a1", "a2", "a3"]);
         vote(&mut f, "a1", "b0", Down);
         vote(&mut f, "a2", "b0", Up);
-        assert_eq!(state(&derive(&f, None), "b0"), Up, "1 of 2 down is not a majority");
+        assert_eq!(
+            state(&derive(&f, None), "b0"),
+            Up,
+            "1 of 2 down is not a majority"
+        );
         vote(&mut f, "a3", "b0", Down);
         let d = derive(&f, None);
         assert_eq!(state(&d, "b0"), Down);

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use tracing::warn;
 use trackwire_core::convert::health_from_pb;
 use trackwire_core::{HealthState, PoolSpec};
-use tracing::warn;
 
 use crate::keys::{self, KeyKind, Keys};
 use crate::store::{KeyValue, WatchEvent};
@@ -63,8 +63,11 @@ impl Facts {
                     pool,
                     backend,
                 } => {
-                    self.verdicts
-                        .remove(&(agent.to_string(), pool.to_string(), backend.to_string()));
+                    self.verdicts.remove(&(
+                        agent.to_string(),
+                        pool.to_string(),
+                        backend.to_string(),
+                    ));
                 }
                 KeyKind::Other => {}
             },
@@ -81,7 +84,9 @@ impl Facts {
                     Ok(spec) if spec.name == name => {
                         self.pools.insert(name.to_string(), spec);
                     }
-                    Ok(spec) => warn!(key = %kv.key, name = %spec.name, "pool key and name differ; skipped"),
+                    Ok(spec) => {
+                        warn!(key = %kv.key, name = %spec.name, "pool key and name differ; skipped")
+                    }
                     Err(e) => warn!(key = %kv.key, error = %e, "undecodable pool; skipped"),
                 }
             }
@@ -101,9 +106,12 @@ impl Facts {
                 agent,
                 pool,
                 backend,
-            } => match keys::decode_verdict(&kv.value)
-                .and_then(|v| Ok((health_from_pb(v.state, "state").map_err(|e| e.to_string())?, v)))
-            {
+            } => match keys::decode_verdict(&kv.value).and_then(|v| {
+                Ok((
+                    health_from_pb(v.state, "state").map_err(|e| e.to_string())?,
+                    v,
+                ))
+            }) {
                 Ok((state, v)) => {
                     self.verdicts.insert(
                         (agent.to_string(), pool.to_string(), backend.to_string()),

@@ -33,7 +33,10 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     if ctx.state.borrow().is_some() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "loading facts from the store\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading facts from the store\n",
+        )
     }
 }
 
@@ -45,7 +48,10 @@ async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn status_page(State(ctx): State<Ctx>) -> Html<String> {

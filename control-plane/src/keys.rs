@@ -78,7 +78,9 @@ impl Keys {
         }
         if let Some(v) = rest.strip_prefix("verdicts/") {
             let mut parts = v.splitn(3, '/');
-            if let (Some(agent), Some(pool), Some(backend)) = (parts.next(), parts.next(), parts.next()) {
+            if let (Some(agent), Some(pool), Some(backend)) =
+                (parts.next(), parts.next(), parts.next())
+            {
                 return KeyKind::Verdict {
                     agent,
                     pool,
@@ -101,19 +103,29 @@ pub fn encode_pool(spec: pb::PoolSpec) -> Vec<u8> {
 pub fn decode_pool(bytes: &[u8]) -> Result<pb::PoolSpec, String> {
     let s = pb::StoredPool::decode(bytes).map_err(|e| e.to_string())?;
     if s.schema > SCHEMA {
-        return Err(format!("schema {} is newer than this build's {SCHEMA}", s.schema));
+        return Err(format!(
+            "schema {} is newer than this build's {SCHEMA}",
+            s.schema
+        ));
     }
     s.spec.ok_or_else(|| "missing spec".to_string())
 }
 
 pub fn encode_agent(a: pb::StoredAgent) -> Vec<u8> {
-    pb::StoredAgent { schema: SCHEMA, ..a }.encode_to_vec()
+    pb::StoredAgent {
+        schema: SCHEMA,
+        ..a
+    }
+    .encode_to_vec()
 }
 
 pub fn decode_agent(bytes: &[u8]) -> Result<pb::StoredAgent, String> {
     let a = pb::StoredAgent::decode(bytes).map_err(|e| e.to_string())?;
     if a.schema > SCHEMA {
-        return Err(format!("schema {} is newer than this build's {SCHEMA}", a.schema));
+        return Err(format!(
+            "schema {} is newer than this build's {SCHEMA}",
+            a.schema
+        ));
     }
     Ok(a)
 }
@@ -129,7 +141,10 @@ pub fn encode_verdict(v: pb::Verdict) -> Vec<u8> {
 pub fn decode_verdict(bytes: &[u8]) -> Result<pb::Verdict, String> {
     let s = pb::StoredVerdict::decode(bytes).map_err(|e| e.to_string())?;
     if s.schema > SCHEMA {
-        return Err(format!("schema {} is newer than this build's {SCHEMA}", s.schema));
+        return Err(format!(
+            "schema {} is newer than this build's {SCHEMA}",
+            s.schema
+        ));
     }
     s.verdict.ok_or_else(|| "missing verdict".to_string())
 }
@@ -145,7 +160,11 @@ mod tests {
         assert_eq!(k.parse(&k.agent("a")), KeyKind::Agent("a"));
         assert_eq!(
             k.parse(&k.verdict("a", "p", "b")),
-            KeyKind::Verdict { agent: "a", pool: "p", backend: "b" }
+            KeyKind::Verdict {
+                agent: "a",
+                pool: "p",
+                backend: "b"
+            }
         );
         assert_eq!(k.parse("/other/pools/p"), KeyKind::Other);
         assert!(Keys::new("trackwire").is_err());
@@ -153,7 +172,11 @@ mod tests {
 
     #[test]
     fn newer_schema_is_refused() {
-        let bytes = pb::StoredPool { schema: SCHEMA + 1, spec: Some(pb::PoolSpec::default()) }.encode_to_vec();
+        let bytes = pb::StoredPool {
+            schema: SCHEMA + 1,
+            spec: Some(pb::PoolSpec::default()),
+        }
+        .encode_to_vec();
         assert!(decode_pool(&bytes).unwrap_err().contains("newer"));
     }
 }

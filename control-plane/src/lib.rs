@@ -58,7 +58,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         Keys::new(&self.prefix).map_err(|m| Error::Config(format!("prefix: {m}")))?;
         if self.agent_ttl < Duration::from_secs(2) || self.agent_ttl > Duration::from_secs(300) {
-            return Err(Error::Config("agent_ttl: must be between 2s and 300s".into()));
+            return Err(Error::Config(
+                "agent_ttl: must be between 2s and 300s".into(),
+            ));
         }
         Ok(())
     }
@@ -109,11 +111,15 @@ pub async fn run(
         let reporter = health_reporter.clone();
         tokio::spawn(async move {
             if state::ready(&mut state).await.is_some() {
-                reporter.set_serving::<ProbeServiceServer<grpc::probe::ProbeSvc>>().await;
+                reporter
+                    .set_serving::<ProbeServiceServer<grpc::probe::ProbeSvc>>()
+                    .await;
                 reporter
                     .set_serving::<HealthMapServiceServer<grpc::healthmap::HealthMapSvc>>()
                     .await;
-                reporter.set_serving::<AdminServiceServer<grpc::admin::AdminSvc>>().await;
+                reporter
+                    .set_serving::<AdminServiceServer<grpc::admin::AdminSvc>>()
+                    .await;
             }
         });
     }

@@ -44,18 +44,67 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let rows: [(&str, &str, &str, &AtomicU64); 9] = [
-            ("trackwire_store_revision", "gauge", "store revision of the served health map", &self.revision),
-            ("trackwire_pools", "gauge", "pools in the health map", &self.pools),
-            ("trackwire_backends_up", "gauge", "backends derived UP", &self.backends_up),
-            ("trackwire_backends_down", "gauge", "backends derived DOWN", &self.backends_down),
-            ("trackwire_agents_live", "gauge", "agents with a live session lease", &self.agents_live),
-            ("trackwire_agent_sessions", "gauge", "agent sessions connected to this replica", &self.agent_sessions),
-            ("trackwire_subscribers", "gauge", "health-map subscribers connected to this replica", &self.subscribers),
-            ("trackwire_verdict_writes_total", "counter", "verdict transitions written to the store", &self.verdict_writes),
-            ("trackwire_map_updates_sent_total", "counter", "health-map messages sent to subscribers", &self.map_updates_sent),
+            (
+                "trackwire_store_revision",
+                "gauge",
+                "store revision of the served health map",
+                &self.revision,
+            ),
+            (
+                "trackwire_pools",
+                "gauge",
+                "pools in the health map",
+                &self.pools,
+            ),
+            (
+                "trackwire_backends_up",
+                "gauge",
+                "backends derived UP",
+                &self.backends_up,
+            ),
+            (
+                "trackwire_backends_down",
+                "gauge",
+                "backends derived DOWN",
+                &self.backends_down,
+            ),
+            (
+                "trackwire_agents_live",
+                "gauge",
+                "agents with a live session lease",
+                &self.agents_live,
+            ),
+            (
+                "trackwire_agent_sessions",
+                "gauge",
+                "agent sessions connected to this replica",
+                &self.agent_sessions,
+            ),
+            (
+                "trackwire_subscribers",
+                "gauge",
+                "health-map subscribers connected to this replica",
+                &self.subscribers,
+            ),
+            (
+                "trackwire_verdict_writes_total",
+                "counter",
+                "verdict transitions written to the store",
+                &self.verdict_writes,
+            ),
+            (
+                "trackwire_map_updates_sent_total",
+                "counter",
+                "health-map messages sent to subscribers",
+                &self.map_updates_sent,
+            ),
         ];
         for (name, kind, help, v) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Relaxed)
+            );
         }
         out
     }

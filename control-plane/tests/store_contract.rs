@@ -53,9 +53,14 @@ async fn put_get_list(s: Arc<dyn Store>) {
     let r0 = s.revision().await.expect("revision");
     let r1 = s.put("/t/a", b"1".to_vec(), None).await.expect("put a");
     assert_eq!(r1, r0 + 1, "each write is one revision");
-    let r2 = s.put("/t/a", b"2".to_vec(), None).await.expect("put a again");
+    let r2 = s
+        .put("/t/a", b"2".to_vec(), None)
+        .await
+        .expect("put a again");
     s.put("/t/b", b"3".to_vec(), None).await.expect("put b");
-    s.put("/u/c", b"4".to_vec(), None).await.expect("put outside the prefix");
+    s.put("/u/c", b"4".to_vec(), None)
+        .await
+        .expect("put outside the prefix");
     let a = s.get("/t/a").await.expect("get").expect("a exists");
     assert_eq!(a.value, b"2");
     assert_eq!(a.create_revision, r1, "create revision survives updates");
@@ -117,7 +122,10 @@ async fn txn_compares(s: Arc<dyn Store>) {
     assert_eq!(stale.revision, ok.revision, "a failed txn writes nothing");
     assert!(s.get("/t/b").await.expect("get").is_some());
     let exists = s
-        .txn(vec![Compare::Absent("/t/a".into())], vec![Op::Delete("/t/a".into())])
+        .txn(
+            vec![Compare::Absent("/t/a".into())],
+            vec![Op::Delete("/t/a".into())],
+        )
         .await
         .expect("txn");
     assert!(!exists.succeeded);
@@ -125,7 +133,9 @@ async fn txn_compares(s: Arc<dyn Store>) {
 
 async fn watch_from_revision(s: Arc<dyn Store>) {
     let r1 = s.put("/t/a", b"1".to_vec(), None).await.expect("put");
-    s.put("/u/x", b"-".to_vec(), None).await.expect("put outside");
+    s.put("/u/x", b"-".to_vec(), None)
+        .await
+        .expect("put outside");
     s.put("/t/b", b"2".to_vec(), None).await.expect("put");
     // From the past: replays /t/a and /t/b, not /u/x.
     let mut w = s.watch("/t/", r1).await.expect("watch");
@@ -150,16 +160,26 @@ async fn watch_from_revision(s: Arc<dyn Store>) {
 
 async fn leases(s: Arc<dyn Store>) {
     let lease = s.grant_lease(Duration::from_secs(5)).await.expect("grant");
-    s.put("/t/a", b"1".to_vec(), Some(lease)).await.expect("put a");
-    s.put("/t/b", b"2".to_vec(), Some(lease)).await.expect("put b");
-    s.put("/t/keep", b"3".to_vec(), None).await.expect("put keep");
+    s.put("/t/a", b"1".to_vec(), Some(lease))
+        .await
+        .expect("put a");
+    s.put("/t/b", b"2".to_vec(), Some(lease))
+        .await
+        .expect("put b");
+    s.put("/t/keep", b"3".to_vec(), None)
+        .await
+        .expect("put keep");
     assert_eq!(s.get("/t/a").await.expect("get").expect("a").lease, lease);
     s.keep_alive(lease).await.expect("keep alive");
     let before = s.revision().await.expect("revision");
     let mut w = s.watch("/t/", before + 1).await.expect("watch");
     s.revoke(lease).await.expect("revoke");
     let events = next_events(&mut w, 2).await;
-    assert!(events.iter().all(|e| matches!(e, WatchEvent::Delete { .. })));
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, WatchEvent::Delete { .. }))
+    );
     assert!(
         events.iter().all(|e| e.revision() == before + 1),
         "a revoke deletes all its keys in one revision"
@@ -178,11 +198,17 @@ async fn leases(s: Arc<dyn Store>) {
 
 async fn lease_expiry(s: Arc<dyn Store>) {
     let lease = s.grant_lease(Duration::from_secs(1)).await.expect("grant");
-    s.put("/t/a", b"1".to_vec(), Some(lease)).await.expect("put");
+    s.put("/t/a", b"1".to_vec(), Some(lease))
+        .await
+        .expect("put");
     // Rebinding a key to another lease detaches it from the first.
     let other = s.grant_lease(Duration::from_secs(30)).await.expect("grant");
-    s.put("/t/b", b"1".to_vec(), Some(lease)).await.expect("put");
-    s.put("/t/b", b"2".to_vec(), Some(other)).await.expect("rebind");
+    s.put("/t/b", b"1".to_vec(), Some(lease))
+        .await
+        .expect("put");
+    s.put("/t/b", b"2".to_vec(), Some(other))
+        .await
+        .expect("rebind");
     let deadline = Instant::now() + Duration::from_secs(8);
     while s.get("/t/a").await.expect("get").is_some() {
         assert!(Instant::now() < deadline, "lease did not expire within 8s");
@@ -232,12 +258,17 @@ contract!(
 async fn mem_lease_expiry_follows_tokio_time() {
     let s = MemStore::new();
     let lease = s.grant_lease(Duration::from_secs(10)).await.expect("grant");
-    s.put("/t/a", b"1".to_vec(), Some(lease)).await.expect("put");
+    s.put("/t/a", b"1".to_vec(), Some(lease))
+        .await
+        .expect("put");
     tokio::time::sleep(Duration::from_secs(9)).await;
     assert!(s.get("/t/a").await.expect("get").is_some());
     s.keep_alive(lease).await.expect("keep alive");
     tokio::time::sleep(Duration::from_secs(9)).await;
-    assert!(s.get("/t/a").await.expect("get").is_some(), "keep-alive renewed the TTL");
+    assert!(
+        s.get("/t/a").await.expect("get").is_some(),
+        "keep-alive renewed the TTL"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(s.get("/t/a").await.expect("get").is_none());
 }

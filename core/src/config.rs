@@ -28,8 +28,8 @@ use serde::Deserialize;
 use crate::duration;
 use crate::error::FieldError;
 use crate::model::{
-    AdminState, BackendSpec, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState, PoolSpec,
-    Quorum, StatusSet, TlsSpec,
+    AdminState, BackendSpec, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState, PoolSpec, Quorum,
+    StatusSet, TlsSpec,
 };
 
 pub const MAX_POOLS: usize = 1_000;
@@ -147,7 +147,10 @@ impl Document {
     /// document does not define (a data-plane config serving pools applied elsewhere).
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.pools.len() > MAX_POOLS {
-            return Err(FieldError::new("pool", format!("at most {MAX_POOLS} pools")));
+            return Err(FieldError::new(
+                "pool",
+                format!("at most {MAX_POOLS} pools"),
+            ));
         }
         if self.listeners.len() > MAX_LISTENERS {
             return Err(FieldError::new(
@@ -197,7 +200,11 @@ impl Document {
             push_kv(&mut out, "bind", &l.bind.to_string());
             push_kv(&mut out, "pool", &l.pool);
             push_kv(&mut out, "balance", "roundrobin");
-            push_kv(&mut out, "connect_timeout", &duration::format(l.connect_timeout));
+            push_kv(
+                &mut out,
+                "connect_timeout",
+                &duration::format(l.connect_timeout),
+            );
             out.push_str(&format!("retries = {}\n\n", l.retries));
         }
         out
@@ -229,8 +236,16 @@ fn pool_toml(p: &PoolSpec) -> String {
             push_kv(&mut out, "expect_body", b);
         }
         push_kv(&mut out, "interval", &duration::format(c.interval));
-        push_kv(&mut out, "fast_interval", &duration::format(c.fast_interval));
-        push_kv(&mut out, "down_interval", &duration::format(c.down_interval));
+        push_kv(
+            &mut out,
+            "fast_interval",
+            &duration::format(c.fast_interval),
+        );
+        push_kv(
+            &mut out,
+            "down_interval",
+            &duration::format(c.down_interval),
+        );
         push_kv(&mut out, "timeout", &duration::format(c.timeout));
         out.push_str(&format!("rise = {}\nfall = {}\n", c.rise, c.fall));
         if let Some(port) = c.port {
@@ -291,7 +306,10 @@ impl RawDocument {
             .listener
             .into_iter()
             .enumerate()
-            .map(|(i, l)| l.into_spec().map_err(|e| e.within(&format!("listener[{i}]"))))
+            .map(|(i, l)| {
+                l.into_spec()
+                    .map_err(|e| e.within(&format!("listener[{i}]")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Document { pools, listeners })
     }
@@ -342,9 +360,7 @@ impl RawCheck {
         let interval = parse_duration(self.interval.as_deref(), "interval")?.unwrap_or(d.interval);
         let expect_status = match self.expect_status.as_deref() {
             None => StatusSet::default(),
-            Some(s) => s
-                .parse()
-                .map_err(|e| FieldError::new("expect_status", e))?,
+            Some(s) => s.parse().map_err(|e| FieldError::new("expect_status", e))?,
         };
         let spec = CheckSpec {
             kind,
@@ -416,9 +432,9 @@ pub fn parse_bind(s: &str) -> Result<SocketAddr, String> {
     } else {
         s.to_string()
     };
-    normalized.parse().map_err(|_| {
-        format!("invalid bind address {s:?}: expected ip:port, [ipv6]:port or *:port")
-    })
+    normalized
+        .parse()
+        .map_err(|_| format!("invalid bind address {s:?}: expected ip:port, [ipv6]:port or *:port"))
 }
 
 #[cfg(test)]
@@ -488,7 +504,9 @@ pool = "myApp"
             err("[[pool]]\nname = \"a\"\n[[pool.backend]]\nname = \"b\"\naddress = \"nohost\"\n")
                 .starts_with("pool[0].backend[0].address:")
         );
-        assert!(err("[[pool]]\nname = \"a\"\n[[pool]]\nname = \"a\"\n").starts_with("pool[1].name:"));
+        assert!(
+            err("[[pool]]\nname = \"a\"\n[[pool]]\nname = \"a\"\n").starts_with("pool[1].name:")
+        );
         assert!(
             err("[[listener]]\nname = \"l\"\nbind = \"nope\"\npool = \"p\"\n")
                 .starts_with("listener[0].bind:")

@@ -10,8 +10,8 @@ use trackwire_proto::v1 as pb;
 use crate::error::FieldError;
 use crate::map::{Endpoint, PoolUpdate};
 use crate::model::{
-    AdminState, BackendSpec, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState, PoolSpec,
-    Quorum, StatusSet, TlsSpec,
+    AdminState, BackendSpec, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState, PoolSpec, Quorum,
+    StatusSet, TlsSpec,
 };
 
 pub fn health_to_pb(s: HealthState) -> i32 {
@@ -196,7 +196,10 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
                     name: b.name.clone(),
                     address: b.address.clone(),
                     weight: b.weight,
-                    admin_state: admin_from_pb(b.admin_state, &format!("backends[{i}].admin_state"))?,
+                    admin_state: admin_from_pb(
+                        b.admin_state,
+                        &format!("backends[{i}].admin_state"),
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>, FieldError>>()?;
@@ -210,7 +213,10 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
             Ok(pb::QuorumPolicy::Any) => Quorum::Any,
             Ok(pb::QuorumPolicy::All) => Quorum::All,
             Err(_) => {
-                return Err(FieldError::new("quorum", format!("invalid quorum {}", p.quorum)));
+                return Err(FieldError::new(
+                    "quorum",
+                    format!("invalid quorum {}", p.quorum),
+                ));
             }
         };
         let initial_state = if p.initial_state == pb::HealthState::Unspecified as i32 {
@@ -230,8 +236,10 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
                 p.replicas
             },
         };
-        spec.validate()
-            .map_err(|e| FieldError { path: e.path.replace("backend[", "backends["), ..e })?;
+        spec.validate().map_err(|e| FieldError {
+            path: e.path.replace("backend[", "backends["),
+            ..e
+        })?;
         Ok(spec)
     }
 }

@@ -8,7 +8,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("invalid duration {s:?}: expected a number with a unit such as 500ms or 2s"));
+        return Err(format!(
+            "invalid duration {s:?}: expected a number with a unit such as 500ms or 2s"
+        ));
     }
     let n: u64 = num
         .parse()
@@ -35,11 +37,11 @@ pub fn format(d: Duration) -> String {
     if ms == 0 {
         return format!("{}us", d.as_micros());
     }
-    if ms % 3_600_000 == 0 {
+    if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")

@@ -20,9 +20,12 @@ pub fn parse_urls(s: &str) -> Result<Vec<String>, String> {
         let rest = u
             .strip_prefix("http://")
             .or_else(|| u.strip_prefix("https://"))
-            .ok_or_else(|| format!("invalid endpoint {u:?}: must start with http:// or https://"))?;
+            .ok_or_else(|| {
+                format!("invalid endpoint {u:?}: must start with http:// or https://")
+            })?;
         let hostport = rest.trim_end_matches('/');
-        crate::model::split_address(hostport).map_err(|e| format!("invalid endpoint {u:?}: {e}"))?;
+        crate::model::split_address(hostport)
+            .map_err(|e| format!("invalid endpoint {u:?}: {e}"))?;
     }
     Ok(urls)
 }

@@ -142,7 +142,11 @@ mod tests {
             address: format!("{name}:1"),
             weight: 1,
             admin_state: AdminState::Ready,
-            state: if up { HealthState::Up } else { HealthState::Down },
+            state: if up {
+                HealthState::Up
+            } else {
+                HealthState::Down
+            },
             decided_at_ms: 0,
             votes: 0,
             votes_up: 0,

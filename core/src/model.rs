@@ -293,9 +293,7 @@ impl CheckSpec {
             return Err(FieldError::new("fall", "must be between 1 and 1000"));
         }
         if matches!(self.kind, CheckKind::Http | CheckKind::Https) {
-            if self.method.is_empty()
-                || !self.method.bytes().all(|b| b.is_ascii_alphabetic())
-            {
+            if self.method.is_empty() || !self.method.bytes().all(|b| b.is_ascii_alphabetic()) {
                 return Err(FieldError::new(
                     "method",
                     format!("invalid HTTP method {:?}", self.method),
@@ -304,7 +302,10 @@ impl CheckSpec {
             if !self.path.starts_with('/') || self.path.chars().any(char::is_whitespace) {
                 return Err(FieldError::new(
                     "path",
-                    format!("must start with / and contain no spaces, got {:?}", self.path),
+                    format!(
+                        "must start with / and contain no spaces, got {:?}",
+                        self.path
+                    ),
                 ));
             }
         }
@@ -328,10 +329,7 @@ impl CheckSpec {
         if let Some(b) = &self.expect_body
             && (b.is_empty() || b.len() > 4096)
         {
-            return Err(FieldError::new(
-                "expect_body",
-                "must be 1 to 4096 bytes",
-            ));
+            return Err(FieldError::new("expect_body", "must be 1 to 4096 bytes"));
         }
         if self.kind == CheckKind::Https && self.tls.ca_file.is_none() && !self.tls.insecure {
             // As HAProxy: verification is on by default and needs a CA file.
@@ -414,7 +412,10 @@ impl PoolSpec {
 /// `-`, `_` and `.`, starting with a letter or digit. They appear in store keys.
 pub fn validate_name(name: &str) -> Result<(), String> {
     let ok_len = (1..=63).contains(&name.len());
-    let ok_first = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok_first = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
     let ok_rest = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -470,8 +471,18 @@ mod tests {
         assert!(!s.contains(201) && !s.contains(303));
         assert_eq!(s.to_string(), "200,204,300-302");
         assert!(StatusSet::default().contains(302) && !StatusSet::default().contains(404));
-        assert!("600".parse::<StatusSet>().unwrap_err().contains("outside 100-599"));
-        assert!("299-200".parse::<StatusSet>().unwrap_err().contains("empty"));
+        assert!(
+            "600"
+                .parse::<StatusSet>()
+                .unwrap_err()
+                .contains("outside 100-599")
+        );
+        assert!(
+            "299-200"
+                .parse::<StatusSet>()
+                .unwrap_err()
+                .contains("empty")
+        );
         assert!("abc".parse::<StatusSet>().is_err());
     }
 

@@ -18,7 +18,11 @@ pub struct SmoothWrr {
 impl SmoothWrr {
     /// Picks among `candidates` (already filtered to routable ones), skipping
     /// the names in `exclude` (backends that just failed to connect).
-    pub fn pick<'a>(&mut self, candidates: &'a [Endpoint], exclude: &[&str]) -> Option<&'a Endpoint> {
+    pub fn pick<'a>(
+        &mut self,
+        candidates: &'a [Endpoint],
+        exclude: &[&str],
+    ) -> Option<&'a Endpoint> {
         let mut total: i64 = 0;
         let mut best: Option<(&'a Endpoint, i64)> = None;
         for e in candidates {
@@ -86,7 +90,9 @@ mod tests {
     fn equal_weights_rotate() {
         let eps = vec![ep("a", 1), ep("b", 1), ep("c", 1)];
         let mut w = SmoothWrr::default();
-        let picks: Vec<String> = (0..6).map(|_| w.pick(&eps, &[]).expect("pick").backend.clone()).collect();
+        let picks: Vec<String> = (0..6)
+            .map(|_| w.pick(&eps, &[]).expect("pick").backend.clone())
+            .collect();
         assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
     }
 

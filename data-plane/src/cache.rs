@@ -40,7 +40,8 @@ pub fn load(dir: &Path) -> Result<Option<HealthMap>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", p.display())),
     };
-    let msg = pb::HealthMapUpdate::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", p.display()))?;
+    let msg = pb::HealthMapUpdate::decode(bytes.as_slice())
+        .map_err(|e| format!("{}: {e}", p.display()))?;
     let updates = msg
         .pools
         .iter()

@@ -60,7 +60,9 @@ impl Config {
             return Err(Error::Config("control_plane: at least one endpoint".into()));
         }
         if self.listeners.is_empty() {
-            return Err(Error::Config("listener: the config defines no [[listener]]".into()));
+            return Err(Error::Config(
+                "listener: the config defines no [[listener]]".into(),
+            ));
         }
         Ok(())
     }
@@ -79,10 +81,12 @@ impl Config {
 pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<proxy::Listener>, Error> {
     let mut out = Vec::new();
     for spec in specs {
-        let socket = TcpListener::bind(spec.bind).await.map_err(|source| Error::Bind {
-            addr: spec.bind,
-            source,
-        })?;
+        let socket = TcpListener::bind(spec.bind)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: spec.bind,
+                source,
+            })?;
         out.push(proxy::Listener {
             spec: spec.clone(),
             socket,
@@ -104,7 +108,11 @@ pub async fn run(
     let initial = match &config.state_dir {
         Some(dir) => match cache::load(dir) {
             Ok(Some(map)) => {
-                info!(revision = map.revision, pools = map.pools.len(), "loaded the last health map from the state dir");
+                info!(
+                    revision = map.revision,
+                    pools = map.pools.len(),
+                    "loaded the last health map from the state dir"
+                );
                 map
             }
             Ok(None) => HealthMap::default(),
@@ -157,7 +165,10 @@ pub async fn run(
     }
     let _ = sub.await;
     tracker.close();
-    if tokio::time::timeout(config.drain_grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(config.drain_grace, tracker.wait())
+        .await
+        .is_err()
+    {
         warn!(grace = ?config.drain_grace, "sessions still open after the drain grace period; closing them");
     }
     Ok(())

@@ -88,7 +88,8 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream) {
             wrr.pick(&eps, &exclude).cloned()
         };
         let Some(ep) = pick else { break };
-        match tokio::time::timeout(ctx.spec.connect_timeout, TcpStream::connect(&ep.address)).await {
+        match tokio::time::timeout(ctx.spec.connect_timeout, TcpStream::connect(&ep.address)).await
+        {
             Ok(Ok(s)) => {
                 upstream = Some((ep, s));
                 break;

@@ -107,12 +107,16 @@ async fn stream(
         map.retain(&cfg.pools);
         map.revision = msg.revision;
         metrics.observe_update(&pools);
-        if let Some(dir) = &cfg.state_dir {
-            if let Err(e) = cache::save(dir, &map) {
+        metrics.map_revision.store(map.revision, Relaxed);
+        let map = Arc::new(map);
+        // Routing gets the new map first; persisting (with fsync) follows
+        // off the runtime threads.
+        tx.send_replace(Arc::clone(&map));
+        if let Some(dir) = cfg.state_dir.clone() {
+            let saved = tokio::task::spawn_blocking(move || cache::save(&dir, &map)).await;
+            if let Ok(Err(e)) = saved {
                 warn!(error = %e, "persisting the health map failed");
             }
         }
-        metrics.map_revision.store(map.revision, Relaxed);
-        tx.send_replace(Arc::new(map));
     }
 }

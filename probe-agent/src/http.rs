@@ -24,7 +24,10 @@ async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     if s.connected.load(Relaxed) == 1 {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to a control plane\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to a control plane\n",
+        )
     }
 }
 

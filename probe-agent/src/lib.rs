@@ -54,7 +54,9 @@ impl Config {
             return Err(Error::Config("zone: at most 63 bytes".into()));
         }
         if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(60) {
-            return Err(Error::Config("heartbeat: must be between 100ms and 60s".into()));
+            return Err(Error::Config(
+                "heartbeat: must be between 100ms and 60s".into(),
+            ));
         }
         Ok(())
     }
@@ -71,9 +73,8 @@ pub fn load_or_create_agent_id(dir: &Path) -> Result<String, Error> {
     match std::fs::read_to_string(&path) {
         Ok(s) => {
             let id = s.trim();
-            uuid::Uuid::parse_str(id).map_err(|e| {
-                Error::Config(format!("{}: not a UUID ({e})", path.display()))
-            })?;
+            uuid::Uuid::parse_str(id)
+                .map_err(|e| Error::Config(format!("{}: not a UUID ({e})", path.display())))?;
             Ok(id.to_string())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

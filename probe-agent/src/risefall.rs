@@ -90,8 +90,8 @@ impl RiseFall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use HealthState::{Down, Up};
+    use proptest::prelude::*;
 
     fn run(rise: u32, fall: u32, results: &str) -> Vec<Option<HealthState>> {
         let mut m = RiseFall::new(rise, fall);
@@ -110,20 +110,38 @@ mod tests {
             (2, 3, "+-+", &[None, None, None]),
             (2, 3, "---", &[None, None, Some(Down)]),
             (2, 3, "++---", &[None, Some(Up), None, None, Some(Down)]),
-            (2, 3, "++--+--", &[None, Some(Up), None, None, None, None, None]),
-            (2, 3, "++---++", &[None, Some(Up), None, None, Some(Down), None, Some(Up)]),
+            (
+                2,
+                3,
+                "++--+--",
+                &[None, Some(Up), None, None, None, None, None],
+            ),
+            (
+                2,
+                3,
+                "++---++",
+                &[None, Some(Up), None, None, Some(Down), None, Some(Up)],
+            ),
             (1, 1, "+-+-", &[Some(Up), Some(Down), Some(Up), Some(Down)]),
             (3, 2, "++-+++", &[None, None, None, None, None, Some(Up)]),
         ];
         for (rise, fall, results, expected) in cases {
-            assert_eq!(&run(*rise, *fall, results), expected, "rise {rise} fall {fall} {results}");
+            assert_eq!(
+                &run(*rise, *fall, results),
+                expected,
+                "rise {rise} fall {fall} {results}"
+            );
         }
     }
 
     #[test]
     fn cadence_follows_haproxy_intervals() {
         let mut m = RiseFall::new(2, 3);
-        assert_eq!(m.cadence(), Cadence::Fast, "undecided checks run at fastinter");
+        assert_eq!(
+            m.cadence(),
+            Cadence::Fast,
+            "undecided checks run at fastinter"
+        );
         m.observe(true, 0);
         m.observe(true, 1);
         assert_eq!(m.cadence(), Cadence::Normal);

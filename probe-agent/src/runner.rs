@@ -93,7 +93,9 @@ impl Shared {
     pub fn take_pending(&self) -> Vec<pb::Verdict> {
         let mut v = lock(&self.verdicts);
         let keys = std::mem::take(&mut v.pending);
-        keys.iter().filter_map(|k| v.current.get(k).cloned()).collect()
+        keys.iter()
+            .filter_map(|k| v.current.get(k).cloned())
+            .collect()
     }
 
     pub fn verdict(&self, key: &TargetKey) -> Option<pb::Verdict> {
@@ -137,9 +139,16 @@ impl Runner {
             self.running.insert(key, (spec, handle));
             started += 1;
         }
-        self.shared.targets.store(self.running.len() as u64, Relaxed);
+        self.shared
+            .targets
+            .store(self.running.len() as u64, Relaxed);
         if started + stopped > 0 {
-            info!(started, stopped, running = self.running.len(), "applied assignment");
+            info!(
+                started,
+                stopped,
+                running = self.running.len(),
+                "applied assignment"
+            );
         }
     }
 
@@ -172,7 +181,10 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
     let mut rf = RiseFall::new(spec.check.rise, spec.check.fall);
     // First check at a random point of one interval: a fresh agent with
     // 10,000 targets spreads them instead of sending a burst.
-    let first = spec.check.fast_interval.mul_f64(rand::rng().random_range(0.0..1.0));
+    let first = spec
+        .check
+        .fast_interval
+        .mul_f64(rand::rng().random_range(0.0..1.0));
     let mut next = Instant::now() + first;
     loop {
         tokio::time::sleep_until(next).await;

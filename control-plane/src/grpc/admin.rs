@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use trackwire_core::convert::{endpoint_to_pb, health_to_pb, pool_to_pb};
 use trackwire_core::PoolSpec;
+use trackwire_core::convert::{endpoint_to_pb, health_to_pb, pool_to_pb};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_server::AdminService;
 
@@ -40,7 +40,11 @@ pub fn validate_pools(pools: &[pb::PoolSpec]) -> Result<Vec<PoolSpec>, Status> {
         listeners: vec![],
     };
     doc.validate().map_err(|e| {
-        Status::invalid_argument(e.to_string().replace("pool[", "pools[").replace("backend[", "backends["))
+        Status::invalid_argument(
+            e.to_string()
+                .replace("pool[", "pools[")
+                .replace("backend[", "backends["),
+        )
     })?;
     Ok(doc.pools)
 }
@@ -55,7 +59,9 @@ pub async fn apply(
 ) -> Result<pb::ApplyPoolsResponse, Status> {
     let (existing, revision) = store.list(&keys.pools()).await.map_err(store_status)?;
     if expected_revision != 0
-        && let Some(newer) = existing.iter().find(|kv| kv.mod_revision > expected_revision)
+        && let Some(newer) = existing
+            .iter()
+            .find(|kv| kv.mod_revision > expected_revision)
     {
         return Err(Status::failed_precondition(format!(
             "expected_revision: pools changed since revision {expected_revision} ({} at revision {})",
@@ -75,12 +81,20 @@ pub async fn apply(
             Some(kv) if kv.value == value => resp.unchanged.push(spec.name.clone()),
             Some(kv) => {
                 compares.push(Compare::ModRevision(key.clone(), kv.mod_revision));
-                ops.push(Op::Put { key, value, lease: None });
+                ops.push(Op::Put {
+                    key,
+                    value,
+                    lease: None,
+                });
                 resp.updated.push(spec.name.clone());
             }
             None => {
                 compares.push(Compare::Absent(key.clone()));
-                ops.push(Op::Put { key, value, lease: None });
+                ops.push(Op::Put {
+                    key,
+                    value,
+                    lease: None,
+                });
                 resp.created.push(spec.name.clone());
             }
         }
@@ -105,7 +119,13 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::ApplyPoolsResponse>, Status> {
         let req = request.into_inner();
         let specs = validate_pools(&req.pools)?;
-        let resp = apply(self.store.as_ref(), &self.keys, &specs, req.expected_revision).await?;
+        let resp = apply(
+            self.store.as_ref(),
+            &self.keys,
+            &specs,
+            req.expected_revision,
+        )
+        .await?;
         Ok(Response::new(resp))
     }
 

@@ -47,8 +47,7 @@ pub fn store_status(e: StoreError) -> Status {
 }
 
 fn validate_verdict(v: &pb::Verdict, path: &str) -> Result<(), Status> {
-    validate_name(&v.pool)
-        .map_err(|e| Status::invalid_argument(format!("{path}.pool: {e}")))?;
+    validate_name(&v.pool).map_err(|e| Status::invalid_argument(format!("{path}.pool: {e}")))?;
     validate_name(&v.backend)
         .map_err(|e| Status::invalid_argument(format!("{path}.backend: {e}")))?;
     health_from_pb(v.state, &format!("{path}.state"))
@@ -96,9 +95,8 @@ impl ProbeService for ProbeSvc {
                 "the first message must be an AgentHello",
             ));
         };
-        uuid::Uuid::parse_str(&hello.agent_id).map_err(|e| {
-            Status::invalid_argument(format!("hello.agent_id: not a UUID ({e})"))
-        })?;
+        uuid::Uuid::parse_str(&hello.agent_id)
+            .map_err(|e| Status::invalid_argument(format!("hello.agent_id: not a UUID ({e})")))?;
         if hello.zone.len() > 63 {
             return Err(Status::invalid_argument("hello.zone: at most 63 bytes"));
         }

@@ -79,9 +79,12 @@ impl EtcdStore {
             .with_connect_timeout(opts.connect_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
-        let unary = Client::connect(&opts.endpoints, Some(base.clone().with_timeout(opts.request_timeout)))
-            .await
-            .map_err(unavailable)?;
+        let unary = Client::connect(
+            &opts.endpoints,
+            Some(base.clone().with_timeout(opts.request_timeout)),
+        )
+        .await
+        .map_err(unavailable)?;
         let streams = Client::connect(&opts.endpoints, Some(base))
             .await
             .map_err(unavailable)?;
@@ -110,7 +113,9 @@ impl EtcdStore {
                 }
             }
         }
-        Err(last.map(unavailable).unwrap_or_else(|| StoreError::Unavailable(what.into())))
+        Err(last
+            .map(unavailable)
+            .unwrap_or_else(|| StoreError::Unavailable(what.into())))
     }
 }
 
@@ -274,7 +279,9 @@ impl Store for EtcdStore {
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let resp = self
-            .retry("lease grant", |mut c| async move { c.lease_grant(secs, None).await })
+            .retry("lease grant", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
             .await?;
         Ok(resp.id())
     }
@@ -282,8 +289,12 @@ impl Store for EtcdStore {
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
         let err = |e| lease_error(unavailable(e), Some(lease));
         let fut = async {
-            let (mut keeper, mut responses) =
-                self.streams.clone().lease_keep_alive(lease).await.map_err(err)?;
+            let (mut keeper, mut responses) = self
+                .streams
+                .clone()
+                .lease_keep_alive(lease)
+                .await
+                .map_err(err)?;
             keeper.keep_alive().await.map_err(err)?;
             match responses.message().await.map_err(err)? {
                 Some(r) if r.ttl() > 0 => Ok(()),

@@ -108,19 +108,18 @@ impl Inner {
                     let lease = lease.unwrap_or(0);
                     let create_revision = match self.kv.get(&key) {
                         Some(old) => {
-                            if old.lease != 0 && old.lease != lease {
-                                if let Some(l) = self.leases.get_mut(&old.lease) {
-                                    l.keys.remove(&key);
-                                }
+                            // Lease ids start at 1, so 0 (no lease) never matches.
+                            if old.lease != lease
+                                && let Some(l) = self.leases.get_mut(&old.lease)
+                            {
+                                l.keys.remove(&key);
                             }
                             old.create_revision
                         }
                         None => rev,
                     };
-                    if lease != 0 {
-                        if let Some(l) = self.leases.get_mut(&lease) {
-                            l.keys.insert(key.clone());
-                        }
+                    if let Some(l) = self.leases.get_mut(&lease) {
+                        l.keys.insert(key.clone());
                     }
                     let kv = KeyValue {
                         key: key.clone(),
@@ -134,10 +133,8 @@ impl Inner {
                 }
                 Op::Delete(key) => {
                     if let Some(old) = self.kv.remove(&key) {
-                        if old.lease != 0 {
-                            if let Some(l) = self.leases.get_mut(&old.lease) {
-                                l.keys.remove(&key);
-                            }
+                        if let Some(l) = self.leases.get_mut(&old.lease) {
+                            l.keys.remove(&key);
                         }
                         events.push(WatchEvent::Delete {
                             key,
@@ -195,16 +192,16 @@ impl Inner {
 
     fn holds(&self, c: &Compare) -> bool {
         match c {
-            Compare::ModRevision(k, rev) => self.kv.get(k).is_some_and(|kv| kv.mod_revision == *rev),
+            Compare::ModRevision(k, rev) => {
+                self.kv.get(k).is_some_and(|kv| kv.mod_revision == *rev)
+            }
             Compare::Absent(k) => !self.kv.contains_key(k),
         }
     }
 
     fn check_leases(&self, ops: &[Op]) -> Result<()> {
         for op in ops {
-            if let Op::Put {
-                lease: Some(l), ..
-            } = op
+            if let Op::Put { lease: Some(l), .. } = op
                 && *l != 0
                 && !self.leases.contains_key(l)
             {
@@ -223,12 +220,11 @@ impl Store for MemStore {
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, u64)> {
         let g = self.lock();
-        let kvs = g
-            .kv
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, v)| v.clone())
-            .collect();
+        let kvs =
+            g.kv.range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect();
         Ok((kvs, g.revision))
     }
 

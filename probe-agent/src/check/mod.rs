@@ -128,12 +128,12 @@ impl PreparedCheck {
             latency: start.elapsed(),
             reason,
         };
-        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(&self.connect_to)).await
-        {
-            Err(_) => return done(Outcome::L4Tout, None, "connect timeout".into()),
-            Ok(Err(e)) => return done(Outcome::L4Con, None, io_reason(&e)),
-            Ok(Ok(s)) => s,
-        };
+        let tcp =
+            match tokio::time::timeout_at(deadline, TcpStream::connect(&self.connect_to)).await {
+                Err(_) => return done(Outcome::L4Tout, None, "connect timeout".into()),
+                Ok(Err(e)) => return done(Outcome::L4Con, None, io_reason(&e)),
+                Ok(Ok(s)) => s,
+            };
         let _ = tcp.set_nodelay(true);
         match self.spec.kind {
             CheckKind::Tcp => done(Outcome::L4Ok, None, String::new()),

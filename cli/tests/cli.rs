@@ -1,0 +1,247 @@
+//! The `trackwire` binary as users run it: `dev` end to end (demo backends,
+//! flipping one to 503, apply/get against it, clean exit on SIGTERM), and
+//! exit code 2 with the failing field named for invalid configs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_trackwire");
+
+/// Kills the child if a test fails before it exits.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(addr: &str, method: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = String::new();
+    // A proxy with no UP backend closes at once; that reads as an empty answer.
+    if write!(s, "{method} {path} HTTP/1.0\r\nHost: x\r\n\r\n").is_err() {
+        return out;
+    }
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn backend_of(response: &str) -> Option<String> {
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("hello from "))
+        .map(str::to_string)
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run trackwire");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dev_runs_the_whole_path_and_stops_cleanly() {
+    let child = Command::new(BIN)
+        .args([
+            "dev",
+            "--proxy-bind",
+            "127.0.0.1:0",
+            "--grpc-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
+        .env("TRACKWIRE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start trackwire dev");
+    let mut dev = Running(child);
+    // The banner names every address; read it.
+    let stdout = dev.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut proxy, mut control, mut status) = (String::new(), String::new(), String::new());
+    let mut backends = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("banner line");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["proxy", addr, ..] => proxy = addr.to_string(),
+            ["control-plane", url, ..] => control = url.to_string(),
+            ["status-page", url] => status = url.to_string(),
+            [name, url] if name.starts_with("backend-") => {
+                backends.push((
+                    name.to_string(),
+                    url.trim_start_matches("http://").to_string(),
+                ));
+            }
+            [] if !backends.is_empty() => break,
+            _ => {}
+        }
+    }
+    assert!(!proxy.is_empty() && !control.is_empty() && !status.is_empty());
+    assert_eq!(backends.len(), 3);
+
+    // All three backends get connections once their checks pass.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen: std::collections::HashSet<String> = (0..9)
+            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
+            .collect();
+        if seen.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all backends UP: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The status page and the admin CLI see the pool.
+    let page = http(
+        status.trim_start_matches("http://").trim_end_matches('/'),
+        "GET",
+        "/",
+    );
+    assert!(page.contains("backend-2") && page.contains("up"), "{page}");
+    let (code, out, err) = run(&["get", "backends", "--control-plane", &control]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" UP ")).count(),
+        3,
+        "{out}"
+    );
+
+    // Flip backend-2 to 503: the proxy stops sending to it (1s interval, fall 3).
+    let b2 = &backends[1].1;
+    assert!(http(b2, "POST", "/down").contains("503"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: Vec<String> = (0..6)
+            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
+            .collect();
+        assert_eq!(seen.len(), 6, "every connection is answered");
+        if !seen.iter().any(|b| b == "backend-2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backend-2 still in rotation");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, out, _) = run(&["get", "backends", "--control-plane", &control]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("backend-2") && l.contains("DOWN") && l.contains("L7STS 503")),
+        "{out}"
+    );
+
+    // apply adds a pool; get pools lists it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("pools.toml");
+    std::fs::write(
+        &file,
+        "[[pool]]\nname = \"extra\"\n[[pool.backend]]\nname = \"x\"\naddress = \"127.0.0.1:9\"\n",
+    )
+    .expect("write");
+    let file = file.to_string_lossy().into_owned();
+    let (code, out, err) = run(&["apply", "-f", &file, "--control-plane", &control]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pool/extra created"), "{out}");
+    let (code, out, _) = run(&["apply", "-f", &file, "--control-plane", &control]);
+    assert_eq!(code, 0);
+    assert!(out.contains("pool/extra unchanged"), "{out}");
+    let (_, out, _) = run(&["get", "pools", "--control-plane", &control]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("extra ") && l.contains("none")),
+        "{out}"
+    );
+
+    // SIGTERM: everything shuts down and the process exits 0.
+    let pid = dev.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = dev.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev did not exit within 10s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[pool]]\nname = \"p\"\n[pool.check]\nexpect_status = \"200-700\"\n\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+    )
+    .expect("write");
+    let file = file.to_string_lossy().into_owned();
+    for args in [
+        vec![
+            "data-plane",
+            "--control-plane",
+            "http://127.0.0.1:1",
+            "--config",
+            &file,
+        ],
+        vec![
+            "apply",
+            "-f",
+            &file,
+            "--control-plane",
+            "http://127.0.0.1:1",
+        ],
+        vec![
+            "dev",
+            "--config",
+            &file,
+            "--grpc-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("pool[0].check.expect_status"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) = run(&["probe-agent", "--control-plane", "localhost:7400"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--control-plane") && err.contains("http://"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_control_plane_exits_1() {
+    let (code, _, err) = run(&["get", "pools", "--control-plane", "http://127.0.0.1:1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no control-plane endpoint reachable"), "{err}");
+}
