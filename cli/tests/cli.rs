@@ -245,3 +245,146 @@ fn unreachable_control_plane_exits_1() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no control-plane endpoint reachable"), "{err}");
 }
+
+/// Waits until `addr` accepts TCP connections.
+fn wait_listening(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} not listening within 15s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// The fleet topology as separate processes: a control plane on a real etcd,
+/// a probe agent and a data-plane proxy, configured through flags and
+/// environment variables the way operators run them.
+#[test]
+fn separate_processes_on_etcd() {
+    let etcd = trackwire_testkit::EtcdCluster::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let token = tokio_util::sync::CancellationToken::new();
+    let backends: Vec<trackwire_cli::demo::DemoBackend> = rt.block_on(async {
+        let mut v = Vec::new();
+        for i in 1..=3 {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            v.push(
+                trackwire_cli::demo::DemoBackend::spawn(&format!("b{i}"), l, token.clone())
+                    .expect("backend"),
+            );
+        }
+        v
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = free_addr();
+    let config = dir.path().join("trackwire.toml");
+    let mut doc = String::from(
+        "[[pool]]\nname = \"web\"\n[pool.check]\npath = \"/readyz\"\nexpect_status = \"200\"\ninterval = \"200ms\"\n",
+    );
+    for b in &backends {
+        doc.push_str(&format!(
+            "[[pool.backend]]\nname = \"{}\"\naddress = \"{}\"\n",
+            b.name, b.addr
+        ));
+    }
+    doc.push_str(&format!(
+        "[[listener]]\nname = \"web\"\nbind = \"{proxy}\"\npool = \"web\"\n"
+    ));
+    std::fs::write(&config, doc).expect("write config");
+    let config = config.to_string_lossy().into_owned();
+
+    let (grpc, cp_http) = (free_addr(), free_addr());
+    let control = format!("http://{grpc}");
+    let spawn = |args: &[&str], envs: &[(&str, &str)]| {
+        Running(
+            Command::new(BIN)
+                .args(args)
+                .envs(envs.iter().copied())
+                .env("TRACKWIRE_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn trackwire"),
+        )
+    };
+    let etcd_urls = etcd.endpoints().join(",");
+    let _cp = spawn(
+        &[
+            "control-plane",
+            "--grpc-bind",
+            &grpc,
+            "--http-bind",
+            &cp_http,
+        ],
+        &[("TRACKWIRE_ETCD", &etcd_urls)],
+    );
+    wait_listening(&grpc);
+    let (code, out, err) = run(&["apply", "-f", &config, "--control-plane", &control]);
+    assert_eq!(code, 0, "{out}{err}");
+    let agent_state = dir.path().join("agent");
+    let agent_state = agent_state.to_string_lossy().into_owned();
+    let _agent = spawn(
+        &[
+            "probe-agent",
+            "--zone",
+            "z1",
+            "--http-bind",
+            &free_addr(),
+            "--heartbeat",
+            "500ms",
+        ],
+        &[
+            ("TRACKWIRE_CONTROL_PLANE", &control),
+            ("TRACKWIRE_STATE_DIR", &agent_state),
+        ],
+    );
+    let _proxy = spawn(
+        &[
+            "data-plane",
+            "--config",
+            &config,
+            "--http-bind",
+            &free_addr(),
+        ],
+        &[("TRACKWIRE_CONTROL_PLANE", &control)],
+    );
+    wait_listening(&proxy);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen: std::collections::HashSet<String> = (0..9)
+            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
+            .collect();
+        if seen.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all backends reachable: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The agent kept its identity in its state dir.
+    let id = std::fs::read_to_string(dir.path().join("agent/agent-id")).expect("agent-id written");
+    assert!(uuid::Uuid::parse_str(id.trim()).is_ok(), "{id}");
+
+    backends[0].set_ready(false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen: Vec<String> = (0..6)
+            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
+            .collect();
+        assert_eq!(seen.len(), 6, "every connection answered");
+        if !seen.iter().any(|b| b == "b1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b1 still in rotation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    token.cancel();
+}
