@@ -28,8 +28,8 @@ use serde::Deserialize;
 use crate::duration;
 use crate::error::FieldError;
 use crate::model::{
-    AdminState, BackendSpec, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState, PoolSpec, Quorum,
-    StatusSet, TlsSpec,
+    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState,
+    PoolSpec, Quorum, StatusSet, TlsSpec,
 };
 
 pub const MAX_POOLS: usize = 1_000;
@@ -119,6 +119,17 @@ struct RawCheck {
     tls_server_name: Option<String>,
     tls_ca_file: Option<String>,
     tls_insecure: Option<bool>,
+    expect_body_regex: Option<String>,
+    expect_negate: Option<bool>,
+    address: Option<String>,
+    tcp_send: Option<String>,
+    tcp_expect: Option<String>,
+    grpc_service: Option<String>,
+    jitter_percent: Option<u32>,
+    #[serde(default)]
+    tls_alpn: Vec<String>,
+    tls_client_cert: Option<String>,
+    tls_client_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -232,9 +243,25 @@ fn pool_toml(p: &PoolSpec) -> String {
             push_kv(&mut out, "host", h);
         }
         push_kv(&mut out, "expect_status", &c.expect_status.to_string());
-        if let Some(b) = &c.expect_body {
-            push_kv(&mut out, "expect_body", b);
+        match &c.expect_body {
+            Some(BodyMatch::Substring(b)) => push_kv(&mut out, "expect_body", b),
+            Some(BodyMatch::Regex(r)) => push_kv(&mut out, "expect_body_regex", r),
+            None => {}
         }
+        if c.expect_negate {
+            out.push_str("expect_negate = true\n");
+        }
+        for (k, v) in [
+            ("address", &c.address),
+            ("tcp_send", &c.tcp_send),
+            ("tcp_expect", &c.tcp_expect),
+            ("grpc_service", &c.grpc_service),
+        ] {
+            if let Some(v) = v {
+                push_kv(&mut out, k, v);
+            }
+        }
+        out.push_str(&format!("jitter_percent = {}\n", c.jitter_percent));
         push_kv(&mut out, "interval", &duration::format(c.interval));
         push_kv(
             &mut out,
@@ -259,6 +286,19 @@ fn pool_toml(p: &PoolSpec) -> String {
         }
         if c.tls.insecure {
             out.push_str("tls_insecure = true\n");
+        }
+        if !c.tls.alpn.is_empty() {
+            let list: Vec<String> = c
+                .tls
+                .alpn
+                .iter()
+                .map(|p| toml::Value::String(p.clone()).to_string())
+                .collect();
+            out.push_str(&format!("tls_alpn = [{}]\n", list.join(", ")));
+        }
+        if let (Some(cert), Some(key)) = (&c.tls.client_cert, &c.tls.client_key) {
+            push_kv(&mut out, "tls_client_cert", &cert.to_string_lossy());
+            push_kv(&mut out, "tls_client_key", &key.to_string_lossy());
         }
         if !c.headers.is_empty() {
             out.push_str("\n[pool.check.headers]\n");
@@ -362,6 +402,17 @@ impl RawCheck {
             None => StatusSet::default(),
             Some(s) => s.parse().map_err(|e| FieldError::new("expect_status", e))?,
         };
+        let expect_body = match (self.expect_body, self.expect_body_regex) {
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    "expect_body_regex",
+                    "set expect_body or expect_body_regex, not both",
+                ));
+            }
+            (Some(s), None) => Some(BodyMatch::Substring(s)),
+            (None, Some(r)) => Some(BodyMatch::Regex(r)),
+            (None, None) => None,
+        };
         let spec = CheckSpec {
             kind,
             method: self.method.unwrap_or(d.method),
@@ -369,7 +420,13 @@ impl RawCheck {
             host: self.host,
             headers: self.headers.into_iter().collect(),
             expect_status,
-            expect_body: self.expect_body,
+            expect_body,
+            expect_negate: self.expect_negate.unwrap_or(false),
+            address: self.address,
+            tcp_send: self.tcp_send,
+            tcp_expect: self.tcp_expect,
+            grpc_service: self.grpc_service,
+            jitter_percent: self.jitter_percent.unwrap_or(d.jitter_percent),
             interval,
             // HAProxy: fastinter and downinter default to inter, timeout check to inter.
             fast_interval: parse_duration(self.fast_interval.as_deref(), "fast_interval")?
@@ -384,6 +441,9 @@ impl RawCheck {
                 server_name: self.tls_server_name,
                 ca_file: self.tls_ca_file.map(Into::into),
                 insecure: self.tls_insecure.unwrap_or(false),
+                alpn: self.tls_alpn,
+                client_cert: self.tls_client_cert.map(Into::into),
+                client_key: self.tls_client_key.map(Into::into),
             },
         };
         spec.validate()?;

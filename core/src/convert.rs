@@ -10,8 +10,8 @@ use trackwire_proto::v1 as pb;
 use crate::error::FieldError;
 use crate::map::{Endpoint, PoolUpdate};
 use crate::model::{
-    AdminState, BackendSpec, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState, PoolSpec, Quorum,
-    StatusSet, TlsSpec,
+    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState,
+    PoolSpec, Quorum, StatusSet, TlsSpec,
 };
 
 pub fn health_to_pb(s: HealthState) -> i32 {
@@ -56,6 +56,7 @@ pub fn check_to_pb(c: &CheckSpec) -> pb::CheckSpec {
             CheckKind::Http => pb::CheckKind::Http,
             CheckKind::Https => pb::CheckKind::Https,
             CheckKind::Tcp => pb::CheckKind::Tcp,
+            CheckKind::Grpc => pb::CheckKind::Grpc,
         } as i32,
         method: c.method.clone(),
         path: c.path.clone(),
@@ -69,7 +70,23 @@ pub fn check_to_pb(c: &CheckSpec) -> pb::CheckSpec {
             })
             .collect(),
         expect_status: c.expect_status.to_string(),
-        expect_body: c.expect_body.clone().unwrap_or_default(),
+        expect_body: match &c.expect_body {
+            Some(BodyMatch::Substring(s)) => s.clone(),
+            _ => String::new(),
+        },
+        expect_body_regex: match &c.expect_body {
+            Some(BodyMatch::Regex(r)) => r.clone(),
+            _ => String::new(),
+        },
+        expect_negate: c.expect_negate,
+        address: c.address.clone().unwrap_or_default(),
+        tcp_send: c.tcp_send.clone().unwrap_or_default(),
+        tcp_expect: c.tcp_expect.clone().unwrap_or_default(),
+        grpc_service: c.grpc_service.clone().unwrap_or_default(),
+        tls_alpn: c.tls.alpn.clone(),
+        tls_client_cert: path_str(c.tls.client_cert.as_ref()),
+        tls_client_key: path_str(c.tls.client_key.as_ref()),
+        jitter_percent: Some(c.jitter_percent),
         interval_ms: ms(c.interval),
         fast_interval_ms: ms(c.fast_interval),
         down_interval_ms: ms(c.down_interval),
@@ -88,6 +105,11 @@ pub fn check_to_pb(c: &CheckSpec) -> pb::CheckSpec {
     }
 }
 
+fn path_str(p: Option<&std::path::PathBuf>) -> String {
+    p.map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -101,6 +123,7 @@ impl TryFrom<&pb::CheckSpec> for CheckSpec {
             Ok(pb::CheckKind::Unspecified | pb::CheckKind::Http) => CheckKind::Http,
             Ok(pb::CheckKind::Https) => CheckKind::Https,
             Ok(pb::CheckKind::Tcp) => CheckKind::Tcp,
+            Ok(pb::CheckKind::Grpc) => CheckKind::Grpc,
             Err(_) => return Err(FieldError::new("kind", format!("invalid kind {}", c.kind))),
         };
         let interval = if c.interval_ms == 0 {
@@ -140,7 +163,23 @@ impl TryFrom<&pb::CheckSpec> for CheckSpec {
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect(),
             expect_status,
-            expect_body: non_empty(&c.expect_body),
+            expect_body: match (non_empty(&c.expect_body), non_empty(&c.expect_body_regex)) {
+                (Some(_), Some(_)) => {
+                    return Err(FieldError::new(
+                        "expect_body_regex",
+                        "set expect_body or expect_body_regex, not both",
+                    ));
+                }
+                (Some(s), None) => Some(BodyMatch::Substring(s)),
+                (None, Some(r)) => Some(BodyMatch::Regex(r)),
+                (None, None) => None,
+            },
+            expect_negate: c.expect_negate,
+            address: non_empty(&c.address),
+            tcp_send: non_empty(&c.tcp_send),
+            tcp_expect: non_empty(&c.tcp_expect),
+            grpc_service: non_empty(&c.grpc_service),
+            jitter_percent: c.jitter_percent.unwrap_or(d.jitter_percent),
             interval,
             fast_interval: or_interval(c.fast_interval_ms),
             down_interval: or_interval(c.down_interval_ms),
@@ -152,6 +191,9 @@ impl TryFrom<&pb::CheckSpec> for CheckSpec {
                 server_name: non_empty(&c.tls_server_name),
                 ca_file: non_empty(&c.tls_ca_file).map(Into::into),
                 insecure: c.tls_insecure,
+                alpn: c.tls_alpn.clone(),
+                client_cert: non_empty(&c.tls_client_cert).map(Into::into),
+                client_key: non_empty(&c.tls_client_key).map(Into::into),
             },
         };
         spec.validate()?;

@@ -14,6 +14,6 @@ pub mod model;
 pub use error::FieldError;
 pub use map::{Endpoint, HealthMap, PoolUpdate};
 pub use model::{
-    AdminState, BackendSpec, CheckKind, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
-    TlsSpec,
+    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, HealthState, PoolSpec, Quorum,
+    StatusSet, TlsSpec,
 };

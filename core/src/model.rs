@@ -122,6 +122,8 @@ pub enum CheckKind {
     Http,
     Https,
     Tcp,
+    /// `grpc.health.v1.Health/Check` over plaintext HTTP/2.
+    Grpc,
 }
 
 impl CheckKind {
@@ -130,6 +132,7 @@ impl CheckKind {
             CheckKind::Http => "http",
             CheckKind::Https => "https",
             CheckKind::Tcp => "tcp",
+            CheckKind::Grpc => "grpc",
         }
     }
 }
@@ -141,8 +144,9 @@ impl FromStr for CheckKind {
             "http" => Ok(CheckKind::Http),
             "https" => Ok(CheckKind::Https),
             "tcp" => Ok(CheckKind::Tcp),
+            "grpc" => Ok(CheckKind::Grpc),
             _ => Err(format!(
-                "unknown check kind {s:?} (expected http, https or tcp)"
+                "unknown check kind {s:?} (expected http, https, tcp or grpc)"
             )),
         }
     }
@@ -224,6 +228,30 @@ pub struct TlsSpec {
     pub ca_file: Option<PathBuf>,
     /// Skip certificate verification (HAProxy's `verify none`).
     pub insecure: bool,
+    /// ALPN protocols offered; a server choosing `h2` gets an HTTP/2 check.
+    pub alpn: Vec<String>,
+    /// Client certificate chain and private key (PEM), for servers that require mTLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// What the response body must contain (in its first [`MAX_BODY_BYTES`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyMatch {
+    Substring(String),
+    /// A regex (Rust `regex` syntax, compiled size-limited).
+    Regex(String),
+}
+
+/// Compiled-size limit for body regexes: a pattern is data from the network
+/// or a config file and must not make the agent allocate without bound.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+pub fn compile_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
+    regex::bytes::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex {pattern:?}: {e}"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,8 +263,11 @@ pub struct CheckSpec {
     pub host: Option<String>,
     pub headers: Vec<(String, String)>,
     pub expect_status: StatusSet,
-    /// Substring the first [`MAX_BODY_BYTES`] of the body must contain.
-    pub expect_body: Option<String>,
+    /// Body expectation, checked on the first [`MAX_BODY_BYTES`].
+    pub expect_body: Option<BodyMatch>,
+    /// Invert the body match, or the status match when there is no body
+    /// match (HAProxy's `http-check expect !`).
+    pub expect_negate: bool,
     pub interval: Duration,
     pub fast_interval: Duration,
     pub down_interval: Duration,
@@ -245,6 +276,15 @@ pub struct CheckSpec {
     pub fall: u32,
     /// Check this port instead of the backend's traffic port.
     pub port: Option<u16>,
+    /// Check this host instead of the backend's (HAProxy `addr`).
+    pub address: Option<String>,
+    /// TCP checks: bytes sent after connect, and a substring the reply must contain.
+    pub tcp_send: Option<String>,
+    pub tcp_expect: Option<String>,
+    /// gRPC checks: the service asked about (`None`: the whole server).
+    pub grpc_service: Option<String>,
+    /// Spread of each interval in percent (HAProxy spreads checks too).
+    pub jitter_percent: u32,
     pub tls: TlsSpec,
 }
 
@@ -260,6 +300,7 @@ impl CheckSpec {
             headers: Vec::new(),
             expect_status: StatusSet::default(),
             expect_body: None,
+            expect_negate: false,
             interval,
             fast_interval: interval,
             down_interval: interval,
@@ -267,6 +308,11 @@ impl CheckSpec {
             rise: 2,
             fall: 3,
             port: None,
+            address: None,
+            tcp_send: None,
+            tcp_expect: None,
+            grpc_service: None,
+            jitter_percent: 10,
             tls: TlsSpec::default(),
         }
     }
@@ -326,10 +372,68 @@ impl CheckSpec {
                 ));
             }
         }
-        if let Some(b) = &self.expect_body
-            && (b.is_empty() || b.len() > 4096)
-        {
-            return Err(FieldError::new("expect_body", "must be 1 to 4096 bytes"));
+        match &self.expect_body {
+            Some(BodyMatch::Substring(b)) if b.is_empty() || b.len() > 4096 => {
+                return Err(FieldError::new("expect_body", "must be 1 to 4096 bytes"));
+            }
+            Some(BodyMatch::Regex(r)) => {
+                if r.len() > 4096 {
+                    return Err(FieldError::new("expect_body_regex", "at most 4096 bytes"));
+                }
+                compile_regex(r).map_err(|e| FieldError::new("expect_body_regex", e))?;
+            }
+            _ => {}
+        }
+        let is_http = matches!(self.kind, CheckKind::Http | CheckKind::Https);
+        if self.expect_body.is_some() && !is_http {
+            return Err(FieldError::new(
+                "expect_body",
+                "body expectations apply to http and https checks",
+            ));
+        }
+        if self.kind != CheckKind::Tcp && (self.tcp_send.is_some() || self.tcp_expect.is_some()) {
+            return Err(FieldError::new(
+                "tcp_send",
+                "tcp_send and tcp_expect apply to tcp checks",
+            ));
+        }
+        for (name, v) in [
+            ("tcp_send", &self.tcp_send),
+            ("tcp_expect", &self.tcp_expect),
+        ] {
+            if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 4096) {
+                return Err(FieldError::new(name, "must be 1 to 4096 bytes"));
+            }
+        }
+        if self.kind != CheckKind::Grpc && self.grpc_service.is_some() {
+            return Err(FieldError::new("grpc_service", "applies to grpc checks"));
+        }
+        if self.jitter_percent > 50 {
+            return Err(FieldError::new(
+                "jitter_percent",
+                "must be between 0 and 50",
+            ));
+        }
+        if let Some(a) = &self.address {
+            let host = a
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(a);
+            if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
+                return Err(FieldError::new("address", format!("invalid host {a:?}")));
+            }
+        }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            return Err(FieldError::new(
+                "tls_client_key",
+                "tls_client_cert and tls_client_key go together",
+            ));
+        }
+        if self.tls.alpn.len() > 8 || self.tls.alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
+            return Err(FieldError::new(
+                "tls_alpn",
+                "1 to 8 protocol names of 1-255 bytes",
+            ));
         }
         if self.kind == CheckKind::Https && self.tls.ca_file.is_none() && !self.tls.insecure {
             // As HAProxy: verification is on by default and needs a CA file.

@@ -2,7 +2,9 @@
 //! and a HAProxy-style outcome code. The timeout covers everything from
 //! connect to the end of the response, as HAProxy's `timeout check`.
 
+mod grpc;
 mod http;
+mod tcp;
 mod tls;
 
 use std::fmt;
@@ -11,8 +13,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use trackwire_core::model::split_address;
-use trackwire_core::{CheckKind, CheckSpec};
+use trackwire_core::model::{compile_regex, split_address};
+use trackwire_core::{BodyMatch, CheckKind, CheckSpec};
 
 /// HAProxy's check status codes (the subset that applies to our check kinds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,19 +91,49 @@ impl CheckResult {
     }
 }
 
-/// A check ready to run repeatedly against one backend: address, Host header
-/// and TLS client configuration are worked out once.
+/// A compiled body expectation.
+pub(crate) enum Matcher {
+    Substring(Vec<u8>),
+    Regex(regex::bytes::Regex),
+}
+
+impl Matcher {
+    pub(crate) fn is_match(&self, body: &[u8]) -> bool {
+        match self {
+            Matcher::Substring(n) => {
+                n.is_empty() || body.windows(n.len()).any(|w| w == n.as_slice())
+            }
+            Matcher::Regex(r) => r.is_match(body),
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Matcher::Substring(n) => format!("{:?}", String::from_utf8_lossy(n)),
+            Matcher::Regex(r) => format!("/{}/", r.as_str()),
+        }
+    }
+}
+
+/// A check ready to run repeatedly against one backend: address, Host header,
+/// body matcher and TLS client configuration are worked out once.
 pub struct PreparedCheck {
     pub spec: CheckSpec,
-    /// `host:port` actually connected to (the check port override applied).
+    /// `host:port` actually connected to (address and port overrides applied).
     connect_to: String,
     host_header: String,
+    matcher: Option<Matcher>,
     tls: Option<Result<tls::TlsTarget, String>>,
 }
 
 impl PreparedCheck {
     pub fn new(address: &str, spec: CheckSpec) -> Result<Self, String> {
         let (host, port) = split_address(address)?;
+        let host = spec
+            .address
+            .as_deref()
+            .map(|a| a.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or(host);
         let port = spec.port.unwrap_or(port);
         let bracketed = if host.contains(':') {
             format!("[{host}]")
@@ -110,11 +142,17 @@ impl PreparedCheck {
         };
         let connect_to = format!("{bracketed}:{port}");
         let host_header = spec.host.clone().unwrap_or_else(|| connect_to.clone());
+        let matcher = match &spec.expect_body {
+            Some(BodyMatch::Substring(s)) => Some(Matcher::Substring(s.as_bytes().to_vec())),
+            Some(BodyMatch::Regex(r)) => Some(Matcher::Regex(compile_regex(r)?)),
+            None => None,
+        };
         let tls = (spec.kind == CheckKind::Https).then(|| tls::TlsTarget::new(host, &spec.tls));
         Ok(PreparedCheck {
             spec,
             connect_to,
             host_header,
+            matcher,
             tls,
         })
     }
@@ -136,8 +174,9 @@ impl PreparedCheck {
             };
         let _ = tcp.set_nodelay(true);
         match self.spec.kind {
-            CheckKind::Tcp => done(Outcome::L4Ok, None, String::new()),
-            CheckKind::Http => http::exchange(tcp, self, deadline, start).await,
+            CheckKind::Tcp => tcp::exchange(tcp, self, deadline, start).await,
+            CheckKind::Grpc => grpc::check(tcp, self, deadline, start).await,
+            CheckKind::Http => http::exchange(tcp, self, false, deadline, start).await,
             CheckKind::Https => {
                 let target = match &self.tls {
                     Some(Ok(t)) => t,
@@ -149,7 +188,8 @@ impl PreparedCheck {
                     Ok(Err(e)) => return done(Outcome::L6Rsp, None, e),
                     Ok(Ok(s)) => s,
                 };
-                http::exchange(stream, self, deadline, start).await
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                http::exchange(stream, self, h2, deadline, start).await
             }
         }
     }

@@ -1,12 +1,14 @@
 //! TLS for `https` checks (rustls, ring provider). Roots are explicit: the
 //! CA bundle named by `tls_ca_file`, never the OS store; `tls_insecure`
 //! skips verification (HAProxy's `verify none`) and is logged loudly.
+//! Optional: ALPN protocols (`h2` makes the check HTTP/2) and a client
+//! certificate for servers that require mutual TLS.
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -28,12 +30,11 @@ impl TlsTarget {
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?;
-        let config = if spec.insecure {
+        let builder = if spec.insecure {
             warn!(server_name = %name_str, "TLS verification disabled for this check (tls_insecure)");
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth()
         } else {
             let path = spec
                 .ca_file
@@ -51,8 +52,24 @@ impl TlsTarget {
             if roots.is_empty() {
                 return Err(format!("CA file {} holds no certificate", path.display()));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         };
+        let config = match (&spec.client_cert, &spec.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| format!("reading client cert {}: {e}", cert.display()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("parsing client cert {}: {e}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("reading client key {}: {e}", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate: {e}"))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let mut config = config;
+        config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(TlsTarget {
             connector: TlsConnector::from(Arc::new(config)),
             name,

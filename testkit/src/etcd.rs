@@ -1,0 +1,134 @@
+//! Real etcd servers for integration tests.
+//!
+//! [`EtcdCluster::start`] runs Debian's `etcd` (3.4) binary with its data in a
+//! temp dir on free loopback ports, waits until every member answers
+//! `/health`, and kills the members when dropped (also when a test panics).
+//! The test command (`scripts/test`) installs `etcd-server` when `etcd` is
+//! missing, so a test that needs etcd fails loudly rather than skipping.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct EtcdMember {
+    pub name: String,
+    pub client_url: String,
+    child: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    pub members: Vec<EtcdMember>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn healthy(url: &str) -> bool {
+    let Some(hostport) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let Ok(mut s) = TcpStream::connect(hostport) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.") && buf.contains(" 200 ") && buf.contains("\"health\":\"true\"")
+}
+
+impl EtcdCluster {
+    /// One member.
+    pub fn start() -> EtcdCluster {
+        Self::start_n(1)
+    }
+
+    /// `n` members in one cluster, with short heartbeat/election timers so
+    /// failover tests run in well under a second.
+    pub fn start_n(n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let initial = initial.join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("n{i}");
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let data = dir.path().join(&name);
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log")))
+                .expect("etcd log file");
+            let child = Command::new("etcd")
+                .args(["--name", &name])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", &client_url])
+                .args(["--advertise-client-urls", &client_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                .args(["--logger", "zap", "--log-level", "warn"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect(
+                    "start etcd: is etcd-server installed? run the suite with scripts/test, which installs it",
+                );
+            members.push(EtcdMember {
+                name,
+                client_url,
+                child: Some(child),
+            });
+        }
+        let cluster = EtcdCluster { members, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster.members.iter().all(|m| healthy(&m.client_url)) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy within 20s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// Client URLs of the members still running.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.clone())
+            .collect()
+    }
+
+    /// Kills member `i` with SIGKILL (a crash, not a graceful stop).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
