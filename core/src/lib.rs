@@ -8,6 +8,7 @@ pub mod convert;
 pub mod duration;
 pub mod endpoints;
 pub mod error;
+pub mod histogram;
 pub mod map;
 pub mod model;
 

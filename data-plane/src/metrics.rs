@@ -1,15 +1,11 @@
 //! Data-plane metrics, rendered in Prometheus text format.
 
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use trackwire_core::PoolUpdate;
-
-/// Bucket bounds (seconds) of `trackwire_propagation_seconds`.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+use trackwire_core::histogram::Histogram;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -19,34 +15,21 @@ pub struct Metrics {
     pub no_backend_total: AtomicU64,
     pub stream_connected: AtomicU64,
     pub map_revision: AtomicU64,
-    propagation: Mutex<Histogram>,
-}
-
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+    pub propagation: Histogram,
 }
 
 impl Metrics {
     /// Records decided → applied time for every endpoint an update changed.
     pub fn observe_update(&self, pools: &[PoolUpdate]) {
         let now = now_ms();
-        let mut h = self.propagation.lock().unwrap_or_else(|p| p.into_inner());
         for u in pools {
             for e in &u.upserts {
+                // 0: never decided (initial state); in the future: clock skew.
                 if e.decided_at_ms == 0 || e.decided_at_ms > now {
                     continue;
                 }
-                let secs = (now - e.decided_at_ms) as f64 / 1000.0;
-                h.count += 1;
-                h.sum += secs;
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    if secs <= *b {
-                        h.counts[i] += 1;
-                    }
-                }
+                self.propagation
+                    .observe(Duration::from_millis(now - e.decided_at_ms));
             }
         }
     }
@@ -97,19 +80,10 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
-        let h = self.propagation.lock().unwrap_or_else(|p| p.into_inner());
-        let name = "trackwire_propagation_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} time from a health decision to this proxy applying it\n# TYPE {name} histogram"
-        );
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", h.counts[i]);
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-            h.count, h.sum, h.count
+        self.propagation.render(
+            &mut out,
+            "trackwire_propagation_seconds",
+            "time from a health decision to this proxy applying it",
         );
         out
     }

@@ -32,19 +32,27 @@ async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let lateness = s.max_lateness_us.swap(0, Relaxed) as f64 / 1e6;
-    let body = format!(
+    let mut body = format!(
         "# HELP trackwire_agent_targets checks assigned to this agent\n# TYPE trackwire_agent_targets gauge\ntrackwire_agent_targets {}\n\
          # HELP trackwire_agent_checks_total checks run\n# TYPE trackwire_agent_checks_total counter\ntrackwire_agent_checks_total {}\n\
          # HELP trackwire_agent_checks_failed_total checks that failed\n# TYPE trackwire_agent_checks_failed_total counter\ntrackwire_agent_checks_failed_total {}\n\
          # HELP trackwire_agent_transitions_total verdict transitions\n# TYPE trackwire_agent_transitions_total counter\ntrackwire_agent_transitions_total {}\n\
-         # HELP trackwire_agent_connected 1 while a control-plane session is up\n# TYPE trackwire_agent_connected gauge\ntrackwire_agent_connected {}\n\
-         # HELP trackwire_agent_max_lateness_seconds worst check start lateness since the last scrape\n# TYPE trackwire_agent_max_lateness_seconds gauge\ntrackwire_agent_max_lateness_seconds {lateness}\n",
+         # HELP trackwire_agent_connected 1 while a control-plane session is up\n# TYPE trackwire_agent_connected gauge\ntrackwire_agent_connected {}\n",
         s.targets.load(Relaxed),
         s.checks_total.load(Relaxed),
         s.checks_failed.load(Relaxed),
         s.transitions.load(Relaxed),
         s.connected.load(Relaxed),
+    );
+    s.lateness.render(
+        &mut body,
+        "trackwire_agent_check_lateness_seconds",
+        "how late checks started against their schedule",
+    );
+    s.latency.render(
+        &mut body,
+        "trackwire_agent_check_duration_seconds",
+        "check duration, connect to verdict",
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 use trackwire_core::convert::health_to_pb;
+use trackwire_core::histogram::Histogram;
 use trackwire_core::{CheckSpec, HealthState};
 use trackwire_proto::v1 as pb;
 
@@ -41,8 +42,10 @@ pub struct Shared {
     pub transitions: AtomicU64,
     pub targets: AtomicU64,
     pub connected: AtomicU64,
-    /// Worst lateness of a check against its schedule, in microseconds, since last read.
-    pub max_lateness_us: AtomicU64,
+    /// How late each check started against its schedule.
+    pub lateness: Histogram,
+    /// How long each check took (connect to verdict).
+    pub latency: Histogram,
 }
 
 #[derive(Default)]
@@ -165,9 +168,17 @@ impl Drop for Runner {
     }
 }
 
-/// `base` ±10%: checks of many targets drift apart instead of firing together.
-fn jittered(base: Duration) -> Duration {
-    base.mul_f64(rand::rng().random_range(0.9..1.1))
+/// `base` ± `percent`: checks of many targets drift apart instead of firing
+/// together. `unit` is a random number in [0, 1).
+pub fn jittered(base: Duration, percent: u32, unit: f64) -> Duration {
+    let spread = f64::from(percent.min(50)) / 100.0;
+    base.mul_f64(1.0 - spread + 2.0 * spread * unit)
+}
+
+/// Offset of a target's first check: anywhere in one (fast) interval, so a
+/// fresh agent with 10,000 targets spreads them instead of a burst.
+pub fn first_offset(fast_interval: Duration, unit: f64) -> Duration {
+    fast_interval.mul_f64(unit)
 }
 
 async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
@@ -179,20 +190,15 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
         }
     };
     let mut rf = RiseFall::new(spec.check.rise, spec.check.fall);
-    // First check at a random point of one interval: a fresh agent with
-    // 10,000 targets spreads them instead of sending a burst.
-    let first = spec
-        .check
-        .fast_interval
-        .mul_f64(rand::rng().random_range(0.0..1.0));
+    let first = first_offset(spec.check.fast_interval, rand::rng().random_range(0.0..1.0));
     let mut next = Instant::now() + first;
     loop {
         tokio::time::sleep_until(next).await;
-        let late = Instant::now().saturating_duration_since(next);
         shared
-            .max_lateness_us
-            .fetch_max(late.as_micros() as u64, Relaxed);
+            .lateness
+            .observe(Instant::now().saturating_duration_since(next));
         let result = check.run().await;
+        shared.latency.observe(result.latency);
         shared.checks_total.fetch_add(1, Relaxed);
         if !result.passed() {
             shared.checks_failed.fetch_add(1, Relaxed);
@@ -207,7 +213,11 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
             Cadence::Fast => spec.check.fast_interval,
             Cadence::Down => spec.check.down_interval,
         };
-        next += jittered(base);
+        next += jittered(
+            base,
+            spec.check.jitter_percent,
+            rand::rng().random_range(0.0..1.0),
+        );
         // A check that overran its slot starts the next one now, not in a burst.
         let now = Instant::now();
         if next < now {
@@ -221,4 +231,19 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_percent() {
+        let base = Duration::from_secs(1);
+        assert_eq!(jittered(base, 10, 0.0), Duration::from_millis(900));
+        assert_eq!(jittered(base, 10, 0.5), base);
+        assert!(jittered(base, 10, 0.999_999) < Duration::from_millis(1100));
+        assert_eq!(jittered(base, 0, 0.3), base);
+        assert_eq!(first_offset(base, 0.25), Duration::from_millis(250));
+    }
 }

@@ -8,7 +8,8 @@
 //!   the server managed to write before the client went away
 //! - anything else: 200, body `ok`
 //!
-//! Every request's path and arrival time is recorded.
+//! A query string is ignored for routing. Every request's path (with its
+//! query) and arrival time is recorded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,19 +93,21 @@ impl TestHttp {
                 body.len()
             )
         };
-        if let Some(code) = path.strip_prefix("/status/") {
+        // The query string only tells requests apart; it does not change the answer.
+        let route = path.split('?').next().unwrap_or("/");
+        if let Some(code) = route.strip_prefix("/status/") {
             let code: u16 = code.parse().unwrap_or(500);
             let _ = sock
                 .write_all(respond(code, &format!("status {code}")).as_bytes())
                 .await;
-        } else if path == "/body" {
+        } else if route == "/body" {
             let _ = sock
                 .write_all(respond(200, "hello trackwire world").as_bytes())
                 .await;
-        } else if path == "/slow" {
+        } else if route == "/slow" {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let _ = sock.write_all(respond(200, "slow").as_bytes()).await;
-        } else if path == "/big" {
+        } else if route == "/big" {
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG_BODY}\r\n\r\n");
             if sock.write_all(head.as_bytes()).await.is_err() {
                 return;
