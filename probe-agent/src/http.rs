@@ -44,6 +44,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         s.transitions.load(Relaxed),
         s.connected.load(Relaxed),
     );
+    body.push_str("# HELP trackwire_agent_check_results_total check results by HAProxy outcome code\n# TYPE trackwire_agent_check_results_total counter\n");
+    for o in crate::check::Outcome::ALL {
+        body.push_str(&format!(
+            "trackwire_agent_check_results_total{{outcome=\"{o}\"}} {}\n",
+            s.outcomes[o.index()].load(Relaxed)
+        ));
+    }
     s.lateness.render(
         &mut body,
         "trackwire_agent_check_lateness_seconds",
@@ -55,4 +62,52 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         "check duration, connect to verdict",
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Outcome;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn metrics_expose_outcomes_and_histograms() {
+        let shared = Arc::new(Shared::default());
+        shared.outcomes[Outcome::L7Sts.index()].fetch_add(2, Relaxed);
+        shared.lateness.observe(std::time::Duration::from_millis(3));
+        let resp = router(Arc::clone(&shared))
+            .oneshot(
+                axum::http::Request::get("/metrics")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("trackwire_agent_check_results_total{outcome=\"L7STS\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trackwire_agent_check_lateness_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        let ready = router(shared)
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(
+            ready.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected yet"
+        );
+    }
 }

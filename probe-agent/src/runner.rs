@@ -42,6 +42,8 @@ pub struct Shared {
     pub transitions: AtomicU64,
     pub targets: AtomicU64,
     pub connected: AtomicU64,
+    /// Check results by outcome, indexed by [`crate::check::Outcome::index`].
+    pub outcomes: [AtomicU64; 10],
     /// How late each check started against its schedule.
     pub lateness: Histogram,
     /// How long each check took (connect to verdict).
@@ -197,8 +199,12 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
         shared
             .lateness
             .observe(Instant::now().saturating_duration_since(next));
-        let result = check.run().await;
+        // Boxed: the check's state machine (connect, TLS, HTTP) is large and
+        // lives only while a check runs, not for the life of each of 10,000
+        // idle target tasks.
+        let result = Box::pin(check.run()).await;
         shared.latency.observe(result.latency);
+        shared.outcomes[result.outcome.index()].fetch_add(1, Relaxed);
         shared.checks_total.fetch_add(1, Relaxed);
         if !result.passed() {
             shared.checks_failed.fetch_add(1, Relaxed);

@@ -42,6 +42,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::L4Ok,
+        Outcome::L4Tout,
+        Outcome::L4Con,
+        Outcome::L6Ok,
+        Outcome::L6Tout,
+        Outcome::L6Rsp,
+        Outcome::L7Ok,
+        Outcome::L7Sts,
+        Outcome::L7Rsp,
+        Outcome::L7Tout,
+    ];
+
+    /// Position in [`Outcome::ALL`], for per-outcome counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::L4Ok => "L4OK",

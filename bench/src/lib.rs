@@ -1,0 +1,120 @@
+//! Shared pieces of the benchmarks: process accounting from `/proc`,
+//! Prometheus text parsing, and a minimal loopback HTTP target server.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// CPU time (user + system) of a process, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc stat format"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // CLK_TCK is 100 on Linux.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// Resident set size in bytes, from `/proc/PID/status`.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?
+        .parse::<u64>()?;
+    Ok(kb * 1024)
+}
+
+/// Fetches `http://addr/metrics` and returns `series → value` (label sets kept verbatim).
+pub async fn scrape(addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    let mut out = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((k, v)) = line.rsplit_once(' ')
+            && let Ok(v) = v.parse::<f64>()
+        {
+            out.insert(k.to_string(), v);
+        }
+    }
+    Ok(out)
+}
+
+/// The smallest `le` bound of histogram `name` holding quantile `q` of the
+/// observations made between two scrapes.
+pub fn quantile_between(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    name: &str,
+    q: f64,
+) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v - before.get(k).copied().unwrap_or(0.0)))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| *le)
+}
+
+/// Serves `HTTP/1.1 200 ok` to every request on `n` loopback ports, closing
+/// each connection after the answer. Returns the addresses.
+pub async fn start_targets(n: usize) -> anyhow::Result<Vec<String>> {
+    let mut addrs = Vec::new();
+    for _ in 0..n {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        addrs.push(l.local_addr()?.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    let mut seen = 0;
+                    loop {
+                        match s.read(&mut buf[seen..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen += n,
+                        }
+                        if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") || seen == buf.len() {
+                            break;
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+                        .await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+    }
+    Ok(addrs)
+}
