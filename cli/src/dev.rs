@@ -48,6 +48,7 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
             quorum: Quorum::Majority,
             initial_state: HealthState::Down,
             replicas: 3,
+            zone_spread: false,
         }],
         listeners: vec![ListenerSpec {
             name: "demo".into(),

@@ -93,6 +93,7 @@ fn pool(backends: &[DemoBackend]) -> PoolSpec {
         quorum: Quorum::Majority,
         initial_state: HealthState::Down,
         replicas: 3,
+        zone_spread: false,
     }
 }
 

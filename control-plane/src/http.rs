@@ -67,10 +67,23 @@ async fn status_page(State(ctx): State<Ctx>) -> Html<String> {
     };
     let _ = write!(
         out,
-        "<p>revision {} · {} agents live</p><table><tr><th>pool</th><th>backend</th><th>address</th>\
+        "<p>revision {} · {} agents live · suspect agents: {}</p><table><tr><th>pool</th><th>backend</th><th>address</th>\
          <th>state</th><th>admin</th><th>votes up/counted</th><th>agents</th></tr>",
         snap.derived.map.revision,
-        snap.facts.agents.len()
+        snap.facts.agents.len(),
+        if snap.derived.suspects.is_empty() {
+            "none".to_string()
+        } else {
+            escape(
+                &snap
+                    .derived
+                    .suspects
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        }
     );
     for (pool, endpoints) in &snap.derived.map.pools {
         for e in endpoints.values() {

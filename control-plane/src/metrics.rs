@@ -17,6 +17,7 @@ pub struct Metrics {
     pub backends_up: AtomicU64,
     pub backends_down: AtomicU64,
     pub agents_live: AtomicU64,
+    pub agents_suspect: AtomicU64,
     pub agent_sessions: AtomicU64,
     pub subscribers: AtomicU64,
     pub verdict_writes: AtomicU64,
@@ -39,11 +40,12 @@ impl Metrics {
         self.backends_up.store(up, Relaxed);
         self.backends_down.store(down, Relaxed);
         self.agents_live.store(f.agents.len() as u64, Relaxed);
+        self.agents_suspect.store(d.suspects.len() as u64, Relaxed);
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 9] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 10] = [
             (
                 "trackwire_store_revision",
                 "gauge",
@@ -73,6 +75,12 @@ impl Metrics {
                 "gauge",
                 "agents with a live session lease",
                 &self.agents_live,
+            ),
+            (
+                "trackwire_agents_suspect",
+                "gauge",
+                "agents whose votes are ignored as suspected partitioned checkers",
+                &self.agents_suspect,
             ),
             (
                 "trackwire_agent_sessions",

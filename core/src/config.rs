@@ -87,6 +87,7 @@ struct RawPool {
     quorum: Option<String>,
     initial_state: Option<String>,
     replicas: Option<u32>,
+    zone_spread: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -234,6 +235,9 @@ fn pool_toml(p: &PoolSpec) -> String {
     push_kv(&mut out, "quorum", p.quorum.as_str());
     push_kv(&mut out, "initial_state", p.initial_state.as_str());
     out.push_str(&format!("replicas = {}\n", p.replicas));
+    if p.zone_spread {
+        out.push_str("zone_spread = true\n");
+    }
     if let Some(c) = &p.check {
         out.push_str("\n[pool.check]\n");
         push_kv(&mut out, "kind", c.kind.as_str());
@@ -389,6 +393,7 @@ impl RawPool {
                 HealthState::Down,
             )?,
             replicas: self.replicas.unwrap_or(DEFAULT_REPLICAS),
+            zone_spread: self.zone_spread.unwrap_or(false),
         })
     }
 }

@@ -222,6 +222,7 @@ pub fn pool_to_pb(p: &PoolSpec) -> pb::PoolSpec {
         } as i32,
         initial_state: health_to_pb(p.initial_state),
         replicas: p.replicas,
+        zone_spread: p.zone_spread,
     }
 }
 
@@ -277,6 +278,7 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
             } else {
                 p.replicas
             },
+            zone_spread: p.zone_spread,
         };
         spec.validate().map_err(|e| FieldError {
             path: e.path.replace("backend[", "backends["),
@@ -375,6 +377,7 @@ mod tests {
             quorum: Quorum::Majority,
             initial_state: HealthState::Down,
             replicas: 3,
+            zone_spread: false,
         });
         p.backends[0].address = "bad".into();
         assert_eq!(

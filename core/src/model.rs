@@ -469,6 +469,8 @@ pub struct PoolSpec {
     pub initial_state: HealthState,
     /// How many agents check each backend (all agents if fewer are live).
     pub replicas: u32,
+    /// Choose each backend's agents from distinct zones first.
+    pub zone_spread: bool,
 }
 
 pub const DEFAULT_REPLICAS: u32 = 3;

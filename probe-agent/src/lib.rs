@@ -128,3 +128,19 @@ pub async fn run(
     let _ = session.await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_id_is_stable_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = load_or_create_agent_id(dir.path()).expect("create");
+        assert!(uuid::Uuid::parse_str(&first).is_ok());
+        assert_eq!(load_or_create_agent_id(dir.path()).expect("load"), first);
+        std::fs::write(dir.path().join("agent-id"), "not-a-uuid\n").expect("write");
+        let err = load_or_create_agent_id(dir.path()).expect_err("corrupt id");
+        assert!(err.to_string().contains("not a UUID"), "{err}");
+    }
+}

@@ -187,6 +187,7 @@ async fn verdicts_are_resent_after_failover() {
         quorum: trackwire_core::Quorum::Majority,
         initial_state: trackwire_core::HealthState::Down,
         replicas: 3,
+        zone_spread: false,
     };
     trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[pool], 0)
         .await

@@ -2,6 +2,7 @@
 //! what goes on the wire. Paths:
 //!
 //! - `/status/NNN`: status NNN, body `status NNN`
+//! - `/flip`: the status set by [`TestHttp::set_flip`] (200 at start)
 //! - `/body`: 200, body `hello trackwire world`
 //! - `/slow`: answers after 5 s
 //! - `/big`: 200 with a 100 MiB body; [`TestHttp::big_bytes_sent`] counts what
@@ -26,6 +27,8 @@ pub const BIG_BODY: u64 = 100 * 1024 * 1024;
 pub struct TestHttp {
     pub addr: Option<SocketAddr>,
     big_sent: Arc<AtomicU64>,
+    /// Status answered on `/flip` (0 means 200).
+    flip: Arc<AtomicU64>,
     requests: Arc<Mutex<Vec<(String, Instant)>>>,
 }
 
@@ -49,6 +52,11 @@ impl TestHttp {
 
     pub fn address(&self) -> String {
         self.addr.expect("started").to_string()
+    }
+
+    /// Sets the status `/flip` answers with.
+    pub fn set_flip(&self, status: u16) {
+        self.flip.store(u64::from(status), Ordering::SeqCst);
     }
 
     pub fn big_bytes_sent(&self) -> u64 {
@@ -100,6 +108,12 @@ impl TestHttp {
             let _ = sock
                 .write_all(respond(code, &format!("status {code}")).as_bytes())
                 .await;
+        } else if route == "/flip" {
+            let code = match self.flip.load(Ordering::SeqCst) {
+                0 => 200,
+                c => c as u16,
+            };
+            let _ = sock.write_all(respond(code, "flip").as_bytes()).await;
         } else if route == "/body" {
             let _ = sock
                 .write_all(respond(200, "hello trackwire world").as_bytes())

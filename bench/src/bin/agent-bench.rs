@@ -109,6 +109,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             quorum: Quorum::Majority,
             initial_state: HealthState::Down,
             replicas: 1,
+            zone_spread: false,
         })
         .collect();
     let keys = Keys::new("/trackwire/").map_err(anyhow::Error::msg)?;

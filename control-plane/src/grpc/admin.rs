@@ -175,6 +175,7 @@ impl AdminService for AdminSvc {
                                     state: health_to_pb(v.verdict.state),
                                     reason: v.verdict.reason.clone(),
                                     since_ms: v.verdict.since_ms,
+                                    suspect: !v.counted,
                                 })
                                 .collect()
                         })
@@ -185,6 +186,7 @@ impl AdminService for AdminSvc {
         Ok(Response::new(pb::GetHealthResponse {
             revision: snap.derived.map.revision,
             backends,
+            suspect_agents: snap.derived.suspects.iter().cloned().collect(),
         }))
     }
 }
