@@ -49,6 +49,7 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
             initial_state: HealthState::Down,
             replicas: 3,
             zone_spread: false,
+            damping: None,
         }],
         listeners: vec![ListenerSpec {
             name: "demo".into(),

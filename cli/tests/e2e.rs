@@ -94,6 +94,7 @@ fn pool(backends: &[DemoBackend]) -> PoolSpec {
         initial_state: HealthState::Down,
         replicas: 3,
         zone_spread: false,
+        damping: None,
     }
 }
 

@@ -133,6 +133,7 @@ fn pool(name: &str, servers: &[TestHttp]) -> PoolSpec {
         initial_state: HealthState::Down,
         replicas: 3,
         zone_spread: false,
+        damping: None,
     }
 }
 

@@ -48,6 +48,11 @@ pub struct Vote {
 pub struct BackendDetail {
     pub assigned: Vec<String>,
     pub votes: Vec<Vote>,
+    /// The state the votes decide, before flap damping, and when it was
+    /// decided (0: no votes yet). Checked backends only.
+    pub undamped: Option<(HealthState, u64)>,
+    /// Held DOWN by flap damping.
+    pub suppressed: bool,
 }
 
 /// Everything derived from one revision of facts.
@@ -199,7 +204,7 @@ pub fn derive(facts: &Facts, previous: Option<&Derived>) -> Derived {
     for c in &checked {
         let mut detail = BackendDetail {
             assigned: c.assigned.iter().map(|a| (*a).to_string()).collect(),
-            votes: Vec::new(),
+            ..BackendDetail::default()
         };
         let mut counted = Vec::new();
         for a in &c.assigned {
@@ -219,7 +224,7 @@ pub fn derive(facts: &Facts, previous: Option<&Derived>) -> Derived {
             .iter()
             .filter(|v| v.state == HealthState::Up)
             .count();
-        let result = match decide(c.pool.quorum, &counted) {
+        let mut result = match decide(c.pool.quorum, &counted) {
             None => (c.pool.initial_state, 0, 0, 0),
             Some(state) => {
                 let at = counted
@@ -231,6 +236,16 @@ pub fn derive(facts: &Facts, previous: Option<&Derived>) -> Derived {
                 (state, at, counted.len() as u32, up as u32)
             }
         };
+        detail.undamped = Some((result.0, result.1));
+        if c.pool.damping.is_some()
+            && facts
+                .damping
+                .get(&(c.pool.name.clone(), c.backend.name.clone()))
+                .is_some_and(|d| d.state.suppressed)
+        {
+            detail.suppressed = true;
+            result.0 = HealthState::Down;
+        }
         decided.insert((&c.pool.name, &c.backend.name), result);
         out.details
             .insert((c.pool.name.clone(), c.backend.name.clone()), detail);
@@ -299,6 +314,7 @@ mod tests {
             initial_state: HealthState::Down,
             replicas: 3,
             zone_spread: false,
+            damping: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use tracing::warn;
 use trackwire_core::convert::health_from_pb;
+use trackwire_core::damping::DampState;
 use trackwire_core::{HealthState, PoolSpec};
 
 use crate::keys::{self, KeyKind, Keys};
@@ -29,13 +30,22 @@ pub struct VerdictFact {
 /// (agent, pool, backend)
 pub type VerdictKey = (String, String, String);
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Facts {
     /// The store revision these facts are complete up to.
     pub revision: u64,
     pub pools: BTreeMap<String, PoolSpec>,
     pub agents: BTreeMap<String, AgentFact>,
     pub verdicts: BTreeMap<VerdictKey, VerdictFact>,
+    /// (pool, backend) → flap-damping state (damped pools only).
+    pub damping: BTreeMap<(String, String), DampFact>,
+}
+
+/// A damping record and the revision it was written at (for compare-and-set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DampFact {
+    pub state: DampState,
+    pub mod_revision: u64,
 }
 
 impl Facts {
@@ -68,6 +78,10 @@ impl Facts {
                         pool.to_string(),
                         backend.to_string(),
                     ));
+                }
+                KeyKind::Damping { pool, backend } => {
+                    self.damping
+                        .remove(&(pool.to_string(), backend.to_string()));
                 }
                 KeyKind::Other => {}
             },
@@ -123,6 +137,18 @@ impl Facts {
                     );
                 }
                 Err(e) => warn!(key = %kv.key, error = %e, "undecodable verdict; skipped"),
+            },
+            KeyKind::Damping { pool, backend } => match keys::decode_damping(&kv.value) {
+                Ok(state) => {
+                    self.damping.insert(
+                        (pool.to_string(), backend.to_string()),
+                        DampFact {
+                            state,
+                            mod_revision: kv.mod_revision,
+                        },
+                    );
+                }
+                Err(e) => warn!(key = %kv.key, error = %e, "undecodable damping state; skipped"),
             },
             KeyKind::Other => {}
         }

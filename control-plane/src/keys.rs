@@ -4,12 +4,15 @@
 //! {prefix}pools/{pool}                       StoredPool    (no lease)
 //! {prefix}agents/{agent_id}                  StoredAgent   (agent's session lease)
 //! {prefix}verdicts/{agent_id}/{pool}/{backend} StoredVerdict (same lease)
+//! {prefix}damping/{pool}/{backend}           StoredDamping (no lease; damped pools only)
 //! ```
 //!
 //! Values are protobuf messages with a `schema` number; readers skip values
 //! with a newer schema than they know instead of misreading them.
 
 use prost::Message;
+use trackwire_core::convert::{health_from_pb, health_to_pb};
+use trackwire_core::damping::DampState;
 use trackwire_proto::v1 as pb;
 
 /// The schema version this build writes and the newest it reads.
@@ -27,6 +30,10 @@ pub enum KeyKind<'a> {
     Agent(&'a str),
     Verdict {
         agent: &'a str,
+        pool: &'a str,
+        backend: &'a str,
+    },
+    Damping {
         pool: &'a str,
         backend: &'a str,
     },
@@ -66,6 +73,14 @@ impl Keys {
         format!("{}verdicts/{agent}/{pool}/{backend}", self.prefix)
     }
 
+    pub fn damping(&self, pool: &str, backend: &str) -> String {
+        format!("{}damping/{pool}/{backend}", self.prefix)
+    }
+
+    pub fn damping_prefix(&self, pool: &str) -> String {
+        format!("{}damping/{pool}/", self.prefix)
+    }
+
     pub fn parse<'a>(&self, key: &'a str) -> KeyKind<'a> {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
             return KeyKind::Other;
@@ -87,6 +102,12 @@ impl Keys {
                     backend,
                 };
             }
+        }
+        if let Some((pool, backend)) = rest
+            .strip_prefix("damping/")
+            .and_then(|r| r.split_once('/'))
+        {
+            return KeyKind::Damping { pool, backend };
         }
         KeyKind::Other
     }
@@ -149,6 +170,35 @@ pub fn decode_verdict(bytes: &[u8]) -> Result<pb::Verdict, String> {
     s.verdict.ok_or_else(|| "missing verdict".to_string())
 }
 
+pub fn encode_damping(d: &DampState) -> Vec<u8> {
+    pb::StoredDamping {
+        schema: SCHEMA,
+        last_state: health_to_pb(d.last_state),
+        penalty: d.penalty,
+        at_ms: d.at_ms,
+        suppressed: d.suppressed,
+        until_ms: d.until_ms,
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_damping(bytes: &[u8]) -> Result<DampState, String> {
+    let s = pb::StoredDamping::decode(bytes).map_err(|e| e.to_string())?;
+    if s.schema > SCHEMA {
+        return Err(format!(
+            "schema {} is newer than this build's {SCHEMA}",
+            s.schema
+        ));
+    }
+    Ok(DampState {
+        last_state: health_from_pb(s.last_state, "last_state").map_err(|e| e.to_string())?,
+        penalty: s.penalty,
+        at_ms: s.at_ms,
+        suppressed: s.suppressed,
+        until_ms: s.until_ms,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +212,13 @@ mod tests {
             k.parse(&k.verdict("a", "p", "b")),
             KeyKind::Verdict {
                 agent: "a",
+                pool: "p",
+                backend: "b"
+            }
+        );
+        assert_eq!(
+            k.parse(&k.damping("p", "b")),
+            KeyKind::Damping {
                 pool: "p",
                 backend: "b"
             }

@@ -3,6 +3,7 @@
 //! - [`store`]: the store contract with `EtcdStore` and `MemStore`.
 //! - [`keys`], [`facts`]: the key layout and the in-memory index of facts.
 //! - [`assign`], [`derive`]: rendezvous assignment and facts → health map (pure).
+//! - [`damper`]: writes flap-damping records (compare-and-set, any replica).
 //! - [`state`]: list + watch the store, publish derived snapshots.
 //! - [`grpc`]: `ProbeService`, `HealthMapService`, `AdminService`.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, status page.
@@ -11,6 +12,7 @@
 //! `127.0.0.1:0` and read the real address back.
 
 pub mod assign;
+pub mod damper;
 pub mod derive;
 pub mod facts;
 pub mod grpc;
@@ -105,6 +107,16 @@ pub async fn run(
         .instrument(info_span!("store_sync")),
     );
 
+    let damper = tokio::spawn(
+        damper::run(
+            Arc::clone(&store),
+            keys.clone(),
+            state.clone(),
+            shutdown.clone(),
+        )
+        .instrument(info_span!("damper")),
+    );
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     {
         let mut state = state.clone();
@@ -175,6 +187,7 @@ pub async fn run(
     let (g, h) = tokio::join!(grpc, http);
     shutdown.cancel();
     let _ = sync.await;
+    let _ = damper.await;
     g?;
     h?;
     Ok(())

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::damping::DampingSpec;
 use crate::duration;
 use crate::error::FieldError;
 use crate::model::{
@@ -88,6 +89,32 @@ struct RawPool {
     initial_state: Option<String>,
     replicas: Option<u32>,
     zone_spread: Option<bool>,
+    damping: Option<RawDamping>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDamping {
+    half_life: Option<String>,
+    penalty: Option<u32>,
+    suppress: Option<u32>,
+    reuse: Option<u32>,
+    max_suppress: Option<String>,
+}
+
+impl RawDamping {
+    fn into_spec(self) -> Result<DampingSpec, FieldError> {
+        let d = DampingSpec::default();
+        Ok(DampingSpec {
+            half_life: parse_duration(self.half_life.as_deref(), "half_life")?
+                .unwrap_or(d.half_life),
+            penalty: self.penalty.unwrap_or(d.penalty),
+            suppress: self.suppress.unwrap_or(d.suppress),
+            reuse: self.reuse.unwrap_or(d.reuse),
+            max_suppress: parse_duration(self.max_suppress.as_deref(), "max_suppress")?
+                .unwrap_or(d.max_suppress),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -237,6 +264,15 @@ fn pool_toml(p: &PoolSpec) -> String {
     out.push_str(&format!("replicas = {}\n", p.replicas));
     if p.zone_spread {
         out.push_str("zone_spread = true\n");
+    }
+    if let Some(d) = &p.damping {
+        out.push_str("\n[pool.damping]\n");
+        push_kv(&mut out, "half_life", &duration::format(d.half_life));
+        out.push_str(&format!(
+            "penalty = {}\nsuppress = {}\nreuse = {}\n",
+            d.penalty, d.suppress, d.reuse
+        ));
+        push_kv(&mut out, "max_suppress", &duration::format(d.max_suppress));
     }
     if let Some(c) = &p.check {
         out.push_str("\n[pool.check]\n");
@@ -394,6 +430,10 @@ impl RawPool {
             )?,
             replicas: self.replicas.unwrap_or(DEFAULT_REPLICAS),
             zone_spread: self.zone_spread.unwrap_or(false),
+            damping: self
+                .damping
+                .map(|d| d.into_spec().map_err(|e| e.within("damping")))
+                .transpose()?,
         })
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use trackwire_proto::v1 as pb;
 
+use crate::damping::DampingSpec;
 use crate::error::FieldError;
 use crate::map::{Endpoint, PoolUpdate};
 use crate::model::{
@@ -223,6 +224,13 @@ pub fn pool_to_pb(p: &PoolSpec) -> pb::PoolSpec {
         initial_state: health_to_pb(p.initial_state),
         replicas: p.replicas,
         zone_spread: p.zone_spread,
+        damping: p.damping.as_ref().map(|d| pb::DampingSpec {
+            half_life_ms: ms(d.half_life),
+            penalty: d.penalty,
+            suppress: d.suppress,
+            reuse: d.reuse,
+            max_suppress_ms: ms(d.max_suppress),
+        }),
     }
 }
 
@@ -279,6 +287,13 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
                 p.replicas
             },
             zone_spread: p.zone_spread,
+            damping: p.damping.as_ref().map(|d| DampingSpec {
+                half_life: Duration::from_millis(d.half_life_ms),
+                penalty: d.penalty,
+                suppress: d.suppress,
+                reuse: d.reuse,
+                max_suppress: Duration::from_millis(d.max_suppress_ms),
+            }),
         };
         spec.validate().map_err(|e| FieldError {
             path: e.path.replace("backend[", "backends["),
@@ -378,6 +393,7 @@ mod tests {
             initial_state: HealthState::Down,
             replicas: 3,
             zone_spread: false,
+            damping: None,
         });
         p.backends[0].address = "bad".into();
         assert_eq!(

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod damping;
 pub mod duration;
 pub mod endpoints;
 pub mod error;

@@ -458,7 +458,7 @@ pub struct BackendSpec {
     pub admin_state: AdminState,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
     pub name: String,
     pub backends: Vec<BackendSpec>,
@@ -471,6 +471,8 @@ pub struct PoolSpec {
     pub replicas: u32,
     /// Choose each backend's agents from distinct zones first.
     pub zone_spread: bool,
+    /// Flap damping; `None`: off.
+    pub damping: Option<crate::damping::DampingSpec>,
 }
 
 pub const DEFAULT_REPLICAS: u32 = 3;
@@ -506,6 +508,9 @@ impl PoolSpec {
         }
         if let Some(c) = &self.check {
             c.validate().map_err(|e| e.within("check"))?;
+        }
+        if let Some(d) = &self.damping {
+            d.validate().map_err(|e| e.within("damping"))?;
         }
         if self.replicas == 0 || self.replicas > 64 {
             return Err(FieldError::new("replicas", "must be between 1 and 64"));

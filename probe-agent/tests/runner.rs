@@ -188,6 +188,7 @@ async fn verdicts_are_resent_after_failover() {
         initial_state: trackwire_core::HealthState::Down,
         replicas: 3,
         zone_spread: false,
+        damping: None,
     };
     trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[pool], 0)
         .await

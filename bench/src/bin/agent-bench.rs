@@ -110,6 +110,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             initial_state: HealthState::Down,
             replicas: 1,
             zone_spread: false,
+            damping: None,
         })
         .collect();
     let keys = Keys::new("/trackwire/").map_err(anyhow::Error::msg)?;
