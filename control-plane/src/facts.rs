@@ -155,3 +155,107 @@ impl Facts {
         self.revision = self.revision.max(kv.mod_revision);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::derive::derive;
+    use crate::store::WatchEvent;
+    use proptest::prelude::*;
+    use trackwire_core::convert::{health_to_pb, pool_to_pb};
+    use trackwire_core::{AdminState, BackendSpec, CheckSpec, Quorum};
+    use trackwire_proto::v1 as pb;
+
+    fn events(votes: &[(usize, usize, bool)]) -> Vec<WatchEvent> {
+        let keys = Keys::new("/t/").expect("prefix");
+        let pool = PoolSpec {
+            name: "p".into(),
+            backends: (0..6)
+                .map(|i| BackendSpec {
+                    name: format!("b{i}"),
+                    address: format!("h{i}:80"),
+                    weight: 1,
+                    admin_state: AdminState::Ready,
+                })
+                .collect(),
+            check: Some(CheckSpec::http_default()),
+            quorum: Quorum::Majority,
+            initial_state: HealthState::Down,
+            replicas: 3,
+            zone_spread: false,
+            damping: None,
+        };
+        let mut rev = 0;
+        let mut put = |key: String, value: Vec<u8>| {
+            rev += 1;
+            WatchEvent::Put(KeyValue {
+                key,
+                value,
+                create_revision: rev,
+                mod_revision: rev,
+                lease: 0,
+            })
+        };
+        let mut out = vec![put(keys.pool("p"), keys::encode_pool(pool_to_pb(&pool)))];
+        for a in 0..4 {
+            out.push(put(
+                keys.agent(&format!("a{a}")),
+                keys::encode_agent(pb::StoredAgent {
+                    agent_id: format!("a{a}"),
+                    zone: format!("z{}", a % 2),
+                    ..Default::default()
+                }),
+            ));
+        }
+        for (a, b, up) in votes {
+            out.push(put(
+                keys.verdict(&format!("a{a}"), "p", &format!("b{b}")),
+                keys::encode_verdict(pb::Verdict {
+                    pool: "p".into(),
+                    backend: format!("b{b}"),
+                    state: health_to_pb(if *up {
+                        HealthState::Up
+                    } else {
+                        HealthState::Down
+                    }),
+                    since_ms: 1000 + (*a as u64) * 10 + *b as u64,
+                    reason: String::new(),
+                }),
+            ));
+        }
+        out
+    }
+
+    proptest! {
+        /// The same facts, applied as watch events in any order, derive the
+        /// same map (each key written once, so order is the only difference).
+        #[test]
+        fn any_event_order_derives_the_same_map(
+            votes in proptest::collection::btree_map((0usize..4, 0usize..6), any::<bool>(), 0..24),
+            seed in any::<u64>(),
+        ) {
+            let votes: Vec<(usize, usize, bool)> = votes.into_iter().map(|((a, b), up)| (a, b, up)).collect();
+            let keys = Keys::new("/t/").expect("prefix");
+            let evs = events(&votes);
+            let mut in_order = Facts::default();
+            for e in &evs {
+                in_order.apply(&keys, e);
+            }
+            // A seeded Fisher-Yates shuffle.
+            let mut shuffled = evs.clone();
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut other = Facts::default();
+            for e in &shuffled {
+                other.apply(&keys, e);
+            }
+            prop_assert_eq!(&in_order, &other);
+            prop_assert_eq!(derive(&in_order, None).map, derive(&other, None).map);
+        }
+    }
+}
