@@ -156,6 +156,7 @@ pub fn derive(facts: &Facts, previous: Option<&Derived>) -> Derived {
         .collect();
     let mut out = Derived {
         map: HealthMap {
+            epoch: facts.epoch,
             revision: facts.revision,
             pools: BTreeMap::new(),
         },

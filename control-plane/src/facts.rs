@@ -32,6 +32,8 @@ pub type VerdictKey = (String, String, String);
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Facts {
+    /// The store these facts come from (see [`crate::store::Store::epoch`]).
+    pub epoch: u64,
     /// The store revision these facts are complete up to.
     pub revision: u64,
     pub pools: BTreeMap<String, PoolSpec>,

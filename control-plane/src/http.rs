@@ -13,20 +13,26 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 use crate::state::StateRx;
+use crate::subscribers::Subscribers;
 
 #[derive(Clone)]
 struct Ctx {
     state: StateRx,
     metrics: Arc<Metrics>,
+    subscribers: Arc<Subscribers>,
 }
 
-pub fn router(state: StateRx, metrics: Arc<Metrics>) -> Router {
+pub fn router(state: StateRx, metrics: Arc<Metrics>, subscribers: Arc<Subscribers>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/", get(status_page))
-        .with_state(Ctx { state, metrics })
+        .with_state(Ctx {
+            state,
+            metrics,
+            subscribers,
+        })
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
@@ -41,10 +47,35 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ctx.metrics.render(),
-    )
+    let mut out = ctx.metrics.render();
+    let revision = ctx
+        .state
+        .borrow()
+        .as_ref()
+        .map(|s| s.derived.map.revision)
+        .unwrap_or(0);
+    let name = "trackwire_subscriber_lag_revisions";
+    let _ = writeln!(
+        out,
+        "# HELP {name} revisions the current map is ahead of what a subscriber has\n# TYPE {name} gauge"
+    );
+    for s in ctx.subscribers.list(revision) {
+        let _ = writeln!(
+            out,
+            "{name}{{proxy_id=\"{}\",peer=\"{}\"}} {}",
+            label(&s.proxy_id),
+            label(&s.peer),
+            s.lag_revisions
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Escapes a Prometheus label value.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn escape(s: &str) -> String {

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod metrics;
 pub mod state;
 pub mod store;
+pub mod subscribers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +95,8 @@ pub async fn run(
     config.validate()?;
     let keys = Keys::new(&config.prefix).map_err(Error::Config)?;
     let metrics = Arc::new(Metrics::default());
+    let history = Arc::new(state::MapHistory::default());
+    let subscribers = Arc::new(subscribers::Subscribers::default());
     let (tx, state) = watch::channel(None);
 
     let sync = tokio::spawn(
@@ -102,6 +105,7 @@ pub async fn run(
             keys.clone(),
             tx,
             Arc::clone(&metrics),
+            Arc::clone(&history),
             shutdown.clone(),
         )
         .instrument(info_span!("store_sync")),
@@ -152,12 +156,15 @@ pub async fn run(
     let healthmap = grpc::healthmap::HealthMapSvc {
         state: state.clone(),
         metrics: Arc::clone(&metrics),
+        history,
+        subscribers: Arc::clone(&subscribers),
         shutdown: shutdown.clone(),
     };
     let admin = grpc::admin::AdminSvc {
         store: Arc::clone(&store),
         keys,
         state: state.clone(),
+        subscribers: Arc::clone(&subscribers),
     };
 
     let grpc_addr = listeners.grpc.local_addr()?;
@@ -178,9 +185,16 @@ pub async fn run(
     let http = async {
         if let Some(l) = listeners.http {
             info!(http_addr = %l.local_addr()?, "control plane HTTP listening");
-            axum::serve(l, http::router(state.clone(), Arc::clone(&metrics)))
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-                .await?;
+            axum::serve(
+                l,
+                http::router(
+                    state.clone(),
+                    Arc::clone(&metrics),
+                    Arc::clone(&subscribers),
+                ),
+            )
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await?;
         }
         Ok::<(), Error>(())
     };

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub subscribers: AtomicU64,
     pub verdict_writes: AtomicU64,
     pub map_updates_sent: AtomicU64,
+    pub map_bytes_sent: AtomicU64,
 }
 
 impl Metrics {
@@ -45,7 +46,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 10] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 11] = [
             (
                 "trackwire_store_revision",
                 "gauge",
@@ -105,6 +106,12 @@ impl Metrics {
                 "counter",
                 "health-map messages sent to subscribers",
                 &self.map_updates_sent,
+            ),
+            (
+                "trackwire_map_bytes_sent_total",
+                "counter",
+                "encoded bytes of health-map messages sent to subscribers",
+                &self.map_bytes_sent,
             ),
         ];
         for (name, kind, help, v) in rows {

@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use trackwire_core::HealthMap;
+
 use crate::derive::{Derived, derive};
 use crate::facts::Facts;
 use crate::keys::Keys;
@@ -27,11 +29,44 @@ pub struct Snapshot {
 pub type StateRx = watch::Receiver<Option<Arc<Snapshot>>>;
 pub type StateTx = watch::Sender<Option<Arc<Snapshot>>>;
 
+/// Recent maps by revision, so a proxy resuming at one of them (on any
+/// replica: maps at one revision are identical) gets a delta, not a snapshot.
+/// Pools are shared `Arc`s, so a revision that changed one pool costs one pool.
+#[derive(Debug, Default)]
+pub struct MapHistory {
+    maps: std::sync::Mutex<std::collections::VecDeque<HealthMap>>,
+}
+
+/// Revisions kept in [`MapHistory`].
+pub const HISTORY_LEN: usize = 256;
+
+impl MapHistory {
+    fn push(&self, map: &HealthMap) {
+        let mut m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if m.back().is_some_and(|last| last.revision == map.revision) {
+            m.pop_back();
+        }
+        m.push_back(map.clone());
+        while m.len() > HISTORY_LEN {
+            m.pop_front();
+        }
+    }
+
+    /// The map at exactly `revision` of `epoch`, if still kept.
+    pub fn get(&self, epoch: u64, revision: u64) -> Option<HealthMap> {
+        let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .find(|h| h.epoch == epoch && h.revision == revision)
+            .cloned()
+    }
+}
+
 pub async fn sync(
     store: Arc<dyn Store>,
     keys: Keys,
     tx: StateTx,
     metrics: Arc<Metrics>,
+    history: Arc<MapHistory>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -54,7 +89,14 @@ pub async fn sync(
             }
         };
         let mut facts = Facts::reset(&keys, &kvs, revision);
-        previous = Some(publish(&tx, &metrics, &facts, previous.as_deref()));
+        facts.epoch = store.epoch();
+        previous = Some(publish(
+            &tx,
+            &metrics,
+            &history,
+            &facts,
+            previous.as_deref(),
+        ));
         info!(revision, keys = kvs.len(), "loaded facts");
 
         let mut events = match store.watch(keys.root(), revision + 1).await {
@@ -77,7 +119,13 @@ pub async fn sync(
                     for e in &batch.events {
                         facts.apply(&keys, e);
                     }
-                    previous = Some(publish(&tx, &metrics, &facts, previous.as_deref()));
+                    previous = Some(publish(
+                        &tx,
+                        &metrics,
+                        &history,
+                        &facts,
+                        previous.as_deref(),
+                    ));
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "watch ended; re-listing");
@@ -95,11 +143,13 @@ pub async fn sync(
 fn publish(
     tx: &StateTx,
     metrics: &Metrics,
+    history: &MapHistory,
     facts: &Facts,
     previous: Option<&Snapshot>,
 ) -> Arc<Snapshot> {
     let derived = derive(facts, previous.map(|p| &p.derived));
     metrics.observe_map(&derived, facts);
+    history.push(&derived.map);
     let snap = Arc::new(Snapshot {
         facts: facts.clone(),
         derived,

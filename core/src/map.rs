@@ -33,6 +33,8 @@ pub type PoolMap = BTreeMap<String, Endpoint>;
 /// a new map that changes one pool shares the others with the old one.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HealthMap {
+    /// The store the revision counts in (see `HealthMapUpdate.epoch`).
+    pub epoch: u64,
     pub revision: u64,
     pub pools: BTreeMap<String, Arc<PoolMap>>,
 }
@@ -155,6 +157,7 @@ mod tests {
 
     fn map_of(pools: &BTreeMap<u8, BTreeMap<u8, bool>>) -> HealthMap {
         HealthMap {
+            epoch: 0,
             revision: 0,
             pools: pools
                 .iter()

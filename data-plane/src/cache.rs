@@ -18,6 +18,7 @@ pub fn path(dir: &Path) -> PathBuf {
 pub fn save(dir: &Path, map: &HealthMap) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let msg = pb::HealthMapUpdate {
+        epoch: map.epoch,
         revision: map.revision,
         snapshot: true,
         pools: map.snapshot(&[]).iter().map(pool_update_to_pb).collect(),
@@ -49,6 +50,7 @@ pub fn load(dir: &Path) -> Result<Option<HealthMap>, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", p.display()))?;
     let mut map = HealthMap {
+        epoch: msg.epoch,
         revision: msg.revision,
         ..HealthMap::default()
     };
@@ -82,6 +84,7 @@ mod tests {
             },
         );
         let map = HealthMap {
+            epoch: 7,
             revision: 42,
             pools: BTreeMap::from([("p".to_string(), Arc::new(pool))]),
         };

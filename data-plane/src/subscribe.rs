@@ -72,15 +72,24 @@ async fn stream(
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    // Offer the map held (from any replica of the same store, or the
+    // cache): a replica that still has that revision answers with a delta.
+    let (resume_epoch, resume_revision) = {
+        let held = tx.borrow();
+        (held.epoch, held.revision)
+    };
     let mut updates = HealthMapServiceClient::new(channel)
         .subscribe(pb::SubscribeRequest {
             pools: cfg.pools.clone(),
             proxy_id: cfg.proxy_id.clone(),
             labels: Default::default(),
+            resume_revision,
+            resume_epoch,
         })
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
+    let mut first = true;
     loop {
         let msg = updates
             .message()
@@ -93,12 +102,19 @@ async fn stream(
             .map(PoolUpdate::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("invalid update: {e}"))?;
+        if first {
+            first = false;
+            metrics.stream_connected.store(1, Relaxed);
+            backoff.reset();
+            if msg.snapshot {
+                info!(endpoint = %url, revision = msg.revision, pools = pools.len(), "health-map snapshot received");
+            } else {
+                info!(endpoint = %url, from = resume_revision, revision = msg.revision, "health-map stream resumed with a delta");
+            }
+        }
         let mut map = if msg.snapshot {
             // A snapshot replaces everything held: the control plane only
             // sends one once it has loaded all facts, so it is complete.
-            info!(endpoint = %url, revision = msg.revision, pools = pools.len(), "health-map snapshot received");
-            metrics.stream_connected.store(1, Relaxed);
-            backoff.reset();
             HealthMap::default()
         } else {
             (**tx.borrow()).clone()
@@ -106,6 +122,7 @@ async fn stream(
         map.apply(&pools);
         map.retain(&cfg.pools);
         map.revision = msg.revision;
+        map.epoch = msg.epoch;
         metrics.observe_update(&pools);
         metrics.map_revision.store(map.revision, Relaxed);
         let map = Arc::new(map);

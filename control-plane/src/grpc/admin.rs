@@ -16,6 +16,7 @@ use trackwire_proto::v1::admin_service_server::AdminService;
 use crate::keys::{self, Keys};
 use crate::state::{StateRx, ready};
 use crate::store::{Compare, Op, Store};
+use crate::subscribers::Subscribers;
 
 use super::probe::store_status;
 
@@ -23,6 +24,7 @@ pub struct AdminSvc {
     pub store: Arc<dyn Store>,
     pub keys: Keys,
     pub state: StateRx,
+    pub subscribers: Arc<Subscribers>,
 }
 
 /// Validates a request's pools into domain specs, naming the failing field.
@@ -127,6 +129,22 @@ impl AdminService for AdminSvc {
         )
         .await?;
         Ok(Response::new(resp))
+    }
+
+    async fn list_subscribers(
+        &self,
+        _request: Request<pb::ListSubscribersRequest>,
+    ) -> Result<Response<pb::ListSubscribersResponse>, Status> {
+        let revision = self
+            .state
+            .borrow()
+            .as_ref()
+            .map(|s| s.derived.map.revision)
+            .unwrap_or(0);
+        Ok(Response::new(pb::ListSubscribersResponse {
+            revision,
+            subscribers: self.subscribers.list(revision),
+        }))
     }
 
     async fn list_pools(

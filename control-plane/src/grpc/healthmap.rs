@@ -1,13 +1,16 @@
-//! `HealthMapService.Subscribe`: a snapshot of the requested pools, then
-//! deltas. Each subscriber holds only the last map it was sent; when its
-//! stream can take another message it gets the diff to the current map, so a
-//! slow proxy skips intermediate states and costs at most one map of memory.
+//! `HealthMapService.Subscribe`: a snapshot of the requested pools (or a
+//! delta from the revision the proxy resumes at, when this replica still
+//! has it), then deltas. Each subscriber holds only the last map it was
+//! sent; when its stream can take another message it gets the diff to the
+//! current map, so a slow proxy skips intermediate states and costs at most
+//! one map of memory, never a queue of changes.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use futures::Stream;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -19,12 +22,16 @@ use trackwire_core::model::validate_name;
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::health_map_service_server::HealthMapService;
 
+use crate::grpc::probe::now_ms;
 use crate::metrics::Metrics;
-use crate::state::{StateRx, ready};
+use crate::state::{MapHistory, StateRx, ready};
+use crate::subscribers::Subscribers;
 
 pub struct HealthMapSvc {
     pub state: StateRx,
     pub metrics: Arc<Metrics>,
+    pub history: Arc<MapHistory>,
+    pub subscribers: Arc<Subscribers>,
     pub shutdown: CancellationToken,
 }
 
@@ -38,6 +45,10 @@ impl HealthMapService for HealthMapSvc {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let req = request.into_inner();
         for (i, p) in req.pools.iter().enumerate() {
             validate_name(p).map_err(|e| Status::invalid_argument(format!("pools[{i}]: {e}")))?;
@@ -45,20 +56,48 @@ impl HealthMapService for HealthMapSvc {
         if req.proxy_id.len() > 253 {
             return Err(Status::invalid_argument("proxy_id: at most 253 bytes"));
         }
+        if req.labels.len() > 32 {
+            return Err(Status::invalid_argument("labels: at most 32"));
+        }
         let mut state = self.state.clone();
         // Never answer from a partial view: an empty snapshot would make
-        // proxies drop every backend (the reconnect race Envoy's #13072 hit).
+        // proxies drop every backend (the reconnect race of Envoy's #13072).
         ready(&mut state)
             .await
             .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
+        // Resume from the proxy's map when this replica still has that revision.
+        let base = (req.resume_revision != 0)
+            .then(|| self.history.get(req.resume_epoch, req.resume_revision))
+            .flatten()
+            .map(|mut m| {
+                m.retain(&req.pools);
+                m
+            });
+        let id = self.subscribers.add(pb::SubscriberInfo {
+            proxy_id: req.proxy_id.clone(),
+            peer,
+            pools: req.pools.clone(),
+            labels: req.labels.clone(),
+            connected_ms: now_ms(),
+            ..Default::default()
+        });
         let (tx, rx) = mpsc::channel(1);
-        let span = info_span!("subscriber", proxy = %req.proxy_id);
+        let span = info_span!("subscriber", proxy = %req.proxy_id, resumed = base.is_some());
         let metrics = Arc::clone(&self.metrics);
+        let subscribers = Arc::clone(&self.subscribers);
         let shutdown = self.shutdown.clone();
         tokio::spawn(
             async move {
                 metrics.subscribers.fetch_add(1, Relaxed);
-                stream_map(req.pools, state, tx, &metrics, shutdown).await;
+                let stream = SubscriberStream {
+                    id,
+                    pools: req.pools,
+                    tx,
+                    metrics: &metrics,
+                    subscribers: &subscribers,
+                };
+                stream.run(base, state, shutdown).await;
+                subscribers.remove(id);
                 metrics.subscribers.fetch_sub(1, Relaxed);
                 debug!("subscriber gone");
             }
@@ -68,45 +107,65 @@ impl HealthMapService for HealthMapSvc {
     }
 }
 
-async fn stream_map(
+struct SubscriberStream<'a> {
+    id: u64,
     pools: Vec<String>,
-    mut state: StateRx,
     tx: mpsc::Sender<Result<pb::HealthMapUpdate, Status>>,
-    metrics: &Metrics,
-    shutdown: CancellationToken,
-) {
-    let mut sent = HealthMap::default();
-    let mut first = true;
-    loop {
-        let snap = state.borrow_and_update().clone();
-        if let Some(snap) = snap {
-            let current = &snap.derived.map;
-            let updates = current.diff_from(&sent, &pools);
-            if first || !updates.is_empty() {
-                let msg = pb::HealthMapUpdate {
-                    revision: current.revision,
-                    snapshot: first,
-                    pools: updates.iter().map(pool_update_to_pb).collect(),
+    metrics: &'a Metrics,
+    subscribers: &'a Subscribers,
+}
+
+impl SubscriberStream<'_> {
+    async fn run(self, base: Option<HealthMap>, mut state: StateRx, shutdown: CancellationToken) {
+        // `None`: nothing sent yet, the first message is a snapshot.
+        let mut sent: Option<HealthMap> = base;
+        let mut first = true;
+        loop {
+            let snap = state.borrow_and_update().clone();
+            if let Some(snap) = snap {
+                let current = &snap.derived.map;
+                let (snapshot, updates) = match &sent {
+                    Some(prev) => (false, current.diff_from(prev, &self.pools)),
+                    None => (true, current.snapshot(&self.pools)),
                 };
-                // Waits while the subscriber is slow; changes meanwhile are
-                // coalesced into the next diff.
-                let sent_ok = tokio::select! {
-                    r = tx.send(Ok(msg)) => r.is_ok(),
-                    () = shutdown.cancelled() => false,
-                };
-                if !sent_ok {
-                    return;
+                if first || !updates.is_empty() {
+                    let msg = pb::HealthMapUpdate {
+                        revision: current.revision,
+                        snapshot,
+                        pools: updates.iter().map(pool_update_to_pb).collect(),
+                        epoch: current.epoch,
+                    };
+                    let bytes = msg.encoded_len();
+                    // Waits while the subscriber is slow; changes meanwhile
+                    // are coalesced into the next diff.
+                    let sent_ok = tokio::select! {
+                        r = self.tx.send(Ok(msg)) => r.is_ok(),
+                        () = shutdown.cancelled() => false,
+                    };
+                    if !sent_ok {
+                        return;
+                    }
+                    self.metrics.map_updates_sent.fetch_add(1, Relaxed);
+                    self.metrics.map_bytes_sent.fetch_add(bytes as u64, Relaxed);
+                    first = false;
+                    let mut m = current.clone();
+                    m.retain(&self.pools);
+                    sent = Some(m);
+                    self.subscribers
+                        .sent(self.id, current.revision, bytes, now_ms());
+                } else {
+                    // Nothing for this subscriber's pools: it is up to date.
+                    self.subscribers.synced(self.id, current.revision);
+                    if let Some(s) = sent.as_mut() {
+                        s.revision = current.revision;
+                    }
                 }
-                metrics.map_updates_sent.fetch_add(1, Relaxed);
-                first = false;
-                sent = current.clone();
-                sent.retain(&pools);
             }
-        }
-        tokio::select! {
-            r = state.changed() => if r.is_err() { return },
-            () = tx.closed() => return,
-            () = shutdown.cancelled() => return,
+            tokio::select! {
+                r = state.changed() => if r.is_err() { return },
+                () = self.tx.closed() => return,
+                () = shutdown.cancelled() => return,
+            }
         }
     }
 }

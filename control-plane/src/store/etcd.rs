@@ -45,6 +45,7 @@ pub struct EtcdStore {
     unary: Client,
     streams: Client,
     attempts: u32,
+    cluster_id: u64,
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
@@ -88,11 +89,19 @@ impl EtcdStore {
         let streams = Client::connect(&opts.endpoints, Some(base))
             .await
             .map_err(unavailable)?;
-        Ok(EtcdStore {
+        let mut store = EtcdStore {
             unary,
             streams,
             attempts: opts.attempts.max(1),
-        })
+            cluster_id: 0,
+        };
+        let resp = store
+            .retry("cluster id", |mut c| async move {
+                c.get("\0trackwire-revision-probe", None).await
+            })
+            .await?;
+        store.cluster_id = resp.header().map(|h| h.cluster_id()).unwrap_or(0);
+        Ok(store)
     }
 
     async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
@@ -323,6 +332,10 @@ impl Store for EtcdStore {
             })
             .await?;
         Ok(header_revision(resp.header()))
+    }
+
+    fn epoch(&self) -> u64 {
+        self.cluster_id
     }
 }
 

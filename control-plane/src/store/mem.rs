@@ -24,6 +24,7 @@ const REAP_EVERY: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct MemStore {
     inner: Arc<Mutex<Inner>>,
+    epoch: u64,
 }
 
 struct Lease {
@@ -64,7 +65,10 @@ impl MemStore {
         }));
         let weak = Arc::downgrade(&inner);
         tokio::spawn(reap_leases(weak));
-        MemStore { inner }
+        MemStore {
+            inner,
+            epoch: uuid::Uuid::new_v4().as_u64_pair().0,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -330,5 +334,9 @@ impl Store for MemStore {
 
     async fn revision(&self) -> Result<u64> {
         Ok(self.lock().revision)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
     }
 }

@@ -117,4 +117,7 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke(&self, lease: LeaseId) -> Result<()>;
     /// The store's current revision.
     async fn revision(&self) -> Result<u64>;
+    /// Identifies the store revisions count in: etcd's cluster id, or a
+    /// random id per `MemStore`. Revisions of different epochs are unrelated.
+    fn epoch(&self) -> u64;
 }
