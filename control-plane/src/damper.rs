@@ -46,7 +46,7 @@ pub async fn run(
 /// Makes the writes one snapshot calls for; returns the earliest pending release time.
 pub async fn step(store: &dyn Store, keys: &Keys, snap: &Snapshot, now_ms: u64) -> Option<u64> {
     let mut next: Option<u64> = None;
-    for (pool_name, pool) in &snap.facts.pools {
+    for (pool_name, pool) in snap.facts.pools.iter() {
         for b in &pool.backends {
             let id = (pool_name.clone(), b.name.clone());
             let old = snap.facts.damping.get(&id);
@@ -63,7 +63,10 @@ pub async fn step(store: &dyn Store, keys: &Keys, snap: &Snapshot, now_ms: u64) 
                 }
                 continue;
             };
-            let undamped = snap.derived.details.get(&id).and_then(|d| d.undamped);
+            let undamped = snap
+                .derived
+                .detail(pool_name, &b.name)
+                .and_then(|d| d.undamped);
             let Some((state, at)) = undamped else {
                 continue;
             };

@@ -17,12 +17,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use trackwire_core::map::PoolMap;
-use trackwire_core::{
-    AdminState, BackendSpec, CheckSpec, Endpoint, HealthMap, HealthState, PoolSpec, Quorum,
-};
+use trackwire_core::{AdminState, CheckSpec, Endpoint, HealthMap, HealthState, PoolSpec, Quorum};
 
 use crate::assign::assign_zoned;
 use crate::facts::{Facts, VerdictFact};
+use crate::keys::{KeyKind, Keys};
+use crate::store::WatchEvent;
 
 /// Fewest assigned backends before an agent can be judged a partitioned checker.
 pub const SUSPECT_MIN_BACKENDS: usize = 5;
@@ -55,16 +55,77 @@ pub struct BackendDetail {
     pub suppressed: bool,
 }
 
+/// What is derived for one pool. Shared (`Arc`) between revisions while the
+/// pool, its verdicts, the agents and the suspects stay the same, so a
+/// change to one pool costs that pool, not the fleet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolDerived {
+    pub endpoints: Arc<PoolMap>,
+    /// backend → who checks it and what they said.
+    pub details: BTreeMap<String, BackendDetail>,
+    /// agent → the checks it runs in this pool, sorted by backend.
+    pub targets: BTreeMap<String, Vec<Target>>,
+}
+
 /// Everything derived from one revision of facts.
 #[derive(Debug, Clone, Default)]
 pub struct Derived {
     pub map: HealthMap,
-    /// (pool, backend) → who checks it and what they said.
-    pub details: BTreeMap<(String, String), BackendDetail>,
-    /// agent → the checks it must run, sorted by (pool, backend).
-    pub assignments: BTreeMap<String, Vec<Target>>,
+    pub pools: BTreeMap<String, Arc<PoolDerived>>,
     /// Agents judged partitioned checkers at this revision.
     pub suspects: BTreeSet<String>,
+    /// The agents (and zones) assignment was computed over.
+    agents: Vec<(String, String)>,
+}
+
+impl Derived {
+    pub fn detail(&self, pool: &str, backend: &str) -> Option<&BackendDetail> {
+        self.pools.get(pool)?.details.get(backend)
+    }
+
+    /// Every check `agent` must run, sorted by (pool, backend).
+    pub fn targets_for(&self, agent: &str) -> Vec<Target> {
+        self.pools
+            .values()
+            .filter_map(|p| p.targets.get(agent))
+            .flat_map(|t| t.iter().cloned())
+            .collect()
+    }
+}
+
+/// Which pools a batch of facts changes touched.
+#[derive(Debug, Clone, Default)]
+pub struct Dirty {
+    /// Everything may have changed (first load, re-list).
+    pub all: bool,
+    pub pools: BTreeSet<String>,
+}
+
+impl Dirty {
+    pub fn all() -> Self {
+        Dirty {
+            all: true,
+            pools: BTreeSet::new(),
+        }
+    }
+
+    /// The pools a batch of watch events touches; agent changes touch all
+    /// (assignment moves).
+    pub fn from_events(keys: &Keys, events: &[WatchEvent]) -> Self {
+        let mut dirty = Dirty::default();
+        for e in events {
+            match keys.parse(e.key()) {
+                KeyKind::Pool(p)
+                | KeyKind::Damping { pool: p, .. }
+                | KeyKind::Verdict { pool: p, .. } => {
+                    dirty.pools.insert(p.to_string());
+                }
+                KeyKind::Agent(_) => dirty.all = true,
+                KeyKind::Other => {}
+            }
+        }
+        dirty
+    }
 }
 
 /// Combines counted verdicts by policy; `None` when there are none.
@@ -88,205 +149,251 @@ pub fn decide(quorum: Quorum, votes: &[&VerdictFact]) -> Option<HealthState> {
     })
 }
 
-/// A checked, non-maint backend and the agents assigned to it.
-struct Checked<'a> {
-    pool: &'a PoolSpec,
-    backend: &'a BackendSpec,
-    assigned: Vec<&'a str>,
+/// Assignment and raw votes of one backend (before suspicion).
+struct Raw {
+    backend: String,
+    assigned: Vec<String>,
+    votes: Vec<(String, VerdictFact)>,
 }
 
-fn verdict<'a>(
-    facts: &'a Facts,
-    agent: &str,
-    pool: &str,
-    backend: &str,
-) -> Option<&'a VerdictFact> {
-    facts
-        .verdicts
-        .get(&(agent.to_string(), pool.to_string(), backend.to_string()))
-}
-
-fn find_suspects(facts: &Facts, checked: &[Checked<'_>]) -> BTreeSet<String> {
-    let mut by_agent: BTreeMap<&str, Vec<&Checked<'_>>> = BTreeMap::new();
-    for c in checked {
-        for a in &c.assigned {
-            by_agent.entry(a).or_default().push(c);
-        }
+fn raw_pool(facts: &Facts, pool: &PoolSpec, agents: &[(&str, &str)]) -> Vec<Raw> {
+    if pool.check.is_none() {
+        return Vec::new();
     }
-    let mut suspects = BTreeSet::new();
-    for (agent, mine) in by_agent {
-        if mine.len() < SUSPECT_MIN_BACKENDS {
-            continue;
-        }
-        let says_down: Vec<&&Checked<'_>> = mine
-            .iter()
-            .filter(|c| {
-                verdict(facts, agent, &c.pool.name, &c.backend.name)
-                    .is_some_and(|v| v.state == HealthState::Down)
-            })
-            .collect();
-        if says_down.len() * 10 < mine.len() * 9 {
-            continue;
-        }
-        let contradicted = says_down
-            .iter()
-            .filter(|c| {
-                let others: Vec<&VerdictFact> = c
-                    .assigned
-                    .iter()
-                    .filter(|a| **a != agent)
-                    .filter_map(|a| verdict(facts, a, &c.pool.name, &c.backend.name))
-                    .collect();
-                let up = others.iter().filter(|v| v.state == HealthState::Up).count();
-                !others.is_empty() && up * 2 > others.len()
-            })
-            .count();
-        if contradicted * 2 > says_down.len() {
-            suspects.insert(agent.to_string());
-        }
-    }
-    suspects
-}
-
-pub fn derive(facts: &Facts, previous: Option<&Derived>) -> Derived {
-    let agents: Vec<(&str, &str)> = facts
-        .agents
+    pool.backends
         .iter()
-        .map(|(id, a)| (id.as_str(), a.zone.as_str()))
-        .collect();
-    let mut out = Derived {
-        map: HealthMap {
-            epoch: facts.epoch,
-            revision: facts.revision,
-            pools: BTreeMap::new(),
-        },
-        ..Derived::default()
-    };
-    for (agent, _) in &agents {
-        out.assignments.insert((*agent).to_string(), Vec::new());
-    }
+        .filter(|b| b.admin_state != AdminState::Maint)
+        .map(|b| {
+            let assigned: Vec<String> =
+                assign_zoned(&pool.name, &b.name, agents, pool.replicas, pool.zone_spread)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+            let votes = assigned
+                .iter()
+                .filter_map(|a| {
+                    facts
+                        .verdicts
+                        .get(&(a.clone(), pool.name.clone(), b.name.clone()))
+                        .map(|v| (a.clone(), v.clone()))
+                })
+                .collect();
+            Raw {
+                backend: b.name.clone(),
+                assigned,
+                votes,
+            }
+        })
+        .collect()
+}
 
-    // Pass 1: who checks what.
-    let mut checked: Vec<Checked<'_>> = Vec::new();
-    for pool in facts.pools.values() {
-        let Some(check) = &pool.check else { continue };
-        for b in &pool.backends {
-            if b.admin_state == AdminState::Maint {
+/// Raw votes of a pool kept from the previous derivation.
+fn raw_from(prev: &PoolDerived) -> Vec<Raw> {
+    prev.details
+        .iter()
+        .filter(|(_, d)| !d.assigned.is_empty() || !d.votes.is_empty())
+        .map(|(b, d)| Raw {
+            backend: b.clone(),
+            assigned: d.assigned.clone(),
+            votes: d
+                .votes
+                .iter()
+                .map(|v| (v.agent.clone(), v.verdict.clone()))
+                .collect(),
+        })
+        .collect()
+}
+
+fn find_suspects<'a>(raws: impl Iterator<Item = &'a Raw>) -> BTreeSet<String> {
+    // agent → (assigned, says DOWN, DOWN contradicted by the others' majority)
+    let mut tally: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    for r in raws {
+        for a in &r.assigned {
+            tally.entry(a).or_default().0 += 1;
+        }
+        for (agent, v) in &r.votes {
+            if v.state != HealthState::Down {
                 continue;
             }
-            let assigned = assign_zoned(
-                &pool.name,
-                &b.name,
-                &agents,
-                pool.replicas,
-                pool.zone_spread,
-            );
-            for a in &assigned {
-                if let Some(t) = out.assignments.get_mut(*a) {
-                    t.push(Target {
+            let others: Vec<&VerdictFact> = r
+                .votes
+                .iter()
+                .filter(|(a, _)| a != agent)
+                .map(|(_, v)| v)
+                .collect();
+            let up = others.iter().filter(|v| v.state == HealthState::Up).count();
+            let t = tally.entry(agent).or_default();
+            t.1 += 1;
+            if !others.is_empty() && up * 2 > others.len() {
+                t.2 += 1;
+            }
+        }
+    }
+    tally
+        .into_iter()
+        .filter(|(_, (n, down, contradicted))| {
+            *n >= SUSPECT_MIN_BACKENDS && down * 10 >= n * 9 && contradicted * 2 > *down
+        })
+        .map(|(a, _)| a.to_string())
+        .collect()
+}
+
+fn decide_pool(
+    facts: &Facts,
+    pool: &PoolSpec,
+    raws: Vec<Raw>,
+    suspects: &BTreeSet<String>,
+    previous: Option<&PoolDerived>,
+) -> PoolDerived {
+    let mut out = PoolDerived::default();
+    let mut raws: BTreeMap<String, Raw> =
+        raws.into_iter().map(|r| (r.backend.clone(), r)).collect();
+    let mut endpoints = PoolMap::new();
+    for b in &pool.backends {
+        let mut detail = BackendDetail::default();
+        let (state, decided_at_ms, votes, votes_up) = match (&pool.check, b.admin_state) {
+            (_, AdminState::Maint) => (HealthState::Down, 0, 0, 0),
+            (None, _) => (HealthState::Up, 0, 0, 0),
+            (Some(check), _) => {
+                let raw = raws.remove(&b.name);
+                let (assigned, raw_votes) = raw.map(|r| (r.assigned, r.votes)).unwrap_or_default();
+                for a in &assigned {
+                    out.targets.entry(a.clone()).or_default().push(Target {
                         pool: pool.name.clone(),
                         backend: b.name.clone(),
                         address: b.address.clone(),
                         check: check.clone(),
                     });
                 }
-            }
-            checked.push(Checked {
-                pool,
-                backend: b,
-                assigned,
-            });
-        }
-    }
-    out.suspects = find_suspects(facts, &checked);
-
-    // Pass 2: decide every backend.
-    let mut decided: BTreeMap<(&str, &str), (HealthState, u64, u32, u32)> = BTreeMap::new();
-    for c in &checked {
-        let mut detail = BackendDetail {
-            assigned: c.assigned.iter().map(|a| (*a).to_string()).collect(),
-            ..BackendDetail::default()
-        };
-        let mut counted = Vec::new();
-        for a in &c.assigned {
-            if let Some(v) = verdict(facts, a, &c.pool.name, &c.backend.name) {
-                let is_counted = !out.suspects.contains(*a);
-                if is_counted {
-                    counted.push(v);
+                let mut counted: Vec<VerdictFact> = Vec::new();
+                for (agent, v) in raw_votes {
+                    let is_counted = !suspects.contains(&agent);
+                    if is_counted {
+                        counted.push(v.clone());
+                    }
+                    detail.votes.push(Vote {
+                        agent,
+                        verdict: v,
+                        counted: is_counted,
+                    });
                 }
-                detail.votes.push(Vote {
-                    agent: (*a).to_string(),
-                    verdict: v.clone(),
-                    counted: is_counted,
-                });
-            }
-        }
-        let up = counted
-            .iter()
-            .filter(|v| v.state == HealthState::Up)
-            .count();
-        let mut result = match decide(c.pool.quorum, &counted) {
-            None => (c.pool.initial_state, 0, 0, 0),
-            Some(state) => {
-                let at = counted
+                detail.assigned = assigned;
+                let refs: Vec<&VerdictFact> = counted.iter().collect();
+                let up = counted
                     .iter()
-                    .filter(|v| v.state == state)
-                    .map(|v| v.since_ms)
-                    .max()
-                    .unwrap_or(0);
-                (state, at, counted.len() as u32, up as u32)
+                    .filter(|v| v.state == HealthState::Up)
+                    .count();
+                let mut result = match decide(pool.quorum, &refs) {
+                    None => (pool.initial_state, 0, 0, 0),
+                    Some(state) => {
+                        let at = counted
+                            .iter()
+                            .filter(|v| v.state == state)
+                            .map(|v| v.since_ms)
+                            .max()
+                            .unwrap_or(0);
+                        (state, at, counted.len() as u32, up as u32)
+                    }
+                };
+                detail.undamped = Some((result.0, result.1));
+                if pool.damping.is_some()
+                    && facts
+                        .damping
+                        .get(&(pool.name.clone(), b.name.clone()))
+                        .is_some_and(|d| d.state.suppressed)
+                {
+                    detail.suppressed = true;
+                    result.0 = HealthState::Down;
+                }
+                result
             }
         };
-        detail.undamped = Some((result.0, result.1));
-        if c.pool.damping.is_some()
-            && facts
-                .damping
-                .get(&(c.pool.name.clone(), c.backend.name.clone()))
-                .is_some_and(|d| d.state.suppressed)
-        {
-            detail.suppressed = true;
-            result.0 = HealthState::Down;
-        }
-        decided.insert((&c.pool.name, &c.backend.name), result);
-        out.details
-            .insert((c.pool.name.clone(), c.backend.name.clone()), detail);
+        endpoints.insert(
+            b.name.clone(),
+            Endpoint {
+                backend: b.name.clone(),
+                address: b.address.clone(),
+                weight: b.weight,
+                admin_state: b.admin_state,
+                state,
+                decided_at_ms,
+                votes,
+                votes_up,
+            },
+        );
+        out.details.insert(b.name.clone(), detail);
     }
+    // Share the previous endpoints when unchanged, so diffs and snapshots of
+    // untouched pools cost a pointer comparison.
+    out.endpoints = match previous {
+        Some(p) if *p.endpoints == endpoints => Arc::clone(&p.endpoints),
+        _ => Arc::new(endpoints),
+    };
+    out
+}
 
-    for (pool_name, pool) in &facts.pools {
-        let mut endpoints = PoolMap::new();
-        for b in &pool.backends {
-            let (state, decided_at_ms, votes, votes_up) = match (&pool.check, b.admin_state) {
-                (_, AdminState::Maint) => (HealthState::Down, 0, 0, 0),
-                (None, _) => (HealthState::Up, 0, 0, 0),
-                (Some(_), _) => decided
-                    .get(&(pool_name.as_str(), b.name.as_str()))
-                    .copied()
-                    .unwrap_or((pool.initial_state, 0, 0, 0)),
-            };
-            endpoints.insert(
-                b.name.clone(),
-                Endpoint {
-                    backend: b.name.clone(),
-                    address: b.address.clone(),
-                    weight: b.weight,
-                    admin_state: b.admin_state,
-                    state,
-                    decided_at_ms,
-                    votes,
-                    votes_up,
-                },
-            );
-            out.details
-                .entry((pool_name.clone(), b.name.clone()))
-                .or_default();
+/// Derives everything from `facts`, reusing the `previous` derivation for
+/// pools `dirty` does not name when the agents and suspects are unchanged.
+pub fn derive(facts: &Facts, previous: Option<&Derived>, dirty: &Dirty) -> Derived {
+    let agents: Vec<(String, String)> = facts
+        .agents
+        .iter()
+        .map(|(id, a)| (id.clone(), a.zone.clone()))
+        .collect();
+    let agent_refs: Vec<(&str, &str)> = agents
+        .iter()
+        .map(|(a, z)| (a.as_str(), z.as_str()))
+        .collect();
+    let agents_same = previous.is_some_and(|p| p.agents == agents);
+    let reusable = |name: &str| -> Option<&Arc<PoolDerived>> {
+        let prev = previous?;
+        if dirty.all || dirty.pools.contains(name) || !agents_same {
+            return None;
         }
-        // Share the previous Arc when the pool did not change, so diffs and
-        // snapshots of untouched pools cost a pointer comparison.
-        let pool_arc = match previous.and_then(|p| p.map.pools.get(pool_name)) {
-            Some(old) if **old == endpoints => Arc::clone(old),
-            _ => Arc::new(endpoints),
+        prev.pools.get(name)
+    };
+
+    // Phase A: assignment and raw votes; recomputed for changed pools only.
+    let mut raws: BTreeMap<&str, Vec<Raw>> = BTreeMap::new();
+    for (name, pool) in facts.pools.iter() {
+        let raw = match reusable(name) {
+            Some(prev) => raw_from(prev),
+            None => raw_pool(facts, pool, &agent_refs),
         };
-        out.map.pools.insert(pool_name.clone(), pool_arc);
+        raws.insert(name.as_str(), raw);
+    }
+    // Phase B: suspects, from every pool's raw votes.
+    let suspects = find_suspects(raws.values().flatten());
+    let suspects_changed = previous.is_none_or(|p| p.suspects != suspects);
+
+    // Phase C: decide each pool, reusing untouched ones.
+    let mut out = Derived {
+        map: HealthMap {
+            epoch: facts.epoch,
+            revision: facts.revision,
+            pools: BTreeMap::new(),
+        },
+        pools: BTreeMap::new(),
+        suspects,
+        agents,
+    };
+    for (name, pool) in facts.pools.iter() {
+        let pd = match reusable(name) {
+            Some(prev) if !suspects_changed => Arc::clone(prev),
+            _ => {
+                let prev = previous.and_then(|p| p.pools.get(name));
+                let raw = raws.remove(name.as_str()).unwrap_or_default();
+                let fresh = decide_pool(facts, pool, raw, &out.suspects, prev.map(|p| &**p));
+                match prev {
+                    Some(p) if **p == fresh => Arc::clone(p),
+                    _ => Arc::new(fresh),
+                }
+            }
+        };
+        out.map
+            .pools
+            .insert(name.clone(), Arc::clone(&pd.endpoints));
+        out.pools.insert(name.clone(), pd);
     }
     out
 }
@@ -321,9 +428,9 @@ mod tests {
 
     fn facts(p: PoolSpec, agents: &[&str]) -> Facts {
         let mut f = Facts::default();
-        f.pools.insert(p.name.clone(), p);
+        Arc::make_mut(&mut f.pools).insert(p.name.clone(), p);
         for a in agents {
-            f.agents.insert(
+            Arc::make_mut(&mut f.agents).insert(
                 (*a).into(),
                 AgentFact {
                     zone: String::new(),
@@ -351,11 +458,19 @@ mod tests {
 
     #[test]
     fn unchecked_pool_is_up_and_no_verdict_means_initial_state() {
-        let d = derive(&facts(pool("p", 2, false, Quorum::Majority), &["a"]), None);
+        let d = derive(
+            &facts(pool("p", 2, false, Quorum::Majority), &["a"]),
+            None,
+            &Dirty::all(),
+        );
         assert_eq!(state(&d, "b0"), HealthState::Up);
-        let d = derive(&facts(pool("p", 2, true, Quorum::Majority), &["a"]), None);
+        let d = derive(
+            &facts(pool("p", 2, true, Quorum::Majority), &["a"]),
+            None,
+            &Dirty::all(),
+        );
         assert_eq!(state(&d, "b0"), HealthState::Down);
-        assert_eq!(d.assignments["a"].len(), 2);
+        assert_eq!(d.targets_for("a").len(), 2);
     }
 
     #[test]
@@ -365,12 +480,12 @@ mod tests {
         vote(&mut f, "a1", "b0", Down);
         vote(&mut f, "a2", "b0", Up);
         assert_eq!(
-            state(&derive(&f, None), "b0"),
+            state(&derive(&f, None, &Dirty::all()), "b0"),
             Up,
             "1 of 2 down is not a majority"
         );
         vote(&mut f, "a3", "b0", Down);
-        let d = derive(&f, None);
+        let d = derive(&f, None, &Dirty::all());
         assert_eq!(state(&d, "b0"), Down);
         assert_eq!(d.map.pools["p"]["b0"].votes, 3);
         assert_eq!(d.map.pools["p"]["b0"].votes_up, 1);
@@ -383,7 +498,11 @@ mod tests {
             let mut f = facts(pool("p", 1, true, q), &["a1", "a2"]);
             vote(&mut f, "a1", "b0", Down);
             vote(&mut f, "a2", "b0", Up);
-            assert_eq!(state(&derive(&f, None), "b0"), expect, "{q:?}");
+            assert_eq!(
+                state(&derive(&f, None, &Dirty::all()), "b0"),
+                expect,
+                "{q:?}"
+            );
         }
     }
 
@@ -393,16 +512,16 @@ mod tests {
         let mut f = facts(pool("p", 1, true, Quorum::Majority), &["a1"]);
         vote(&mut f, "a1", "b0", Up);
         vote(&mut f, "gone", "b0", Down);
-        assert_eq!(state(&derive(&f, None), "b0"), Up);
+        assert_eq!(state(&derive(&f, None, &Dirty::all()), "b0"), Up);
     }
 
     #[test]
     fn maint_is_down_and_unchecked() {
         let mut p = pool("p", 1, true, Quorum::Majority);
         p.backends[0].admin_state = AdminState::Maint;
-        let d = derive(&facts(p, &["a"]), None);
+        let d = derive(&facts(p, &["a"]), None, &Dirty::all());
         assert_eq!(state(&d, "b0"), HealthState::Down);
-        assert!(d.assignments["a"].is_empty());
+        assert!(d.targets_for("a").is_empty());
     }
 
     #[test]
@@ -416,13 +535,13 @@ mod tests {
             vote(&mut f, "a2", &b, Up);
             vote(&mut f, "a3", &b, Down);
         }
-        let d = derive(&f, None);
+        let d = derive(&f, None, &Dirty::all());
         assert_eq!(d.suspects, BTreeSet::from(["a3".to_string()]));
         // Even with quorum `any`, the suspect's DOWN votes do not count.
         for b in 0..10 {
             assert_eq!(state(&d, &format!("b{b}")), Up);
         }
-        let detail = &d.details[&("p".to_string(), "b0".to_string())];
+        let detail = d.detail("p", "b0").expect("detail");
         assert!(detail.votes.iter().any(|v| v.agent == "a3" && !v.counted));
         assert_eq!(d.map.pools["p"]["b0"].votes, 2);
     }
@@ -437,7 +556,7 @@ mod tests {
                 vote(&mut f, a, &format!("b{b}"), Down);
             }
         }
-        let d = derive(&f, None);
+        let d = derive(&f, None, &Dirty::all());
         assert!(d.suspects.is_empty());
         assert_eq!(state(&d, "b3"), Down);
     }
@@ -452,7 +571,7 @@ mod tests {
             vote(&mut f, "a2", &format!("b{b}"), Up);
             vote(&mut f, "a3", &format!("b{b}"), Down);
         }
-        assert!(derive(&f, None).suspects.is_empty());
+        assert!(derive(&f, None, &Dirty::all()).suspects.is_empty());
         // 10 backends, a3 DOWN on 8 of 10 (< 90%): not suspect.
         let mut f = facts(pool("p", 10, true, Quorum::Majority), &["a1", "a2", "a3"]);
         for b in 0..10 {
@@ -465,14 +584,14 @@ mod tests {
                 if b < 8 { Down } else { Up },
             );
         }
-        assert!(derive(&f, None).suspects.is_empty());
+        assert!(derive(&f, None, &Dirty::all()).suspects.is_empty());
     }
 
     #[test]
     fn unchanged_pools_share_their_arc() {
         let f = facts(pool("p", 3, false, Quorum::Majority), &["a"]);
-        let d1 = derive(&f, None);
-        let d2 = derive(&f, Some(&d1));
+        let d1 = derive(&f, None, &Dirty::all());
+        let d2 = derive(&f, Some(&d1), &Dirty::all());
         assert!(Arc::ptr_eq(&d1.map.pools["p"], &d2.map.pools["p"]));
     }
 
@@ -492,7 +611,7 @@ mod tests {
             for ((a, b), up) in votes.iter().rev() {
                 vote(&mut f2, agents[*a], &format!("b{b}"), st(*up));
             }
-            prop_assert_eq!(derive(&f1, None).map, derive(&f2, None).map);
+            prop_assert_eq!(derive(&f1, None, &Dirty::all()).map, derive(&f2, None, &Dirty::all()).map);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! rather than stopping the control plane.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tracing::warn;
 use trackwire_core::convert::health_from_pb;
@@ -30,17 +31,30 @@ pub struct VerdictFact {
 /// (agent, pool, backend)
 pub type VerdictKey = (String, String, String);
 
+/// Pools, agents and damping records change rarely and are shared (`Arc`)
+/// with every published snapshot; verdicts change with every transition and
+/// stay owned by the sync task, so publishing never copies them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Facts {
     /// The store these facts come from (see [`crate::store::Store::epoch`]).
     pub epoch: u64,
     /// The store revision these facts are complete up to.
     pub revision: u64,
-    pub pools: BTreeMap<String, PoolSpec>,
-    pub agents: BTreeMap<String, AgentFact>,
+    pub pools: Arc<BTreeMap<String, PoolSpec>>,
+    pub agents: Arc<BTreeMap<String, AgentFact>>,
     pub verdicts: BTreeMap<VerdictKey, VerdictFact>,
     /// (pool, backend) → flap-damping state (damped pools only).
-    pub damping: BTreeMap<(String, String), DampFact>,
+    pub damping: Arc<BTreeMap<(String, String), DampFact>>,
+}
+
+/// The part of [`Facts`] published with each snapshot (cheap to clone).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedFacts {
+    pub epoch: u64,
+    pub revision: u64,
+    pub pools: Arc<BTreeMap<String, PoolSpec>>,
+    pub agents: Arc<BTreeMap<String, AgentFact>>,
+    pub damping: Arc<BTreeMap<(String, String), DampFact>>,
 }
 
 /// A damping record and the revision it was written at (for compare-and-set).
@@ -51,6 +65,16 @@ pub struct DampFact {
 }
 
 impl Facts {
+    pub fn shared(&self) -> SharedFacts {
+        SharedFacts {
+            epoch: self.epoch,
+            revision: self.revision,
+            pools: Arc::clone(&self.pools),
+            agents: Arc::clone(&self.agents),
+            damping: Arc::clone(&self.damping),
+        }
+    }
+
     pub fn reset(keys: &Keys, kvs: &[KeyValue], revision: u64) -> Facts {
         let mut f = Facts::default();
         for kv in kvs {
@@ -65,10 +89,10 @@ impl Facts {
             WatchEvent::Put(kv) => self.put(keys, kv),
             WatchEvent::Delete { key, .. } => match keys.parse(key) {
                 KeyKind::Pool(name) => {
-                    self.pools.remove(name);
+                    Arc::make_mut(&mut self.pools).remove(name);
                 }
                 KeyKind::Agent(id) => {
-                    self.agents.remove(id);
+                    Arc::make_mut(&mut self.agents).remove(id);
                 }
                 KeyKind::Verdict {
                     agent,
@@ -82,7 +106,7 @@ impl Facts {
                     ));
                 }
                 KeyKind::Damping { pool, backend } => {
-                    self.damping
+                    Arc::make_mut(&mut self.damping)
                         .remove(&(pool.to_string(), backend.to_string()));
                 }
                 KeyKind::Other => {}
@@ -98,7 +122,7 @@ impl Facts {
                     .and_then(|p| PoolSpec::try_from(&p).map_err(|e| e.to_string()))
                 {
                     Ok(spec) if spec.name == name => {
-                        self.pools.insert(name.to_string(), spec);
+                        Arc::make_mut(&mut self.pools).insert(name.to_string(), spec);
                     }
                     Ok(spec) => {
                         warn!(key = %kv.key, name = %spec.name, "pool key and name differ; skipped")
@@ -108,7 +132,7 @@ impl Facts {
             }
             KeyKind::Agent(id) => match keys::decode_agent(&kv.value) {
                 Ok(a) => {
-                    self.agents.insert(
+                    Arc::make_mut(&mut self.agents).insert(
                         id.to_string(),
                         AgentFact {
                             zone: a.zone,
@@ -142,7 +166,7 @@ impl Facts {
             },
             KeyKind::Damping { pool, backend } => match keys::decode_damping(&kv.value) {
                 Ok(state) => {
-                    self.damping.insert(
+                    Arc::make_mut(&mut self.damping).insert(
                         (pool.to_string(), backend.to_string()),
                         DampFact {
                             state,
@@ -172,7 +196,7 @@ mod tests {
         let keys = Keys::new("/t/").expect("prefix");
         let pool = PoolSpec {
             name: "p".into(),
-            backends: (0..6)
+            backends: (0..12)
                 .map(|i| BackendSpec {
                     name: format!("b{i}"),
                     address: format!("h{i}:80"),
@@ -228,7 +252,65 @@ mod tests {
         out
     }
 
+    /// A partitioned agent turning suspect (and its votes stopping to count
+    /// in every pool) is followed by incremental derivation too.
+    #[test]
+    fn incremental_derivation_follows_suspicion() {
+        use crate::derive::Dirty;
+        let keys = Keys::new("/t/").expect("prefix");
+        let mut votes = Vec::new();
+        for b in 0..12 {
+            votes.push((0, b, true));
+            votes.push((1, b, true));
+            votes.push((2, b, true));
+        }
+        for b in 0..12 {
+            votes.push((3, b, false));
+        }
+        let mut facts = Facts::default();
+        let mut prev = None;
+        let mut saw_suspect = false;
+        for e in events(&votes) {
+            facts.apply(&keys, &e);
+            let inc = derive(
+                &facts,
+                prev.as_ref(),
+                &Dirty::from_events(&keys, std::slice::from_ref(&e)),
+            );
+            let full = derive(&facts, None, &Dirty::all());
+            assert_eq!(inc.map, full.map);
+            assert_eq!(inc.suspects, full.suspects);
+            saw_suspect |= !full.suspects.is_empty();
+            prev = Some(inc);
+        }
+        assert!(saw_suspect, "a3 became suspect");
+    }
+
     proptest! {
+        /// Deriving incrementally (reusing untouched pools) after each event
+        /// gives exactly what deriving from scratch gives.
+        #[test]
+        fn incremental_derivation_equals_full(
+            votes in proptest::collection::vec((0usize..4, 0usize..12, prop::bool::weighted(0.3)), 0..60),
+        ) {
+            use crate::derive::Dirty;
+            let keys = Keys::new("/t/").expect("prefix");
+            let mut facts = Facts::default();
+            let mut prev = None;
+            for e in events(&votes) {
+                facts.apply(&keys, &e);
+                let inc = derive(&facts, prev.as_ref(), &Dirty::from_events(&keys, std::slice::from_ref(&e)));
+                let full = derive(&facts, None, &Dirty::all());
+                prop_assert_eq!(&inc.map, &full.map);
+                prop_assert_eq!(&inc.suspects, &full.suspects);
+                prop_assert_eq!(inc.pools.len(), full.pools.len());
+                for (name, p) in &full.pools {
+                    prop_assert_eq!(&**p, &*inc.pools[name]);
+                }
+                prev = Some(inc);
+            }
+        }
+
         /// The same facts, applied as watch events in any order, derive the
         /// same map (each key written once, so order is the only difference).
         #[test]
@@ -257,7 +339,7 @@ mod tests {
                 other.apply(&keys, e);
             }
             prop_assert_eq!(&in_order, &other);
-            prop_assert_eq!(derive(&in_order, None).map, derive(&other, None).map);
+            prop_assert_eq!(derive(&in_order, None, &crate::derive::Dirty::all()).map, derive(&other, None, &crate::derive::Dirty::all()).map);
         }
     }
 }

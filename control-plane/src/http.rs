@@ -120,8 +120,7 @@ async fn status_page(State(ctx): State<Ctx>) -> Html<String> {
         for e in endpoints.values() {
             let agents = snap
                 .derived
-                .details
-                .get(&(pool.clone(), e.backend.clone()))
+                .detail(pool, &e.backend)
                 .map(|d| d.assigned.len())
                 .unwrap_or(0);
             let _ = write!(

@@ -12,8 +12,8 @@ use tracing::{info, warn};
 
 use trackwire_core::HealthMap;
 
-use crate::derive::{Derived, derive};
-use crate::facts::Facts;
+use crate::derive::{Derived, Dirty, derive};
+use crate::facts::{Facts, SharedFacts};
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -21,7 +21,7 @@ use crate::store::Store;
 /// Facts at one revision and everything derived from them.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub facts: Facts,
+    pub facts: SharedFacts,
     pub derived: Derived,
 }
 
@@ -96,6 +96,7 @@ pub async fn sync(
             &history,
             &facts,
             previous.as_deref(),
+            &Dirty::all(),
         ));
         info!(revision, keys = kvs.len(), "loaded facts");
 
@@ -119,12 +120,14 @@ pub async fn sync(
                     for e in &batch.events {
                         facts.apply(&keys, e);
                     }
+                    let dirty = Dirty::from_events(&keys, &batch.events);
                     previous = Some(publish(
                         &tx,
                         &metrics,
                         &history,
                         &facts,
                         previous.as_deref(),
+                        &dirty,
                     ));
                 }
                 Some(Err(e)) => {
@@ -146,12 +149,13 @@ fn publish(
     history: &MapHistory,
     facts: &Facts,
     previous: Option<&Snapshot>,
+    dirty: &Dirty,
 ) -> Arc<Snapshot> {
-    let derived = derive(facts, previous.map(|p| &p.derived));
+    let derived = derive(facts, previous.map(|p| &p.derived), dirty);
     metrics.observe_map(&derived, facts);
     history.push(&derived.map);
     let snap = Arc::new(Snapshot {
-        facts: facts.clone(),
+        facts: facts.shared(),
         derived,
     });
     tx.send_replace(Some(Arc::clone(&snap)));

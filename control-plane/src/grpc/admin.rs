@@ -179,7 +179,7 @@ impl AdminService for AdminSvc {
                 continue;
             }
             for e in endpoints.values() {
-                let detail = snap.derived.details.get(&(name.clone(), e.backend.clone()));
+                let detail = snap.derived.detail(name, &e.backend);
                 backends.push(pb::BackendHealth {
                     pool: name.clone(),
                     endpoint: Some(endpoint_to_pb(e)),

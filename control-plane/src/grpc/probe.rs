@@ -8,6 +8,7 @@
 //! rather than revoked, so an agent failing over to another replica keeps its
 //! votes counted throughout.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,7 +25,7 @@ use trackwire_core::model::validate_name;
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::probe_service_server::ProbeService;
 
-use crate::derive::Target;
+use crate::derive::{PoolDerived, Target};
 use crate::keys::{self, Keys};
 use crate::metrics::Metrics;
 use crate::state::{StateRx, ready};
@@ -174,6 +175,9 @@ impl Session {
         let mut keepalive = tokio::time::interval(self.ttl / 3);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sent: Option<Vec<Target>> = None;
+        // Per-pool derivations seen last: a new snapshot that leaves this
+        // agent's targets in every pool alone costs pointer comparisons.
+        let mut last_pools: BTreeMap<String, Arc<PoolDerived>> = BTreeMap::new();
         // Mark the current state as unseen so the first assignment goes out at once.
         state.mark_changed();
         let end: Result<(), Status> = loop {
@@ -201,7 +205,19 @@ impl Session {
                     }
                     let snap = state.borrow_and_update().clone();
                     let Some(snap) = snap else { continue };
-                    let targets = snap.derived.assignments.get(&self.agent).cloned().unwrap_or_default();
+                    let pools = &snap.derived.pools;
+                    let mine_changed = last_sent.is_none()
+                        || pools.len() != last_pools.len()
+                        || pools.iter().any(|(name, p)| {
+                            last_pools.get(name).is_none_or(|q| {
+                                !Arc::ptr_eq(p, q) && p.targets.get(&self.agent) != q.targets.get(&self.agent)
+                            })
+                        });
+                    last_pools = pools.clone();
+                    if !mine_changed {
+                        continue;
+                    }
+                    let targets = snap.derived.targets_for(&self.agent);
                     if last_sent.as_ref() == Some(&targets) {
                         continue;
                     }
