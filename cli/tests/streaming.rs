@@ -322,3 +322,63 @@ async fn reconnect_under_churn_never_empties_a_pool() {
     follow.cancel();
     tb.cancel();
 }
+
+/// A large snapshot arrives in chunks (`more` on all but the last), and a
+/// proxy publishes only the complete map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_snapshots_are_chunked_and_published_whole() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let pools: Vec<PoolSpec> = (0..30).map(|i| pool(&format!("p{i}"), 100, 1)).collect();
+    apply(store.as_ref(), &pools).await;
+    let (url, token) = start_cp(Arc::clone(&store)).await;
+    let mut client = HealthMapServiceClient::new(channel(&url).await);
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut chunks = Vec::new();
+    loop {
+        let m = stream.message().await.expect("read").expect("message");
+        let more = m.more;
+        chunks.push(m);
+        if !more {
+            break;
+        }
+    }
+    assert!(
+        chunks.len() >= 3,
+        "3,000 endpoints in {} messages",
+        chunks.len()
+    );
+    assert!(chunks[0].snapshot && chunks[1..].iter().all(|c| !c.snapshot));
+    let endpoints: usize = chunks
+        .iter()
+        .flat_map(|c| &c.pools)
+        .map(|p| p.upserts.len())
+        .sum();
+    assert_eq!(endpoints, 3_000);
+
+    let (tx, mut rx) = watch::channel(Arc::new(HealthMap::default()));
+    let follow = CancellationToken::new();
+    tokio::spawn(trackwire_data_plane::subscribe::run(
+        trackwire_data_plane::subscribe::SubscribeConfig {
+            endpoints: vec![url],
+            pools: (0..30).map(|i| format!("p{i}")).collect(),
+            proxy_id: "big".into(),
+            state_dir: None,
+        },
+        tx,
+        Arc::new(trackwire_data_plane::metrics::Metrics::default()),
+        follow.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), rx.changed())
+        .await
+        .expect("a map within 10s")
+        .expect("open");
+    let m = rx.borrow_and_update().clone();
+    let n: usize = m.pools.values().map(|p| p.len()).sum();
+    assert_eq!(n, 3_000, "the first map published is complete");
+    follow.cancel();
+    token.cancel();
+}

@@ -70,7 +70,8 @@ pub struct PoolDerived {
 /// Everything derived from one revision of facts.
 #[derive(Debug, Clone, Default)]
 pub struct Derived {
-    pub map: HealthMap,
+    /// Shared as is with every subscriber that was sent it.
+    pub map: Arc<HealthMap>,
     pub pools: BTreeMap<String, Arc<PoolDerived>>,
     /// Agents judged partitioned checkers at this revision.
     pub suspects: BTreeSet<String>,
@@ -367,12 +368,13 @@ pub fn derive(facts: &Facts, previous: Option<&Derived>, dirty: &Dirty) -> Deriv
     let suspects_changed = previous.is_none_or(|p| p.suspects != suspects);
 
     // Phase C: decide each pool, reusing untouched ones.
+    let mut map = HealthMap {
+        epoch: facts.epoch,
+        revision: facts.revision,
+        pools: BTreeMap::new(),
+    };
     let mut out = Derived {
-        map: HealthMap {
-            epoch: facts.epoch,
-            revision: facts.revision,
-            pools: BTreeMap::new(),
-        },
+        map: Arc::default(),
         pools: BTreeMap::new(),
         suspects,
         agents,
@@ -390,11 +392,10 @@ pub fn derive(facts: &Facts, previous: Option<&Derived>, dirty: &Dirty) -> Deriv
                 }
             }
         };
-        out.map
-            .pools
-            .insert(name.clone(), Arc::clone(&pd.endpoints));
+        map.pools.insert(name.clone(), Arc::clone(&pd.endpoints));
         out.pools.insert(name.clone(), pd);
     }
+    out.map = Arc::new(map);
     out
 }
 

@@ -34,26 +34,26 @@ pub type StateTx = watch::Sender<Option<Arc<Snapshot>>>;
 /// Pools are shared `Arc`s, so a revision that changed one pool costs one pool.
 #[derive(Debug, Default)]
 pub struct MapHistory {
-    maps: std::sync::Mutex<std::collections::VecDeque<HealthMap>>,
+    maps: std::sync::Mutex<std::collections::VecDeque<Arc<HealthMap>>>,
 }
 
 /// Revisions kept in [`MapHistory`].
 pub const HISTORY_LEN: usize = 256;
 
 impl MapHistory {
-    fn push(&self, map: &HealthMap) {
+    fn push(&self, map: &Arc<HealthMap>) {
         let mut m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         if m.back().is_some_and(|last| last.revision == map.revision) {
             m.pop_back();
         }
-        m.push_back(map.clone());
+        m.push_back(Arc::clone(map));
         while m.len() > HISTORY_LEN {
             m.pop_front();
         }
     }
 
     /// The map at exactly `revision` of `epoch`, if still kept.
-    pub fn get(&self, epoch: u64, revision: u64) -> Option<HealthMap> {
+    pub fn get(&self, epoch: u64, revision: u64) -> Option<Arc<HealthMap>> {
         let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         m.iter()
             .find(|h| h.epoch == epoch && h.revision == revision)

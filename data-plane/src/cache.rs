@@ -22,6 +22,7 @@ pub fn save(dir: &Path, map: &HealthMap) -> std::io::Result<()> {
         revision: map.revision,
         snapshot: true,
         pools: map.snapshot(&[]).iter().map(pool_update_to_pb).collect(),
+        more: false,
     };
     let tmp = dir.join(format!("{FILE}.tmp"));
     {

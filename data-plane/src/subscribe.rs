@@ -90,6 +90,8 @@ async fn stream(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     let mut first = true;
+    // A chunked update is assembled here and published when complete.
+    let mut staging: Option<HealthMap> = None;
     loop {
         let msg = updates
             .message()
@@ -117,12 +119,17 @@ async fn stream(
             // sends one once it has loaded all facts, so it is complete.
             HealthMap::default()
         } else {
-            (**tx.borrow()).clone()
+            staging.take().unwrap_or_else(|| (**tx.borrow()).clone())
         };
         map.apply(&pools);
         map.retain(&cfg.pools);
         map.revision = msg.revision;
         map.epoch = msg.epoch;
+        if msg.more {
+            // Never route on half an update: wait for the rest.
+            staging = Some(map);
+            continue;
+        }
         metrics.observe_update(&pools);
         metrics.map_revision.store(map.revision, Relaxed);
         let map = Arc::new(map);

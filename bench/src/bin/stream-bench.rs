@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use std::sync::RwLock;
 use tokio::net::TcpListener;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use trackwire_bench::{cpu_time, rss_bytes};
@@ -73,8 +73,8 @@ async fn control_plane(args: Args) -> anyhow::Result<()> {
 
 /// What every subscriber task reports into.
 struct Shared {
-    /// (pool, backend, state) of the flip in flight.
-    want: Mutex<Option<(String, String, i32)>>,
+    /// (pool, backend, state) of the flip in flight (read by every subscriber per message).
+    want: RwLock<Option<(String, String, i32)>>,
     received: AtomicUsize,
     last_receive_ns: AtomicU64,
     flip_bytes: AtomicU64,
@@ -170,7 +170,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let mut cp = spawn_cp(&endpoints[0], &grpc)?;
     let url = format!("http://{grpc}");
     let shared = Arc::new(Shared {
-        want: Mutex::new(None),
+        want: RwLock::new(None),
         received: AtomicUsize::new(0),
         last_receive_ns: AtomicU64::new(0),
         flip_bytes: AtomicU64::new(0),
@@ -223,14 +223,19 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         };
         // Flip to DOWN, then back UP on the same backend.
         let (pool, backend) = if i % 2 == 1 {
-            let w = shared.want.lock().await.clone();
+            let w = shared
+                .want
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             w.map(|(p, b, _)| (p, b)).unwrap_or((pool, backend))
         } else {
             (pool, backend)
         };
         shared.received.store(0, Relaxed);
         shared.flip_bytes.store(0, Relaxed);
-        *shared.want.lock().await = Some((pool.clone(), backend.clone(), health_to_pb(state)));
+        *shared.want.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((pool.clone(), backend.clone(), health_to_pb(state)));
         store
             .txn(vec![], vec![verdict(&pool, &backend, state)])
             .await?;
@@ -313,21 +318,29 @@ async fn subscriber(channel: Channel, id: String, shared: Arc<Shared>, token: Ca
             continue;
         };
         let mut stream = resp.into_inner();
+        let mut in_snapshot = false;
         while let Ok(Some(msg)) = stream.message().await {
-            if msg.snapshot {
-                shared.snapshots.fetch_add(1, Relaxed);
+            // A snapshot may come in chunks: it counts once the last arrived.
+            in_snapshot |= msg.snapshot;
+            if in_snapshot {
+                if !msg.more {
+                    in_snapshot = false;
+                    shared.snapshots.fetch_add(1, Relaxed);
+                }
                 continue;
             }
-            let want = shared.want.lock().await.clone();
-            let Some((pool, backend, state)) = want else {
-                continue;
+            let hit = {
+                let want = shared.want.read().unwrap_or_else(|p| p.into_inner());
+                let Some((pool, backend, state)) = want.as_ref() else {
+                    continue;
+                };
+                msg.pools.iter().any(|p| {
+                    &p.pool == pool
+                        && p.upserts
+                            .iter()
+                            .any(|e| &e.backend == backend && e.state == *state)
+                })
             };
-            let hit = msg.pools.iter().any(|p| {
-                p.pool == pool
-                    && p.upserts
-                        .iter()
-                        .any(|e| e.backend == backend && e.state == state)
-            });
             if hit {
                 let now = shared.epoch_start.elapsed().as_nanos() as u64;
                 shared.last_receive_ns.fetch_max(now, Relaxed);

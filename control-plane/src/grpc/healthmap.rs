@@ -68,11 +68,7 @@ impl HealthMapService for HealthMapSvc {
         // Resume from the proxy's map when this replica still has that revision.
         let base = (req.resume_revision != 0)
             .then(|| self.history.get(req.resume_epoch, req.resume_revision))
-            .flatten()
-            .map(|mut m| {
-                m.retain(&req.pools);
-                m
-            });
+            .flatten();
         let id = self.subscribers.add(pb::SubscriberInfo {
             proxy_id: req.proxy_id.clone(),
             peer,
@@ -107,6 +103,26 @@ impl HealthMapService for HealthMapSvc {
     }
 }
 
+/// Endpoints per message, roughly: a chunk closes at the first pool boundary past it.
+pub const CHUNK_ENDPOINTS: usize = 1_000;
+
+/// Splits updates into messages' worth of pools (always at least one
+/// range, possibly empty). Wire conversion happens per chunk, when sent.
+fn chunk(updates: &[trackwire_core::PoolUpdate]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, u) in updates.iter().enumerate() {
+        if size >= CHUNK_ENDPOINTS {
+            out.push(start..i);
+            start = i;
+            size = 0;
+        }
+        size += u.upserts.len() + u.removals.len() + 1;
+    }
+    out.push(start..updates.len());
+    out
+}
+
 struct SubscriberStream<'a> {
     id: u64,
     pools: Vec<String>,
@@ -116,9 +132,15 @@ struct SubscriberStream<'a> {
 }
 
 impl SubscriberStream<'_> {
-    async fn run(self, base: Option<HealthMap>, mut state: StateRx, shutdown: CancellationToken) {
-        // `None`: nothing sent yet, the first message is a snapshot.
-        let mut sent: Option<HealthMap> = base;
+    async fn run(
+        self,
+        base: Option<Arc<HealthMap>>,
+        mut state: StateRx,
+        shutdown: CancellationToken,
+    ) {
+        // The map this subscriber has (shared, never copied: diffs filter by
+        // pool). `None`: nothing sent yet, the first message is a snapshot.
+        let mut sent: Option<Arc<HealthMap>> = base;
         let mut first = true;
         loop {
             let snap = state.borrow_and_update().clone();
@@ -129,36 +151,41 @@ impl SubscriberStream<'_> {
                     None => (true, current.snapshot(&self.pools)),
                 };
                 if first || !updates.is_empty() {
-                    let msg = pb::HealthMapUpdate {
-                        revision: current.revision,
-                        snapshot,
-                        pools: updates.iter().map(pool_update_to_pb).collect(),
-                        epoch: current.epoch,
-                    };
-                    let bytes = msg.encoded_len();
-                    // Waits while the subscriber is slow; changes meanwhile
-                    // are coalesced into the next diff.
-                    let sent_ok = tokio::select! {
-                        r = self.tx.send(Ok(msg)) => r.is_ok(),
-                        () = shutdown.cancelled() => false,
-                    };
-                    if !sent_ok {
-                        return;
+                    // Large updates go in chunks of about CHUNK_ENDPOINTS
+                    // endpoints, so no single message (and no encode buffer)
+                    // grows with the size of the fleet.
+                    let chunks = chunk(&updates);
+                    let last = chunks.len() - 1;
+                    let mut bytes = 0;
+                    for (i, range) in chunks.into_iter().enumerate() {
+                        let msg = pb::HealthMapUpdate {
+                            revision: current.revision,
+                            snapshot: snapshot && i == 0,
+                            pools: updates[range].iter().map(pool_update_to_pb).collect(),
+                            epoch: current.epoch,
+                            more: i < last,
+                        };
+                        bytes += msg.encoded_len();
+                        // Waits while the subscriber is slow; changes meanwhile
+                        // are coalesced into the next diff.
+                        let sent_ok = tokio::select! {
+                            r = self.tx.send(Ok(msg)) => r.is_ok(),
+                            () = shutdown.cancelled() => false,
+                        };
+                        if !sent_ok {
+                            return;
+                        }
                     }
                     self.metrics.map_updates_sent.fetch_add(1, Relaxed);
                     self.metrics.map_bytes_sent.fetch_add(bytes as u64, Relaxed);
                     first = false;
-                    let mut m = current.clone();
-                    m.retain(&self.pools);
-                    sent = Some(m);
+                    sent = Some(Arc::clone(current));
                     self.subscribers
                         .sent(self.id, current.revision, bytes, now_ms());
                 } else {
                     // Nothing for this subscriber's pools: it is up to date.
                     self.subscribers.synced(self.id, current.revision);
-                    if let Some(s) = sent.as_mut() {
-                        s.revision = current.revision;
-                    }
+                    sent = Some(Arc::clone(current));
                 }
             }
             tokio::select! {
