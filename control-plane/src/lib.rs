@@ -158,6 +158,9 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         history,
         subscribers: Arc::clone(&subscribers),
+        snapshot_permits: Arc::new(tokio::sync::Semaphore::new(
+            grpc::healthmap::SNAPSHOT_PERMITS,
+        )),
         shutdown: shutdown.clone(),
     };
     let admin = grpc::admin::AdminSvc {

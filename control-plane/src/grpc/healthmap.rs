@@ -11,13 +11,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use futures::Stream;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info_span};
 use trackwire_core::HealthMap;
-use trackwire_core::convert::pool_update_to_pb;
+use trackwire_core::convert::{endpoint_to_pb, pool_update_to_pb};
+use trackwire_core::map::wants;
 use trackwire_core::model::validate_name;
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::health_map_service_server::HealthMapService;
@@ -32,6 +33,7 @@ pub struct HealthMapSvc {
     pub metrics: Arc<Metrics>,
     pub history: Arc<MapHistory>,
     pub subscribers: Arc<Subscribers>,
+    pub snapshot_permits: Arc<Semaphore>,
     pub shutdown: CancellationToken,
 }
 
@@ -81,6 +83,7 @@ impl HealthMapService for HealthMapSvc {
         let span = info_span!("subscriber", proxy = %req.proxy_id, resumed = base.is_some());
         let metrics = Arc::clone(&self.metrics);
         let subscribers = Arc::clone(&self.subscribers);
+        let permits = Arc::clone(&self.snapshot_permits);
         let shutdown = self.shutdown.clone();
         tokio::spawn(
             async move {
@@ -91,6 +94,7 @@ impl HealthMapService for HealthMapSvc {
                     tx,
                     metrics: &metrics,
                     subscribers: &subscribers,
+                    snapshot_permits: &permits,
                 };
                 stream.run(base, state, shutdown).await;
                 subscribers.remove(id);
@@ -123,12 +127,26 @@ fn chunk(updates: &[trackwire_core::PoolUpdate]) -> Vec<std::ops::Range<usize>> 
     out
 }
 
+/// Subscribers streaming a snapshot at the same time (per replica).
+pub const SNAPSHOT_PERMITS: usize = 32;
+/// Longest a subscriber may take to receive its snapshot.
+pub const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+enum Sent {
+    /// Nothing to send: already up to date.
+    Nothing,
+    /// The subscriber went away (or shutdown).
+    Gone,
+    Bytes(usize),
+}
+
 struct SubscriberStream<'a> {
     id: u64,
     pools: Vec<String>,
     tx: mpsc::Sender<Result<pb::HealthMapUpdate, Status>>,
     metrics: &'a Metrics,
     subscribers: &'a Subscribers,
+    snapshot_permits: &'a Semaphore,
 }
 
 impl SubscriberStream<'_> {
@@ -146,46 +164,47 @@ impl SubscriberStream<'_> {
             let snap = state.borrow_and_update().clone();
             if let Some(snap) = snap {
                 let current = &snap.derived.map;
-                let (snapshot, updates) = match &sent {
-                    Some(prev) => (false, current.diff_from(prev, &self.pools)),
-                    None => (true, current.snapshot(&self.pools)),
-                };
-                if first || !updates.is_empty() {
-                    // Large updates go in chunks of about CHUNK_ENDPOINTS
-                    // endpoints, so no single message (and no encode buffer)
-                    // grows with the size of the fleet.
-                    let chunks = chunk(&updates);
-                    let last = chunks.len() - 1;
-                    let mut bytes = 0;
-                    for (i, range) in chunks.into_iter().enumerate() {
-                        let msg = pb::HealthMapUpdate {
-                            revision: current.revision,
-                            snapshot: snapshot && i == 0,
-                            pools: updates[range].iter().map(pool_update_to_pb).collect(),
-                            epoch: current.epoch,
-                            more: i < last,
-                        };
-                        bytes += msg.encoded_len();
-                        // Waits while the subscriber is slow; changes meanwhile
-                        // are coalesced into the next diff.
-                        let sent_ok = tokio::select! {
-                            r = self.tx.send(Ok(msg)) => r.is_ok(),
-                            () = shutdown.cancelled() => false,
-                        };
-                        if !sent_ok {
-                            return;
+                let outcome = match &sent {
+                    None => {
+                        // Snapshots are built chunk by chunk straight from the
+                        // shared map, and only SNAPSHOT_PERMITS subscribers
+                        // stream one at a time, so a thousand proxies
+                        // reconnecting at once cost a bounded amount of memory.
+                        // A subscriber too slow to take its snapshot in
+                        // SNAPSHOT_TIMEOUT is dropped (it reconnects) rather
+                        // than holding a permit.
+                        let _permit = self.snapshot_permits.acquire().await;
+                        tokio::time::timeout(
+                            SNAPSHOT_TIMEOUT,
+                            self.send_snapshot(current, &shutdown),
+                        )
+                        .await
+                        .unwrap_or(Sent::Gone)
+                    }
+                    Some(prev) => {
+                        let updates = current.diff_from(prev, &self.pools);
+                        if updates.is_empty() && !first {
+                            // Nothing for this subscriber's pools: it is up to date.
+                            self.subscribers.synced(self.id, current.revision);
+                            sent = Some(Arc::clone(current));
+                            Sent::Nothing
+                        } else {
+                            let msgs = chunk(&updates).into_iter().map(|range| {
+                                updates[range].iter().map(pool_update_to_pb).collect()
+                            });
+                            self.send_chunks(current, false, msgs, &shutdown).await
                         }
                     }
-                    self.metrics.map_updates_sent.fetch_add(1, Relaxed);
-                    self.metrics.map_bytes_sent.fetch_add(bytes as u64, Relaxed);
-                    first = false;
-                    sent = Some(Arc::clone(current));
-                    self.subscribers
-                        .sent(self.id, current.revision, bytes, now_ms());
-                } else {
-                    // Nothing for this subscriber's pools: it is up to date.
-                    self.subscribers.synced(self.id, current.revision);
-                    sent = Some(Arc::clone(current));
+                };
+                match outcome {
+                    Sent::Nothing => {}
+                    Sent::Gone => return,
+                    Sent::Bytes(bytes) => {
+                        first = false;
+                        sent = Some(Arc::clone(current));
+                        self.subscribers
+                            .sent(self.id, current.revision, bytes, now_ms());
+                    }
                 }
             }
             tokio::select! {
@@ -194,5 +213,70 @@ impl SubscriberStream<'_> {
                 () = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Sends the whole map (this subscriber's pools) in chunks.
+    async fn send_snapshot(&self, current: &HealthMap, shutdown: &CancellationToken) -> Sent {
+        let mut chunks: Vec<Vec<&str>> = vec![Vec::new()];
+        let mut size = 0;
+        for (name, pool) in &current.pools {
+            if !wants(&self.pools, name) {
+                continue;
+            }
+            if size >= CHUNK_ENDPOINTS {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += pool.len() + 1;
+            if let Some(last) = chunks.last_mut() {
+                last.push(name);
+            }
+        }
+        let msgs = chunks.into_iter().map(|names| {
+            names
+                .into_iter()
+                .map(|name| pb::PoolUpdate {
+                    pool: name.to_string(),
+                    upserts: current.pools[name].values().map(endpoint_to_pb).collect(),
+                    removals: Vec::new(),
+                    removed: false,
+                })
+                .collect()
+        });
+        self.send_chunks(current, true, msgs, shutdown).await
+    }
+
+    /// Sends one update as messages, built lazily one at a time.
+    async fn send_chunks(
+        &self,
+        current: &HealthMap,
+        snapshot: bool,
+        msgs: impl ExactSizeIterator<Item = Vec<pb::PoolUpdate>>,
+        shutdown: &CancellationToken,
+    ) -> Sent {
+        let last = msgs.len().saturating_sub(1);
+        let mut bytes = 0;
+        for (i, pools) in msgs.enumerate() {
+            let msg = pb::HealthMapUpdate {
+                revision: current.revision,
+                snapshot: snapshot && i == 0,
+                pools,
+                epoch: current.epoch,
+                more: i < last,
+            };
+            bytes += msg.encoded_len();
+            // Waits while the subscriber is slow; changes meanwhile are
+            // coalesced into the next diff.
+            let ok = tokio::select! {
+                r = self.tx.send(Ok(msg)) => r.is_ok(),
+                () = shutdown.cancelled() => false,
+            };
+            if !ok {
+                return Sent::Gone;
+            }
+        }
+        self.metrics.map_updates_sent.fetch_add(1, Relaxed);
+        self.metrics.map_bytes_sent.fetch_add(bytes as u64, Relaxed);
+        Sent::Bytes(bytes)
     }
 }
