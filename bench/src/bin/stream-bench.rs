@@ -77,6 +77,7 @@ struct Shared {
     want: RwLock<Option<(String, String, i32)>>,
     received: AtomicUsize,
     last_receive_ns: AtomicU64,
+    first_receive_ns: AtomicU64,
     flip_bytes: AtomicU64,
     snapshots: AtomicUsize,
     epoch_start: Instant,
@@ -173,6 +174,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         want: RwLock::new(None),
         received: AtomicUsize::new(0),
         last_receive_ns: AtomicU64::new(0),
+        first_receive_ns: AtomicU64::new(u64::MAX),
         flip_bytes: AtomicU64::new(0),
         snapshots: AtomicUsize::new(0),
         epoch_start: Instant::now(),
@@ -211,6 +213,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let cpu0 = cpu_time(cp.id())?;
     let window = Instant::now();
     let mut latencies = Vec::new();
+    let mut firsts = Vec::new();
     let mut bytes_per_flip = Vec::new();
     let mut rss_max = 0;
     for i in 0..args.flips {
@@ -234,6 +237,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         };
         shared.received.store(0, Relaxed);
         shared.flip_bytes.store(0, Relaxed);
+        shared.first_receive_ns.store(u64::MAX, Relaxed);
         *shared.want.write().unwrap_or_else(|p| p.into_inner()) =
             Some((pool.clone(), backend.clone(), health_to_pb(state)));
         store
@@ -250,6 +254,9 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         }
         let last = Duration::from_nanos(shared.last_receive_ns.load(Relaxed));
         latencies.push(last.saturating_sub(committed));
+        firsts.push(
+            Duration::from_nanos(shared.first_receive_ns.load(Relaxed)).saturating_sub(committed),
+        );
         bytes_per_flip.push(shared.flip_bytes.load(Relaxed));
         rss_max = rss_max.max(rss_bytes(cp.id())?);
         let next = window + Duration::from_secs(i as u64 + 1);
@@ -257,6 +264,8 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     }
     let cpu = (cpu_time(cp.id())? - cpu0).as_secs_f64() / window.elapsed().as_secs_f64() * 100.0;
     latencies.sort();
+    firsts.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let pct = |q: f64| {
         latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
     };
@@ -267,6 +276,19 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         pct(0.5).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
         latencies[latencies.len() - 1].as_secs_f64() * 1e3
+    );
+    println!(
+        "commit -> first subscriber    p50 {:.1} ms, max {:.1} ms (store + control plane, before fan-out)",
+        ms(firsts[firsts.len() / 2]),
+        ms(firsts[firsts.len() - 1])
+    );
+    println!(
+        "all flips, sorted (ms)        {}",
+        latencies
+            .iter()
+            .map(|d| format!("{:.0}", ms(*d)))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!("control-plane CPU             {cpu:.0}% of one core (mean over the flips)");
     println!(
@@ -344,6 +366,7 @@ async fn subscriber(channel: Channel, id: String, shared: Arc<Shared>, token: Ca
             if hit {
                 let now = shared.epoch_start.elapsed().as_nanos() as u64;
                 shared.last_receive_ns.fetch_max(now, Relaxed);
+                shared.first_receive_ns.fetch_min(now, Relaxed);
                 shared
                     .flip_bytes
                     .fetch_add(prost::Message::encoded_len(&msg) as u64, Relaxed);
