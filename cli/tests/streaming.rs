@@ -121,12 +121,18 @@ async fn a_stalled_subscriber_gets_coalesced_updates() {
     let mut map = HealthMap::default();
     apply_updates(&mut map, &snap);
 
-    // The subscriber stops reading; 10,000 changes, each re-weighting all
-    // 100 backends (about 4 KB of delta each, 40 MB if queued).
+    // The subscriber stops reading for 30 s while 10,000 changes happen,
+    // each re-weighting all 100 backends (about 3.5 KB of delta each).
+    let stall = Instant::now();
     let mut last = 0;
     for i in 0..10_000u32 {
         last = apply(store.as_ref(), &[pool("web", 100, 1 + i % 200)]).await;
+        if i % 100 == 99 {
+            // Pace the changes over the 30 s.
+            tokio::time::sleep_until(stall + Duration::from_millis(300) * (i / 100 + 1)).await;
+        }
     }
+    assert!(stall.elapsed() >= Duration::from_secs(30));
     let final_weight = 1 + 9_999 % 200;
 
     // Reading again. Queued, the changes would be 10,000 messages (~35 MB);
