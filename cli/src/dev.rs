@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::store::{MemStore, Store};
-use trackwire_core::config::{Balance, Document, ListenerSpec};
+use trackwire_core::config::{Balance, Document, ListenerSpec, NoBackend};
 use trackwire_core::{
     AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
 };
@@ -42,6 +42,7 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
                     address: b.addr.to_string(),
                     weight: 1,
                     admin_state: AdminState::Ready,
+                    backup: false,
                 })
                 .collect(),
             check: Some(check),
@@ -58,6 +59,9 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
             balance: Balance::RoundRobin,
             connect_timeout: Duration::from_secs(2),
             retries: 2,
+            on_no_backend: NoBackend::Refuse,
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(3600),
         }],
     }
 }

@@ -54,6 +54,7 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
             address: server.address(),
             weight: 1,
             admin_state: AdminState::Ready,
+            backup: false,
         }],
         check: Some(CheckSpec {
             path: "/flip".into(),

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trackwire_cli::demo::DemoBackend;
 use trackwire_control_plane::store::{EtcdOptions, EtcdStore, MemStore, Store};
-use trackwire_core::config::{Balance, ListenerSpec};
+use trackwire_core::config::{Balance, ListenerSpec, NoBackend};
 use trackwire_core::convert::pool_to_pb;
 use trackwire_core::{
     AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
@@ -77,6 +77,7 @@ fn pool(backends: &[DemoBackend]) -> PoolSpec {
                 address: b.addr.to_string(),
                 weight: 1,
                 admin_state: AdminState::Ready,
+                backup: false,
             })
             .collect(),
         check: Some(CheckSpec {
@@ -161,6 +162,9 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
         balance: Balance::RoundRobin,
         connect_timeout: Duration::from_secs(1),
         retries: 2,
+        on_no_backend: NoBackend::Refuse,
+        max_connections: 10_000,
+        idle_timeout: Duration::from_secs(3600),
     }])
     .await
     .expect("bind proxy");
@@ -353,6 +357,9 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
         balance: Balance::RoundRobin,
         connect_timeout: Duration::from_secs(1),
         retries: 2,
+        on_no_backend: NoBackend::Refuse,
+        max_connections: 10_000,
+        idle_timeout: Duration::from_secs(3600),
     }])
     .await
     .expect("bind");

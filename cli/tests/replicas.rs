@@ -116,6 +116,7 @@ fn pool(name: &str, servers: &[TestHttp]) -> PoolSpec {
                 address: s.address(),
                 weight: 1,
                 admin_state: AdminState::Ready,
+                backup: false,
             })
             .collect(),
         check: Some(CheckSpec {

@@ -59,6 +59,7 @@ fn pool(name: &str, n: usize, weight: u32) -> PoolSpec {
                 address: format!("127.0.0.1:{}", 10_000 + i),
                 weight,
                 admin_state: AdminState::Ready,
+                backup: false,
             })
             .collect(),
         check: None,

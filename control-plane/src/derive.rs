@@ -320,6 +320,7 @@ fn decide_pool(
                 decided_at_ms,
                 votes,
                 votes_up,
+                backup: b.backup,
             },
         );
         out.details.insert(b.name.clone(), detail);
@@ -416,6 +417,7 @@ mod tests {
                     address: format!("10.0.0.{i}:80"),
                     weight: 1,
                     admin_state: AdminState::Ready,
+                    backup: false,
                 })
                 .collect(),
             check: check.then(CheckSpec::http_default),

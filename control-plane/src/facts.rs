@@ -202,6 +202,7 @@ mod tests {
                     address: format!("h{i}:80"),
                     weight: 1,
                     admin_state: AdminState::Ready,
+                    backup: false,
                 })
                 .collect(),
             check: Some(CheckSpec::http_default()),

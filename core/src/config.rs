@@ -34,6 +34,7 @@ use crate::model::{
 };
 
 pub const MAX_POOLS: usize = 1_000;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const MAX_LISTENERS: usize = 256;
 
 /// A parsed and validated config document.
@@ -48,6 +49,34 @@ pub enum Balance {
     /// Smooth weighted round robin.
     #[default]
     RoundRobin,
+    /// Fewest active connections relative to weight.
+    LeastConn,
+    /// Power of two random choices (weighted), the less loaded wins.
+    Random,
+    /// Consistent hash of the client address (weighted rendezvous): a
+    /// backend leaving remaps only its own clients.
+    Source,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "roundrobin",
+            Balance::LeastConn => "leastconn",
+            Balance::Random => "random",
+            Balance::Source => "source",
+        }
+    }
+}
+
+/// What a listener does when no backend of its pool is available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoBackend {
+    /// Close the connection (HAProxy's behaviour).
+    #[default]
+    Refuse,
+    /// Use every backend not in `maint`, whatever its health (Envoy's panic mode).
+    Panic,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +88,11 @@ pub struct ListenerSpec {
     pub connect_timeout: Duration,
     /// Further backends tried when a connect fails (HAProxy `retries` with `redispatch`).
     pub retries: u32,
+    pub on_no_backend: NoBackend,
+    /// Open client connections at most; further clients wait in the accept queue.
+    pub max_connections: u32,
+    /// A session with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +158,7 @@ struct RawBackend {
     address: String,
     weight: Option<u32>,
     admin_state: Option<String>,
+    backup: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +204,9 @@ struct RawListener {
     balance: Option<String>,
     connect_timeout: Option<String>,
     retries: Option<u32>,
+    on_no_backend: Option<String>,
+    max_connections: Option<u32>,
+    idle_timeout: Option<String>,
 }
 
 impl Document {
@@ -238,7 +276,12 @@ impl Document {
             push_kv(&mut out, "name", &l.name);
             push_kv(&mut out, "bind", &l.bind.to_string());
             push_kv(&mut out, "pool", &l.pool);
-            push_kv(&mut out, "balance", "roundrobin");
+            push_kv(&mut out, "balance", l.balance.as_str());
+            if l.on_no_backend == NoBackend::Panic {
+                push_kv(&mut out, "on_no_backend", "panic");
+            }
+            out.push_str(&format!("max_connections = {}\n", l.max_connections));
+            push_kv(&mut out, "idle_timeout", &duration::format(l.idle_timeout));
             push_kv(
                 &mut out,
                 "connect_timeout",
@@ -353,6 +396,9 @@ fn pool_toml(p: &PoolSpec) -> String {
         push_kv(&mut out, "address", &b.address);
         out.push_str(&format!("weight = {}\n", b.weight));
         push_kv(&mut out, "admin_state", b.admin_state.as_str());
+        if b.backup {
+            out.push_str("backup = true\n");
+        }
     }
     out
 }
@@ -411,6 +457,7 @@ impl RawPool {
                         &format!("backend[{i}].admin_state"),
                         AdminState::Ready,
                     )?,
+                    backup: b.backup.unwrap_or(false),
                 })
             })
             .collect::<Result<Vec<_>, FieldError>>()?;
@@ -503,10 +550,25 @@ impl RawListener {
         let bind = parse_bind(&self.bind).map_err(|e| FieldError::new("bind", e))?;
         let balance = match self.balance.as_deref() {
             None | Some("roundrobin") => Balance::RoundRobin,
+            Some("leastconn") => Balance::LeastConn,
+            Some("random") => Balance::Random,
+            Some("source") => Balance::Source,
             Some(other) => {
                 return Err(FieldError::new(
                     "balance",
-                    format!("unknown balance algorithm {other:?} (supported: roundrobin)"),
+                    format!(
+                        "unknown balance algorithm {other:?} (roundrobin, leastconn, random or source)"
+                    ),
+                ));
+            }
+        };
+        let on_no_backend = match self.on_no_backend.as_deref() {
+            None | Some("refuse") => NoBackend::Refuse,
+            Some("panic") => NoBackend::Panic,
+            Some(other) => {
+                return Err(FieldError::new(
+                    "on_no_backend",
+                    format!("unknown policy {other:?} (refuse or panic)"),
                 ));
             }
         };
@@ -519,6 +581,18 @@ impl RawListener {
         if retries > 16 {
             return Err(FieldError::new("retries", "must be between 0 and 16"));
         }
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 || max_connections > 1_000_000 {
+            return Err(FieldError::new(
+                "max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        let idle_timeout = parse_duration(self.idle_timeout.as_deref(), "idle_timeout")?
+            .unwrap_or(Duration::from_secs(3600));
+        if idle_timeout.is_zero() {
+            return Err(FieldError::new("idle_timeout", "must be greater than 0"));
+        }
         Ok(ListenerSpec {
             name: self.name,
             bind,
@@ -526,6 +600,9 @@ impl RawListener {
             balance,
             connect_timeout,
             retries,
+            on_no_backend,
+            max_connections,
+            idle_timeout,
         })
     }
 }

@@ -213,6 +213,7 @@ pub fn pool_to_pb(p: &PoolSpec) -> pb::PoolSpec {
                 address: b.address.clone(),
                 weight: b.weight,
                 admin_state: admin_to_pb(b.admin_state),
+                backup: b.backup,
             })
             .collect(),
         check: p.check.as_ref().map(check_to_pb),
@@ -251,6 +252,7 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
                         b.admin_state,
                         &format!("backends[{i}].admin_state"),
                     )?,
+                    backup: b.backup,
                 })
             })
             .collect::<Result<Vec<_>, FieldError>>()?;
@@ -313,6 +315,7 @@ pub fn endpoint_to_pb(e: &Endpoint) -> pb::Endpoint {
         decided_at_ms: e.decided_at_ms,
         votes: e.votes,
         votes_up: e.votes_up,
+        backup: e.backup,
     }
 }
 
@@ -330,6 +333,7 @@ impl TryFrom<&pb::Endpoint> for Endpoint {
             decided_at_ms: e.decided_at_ms,
             votes: e.votes,
             votes_up: e.votes_up,
+            backup: e.backup,
         })
     }
 }
@@ -387,6 +391,7 @@ mod tests {
                 address: "h:1".into(),
                 weight: 1,
                 admin_state: AdminState::Ready,
+                backup: false,
             }],
             check: Some(CheckSpec::http_default()),
             quorum: Quorum::Majority,

@@ -18,6 +18,7 @@ pub struct Endpoint {
     /// Agent verdicts counted, and how many said UP.
     pub votes: u32,
     pub votes_up: u32,
+    pub backup: bool,
 }
 
 impl Endpoint {
@@ -152,6 +153,7 @@ mod tests {
             decided_at_ms: 0,
             votes: 0,
             votes_up: 0,
+            backup: false,
         }
     }
 

@@ -456,6 +456,8 @@ pub struct BackendSpec {
     pub address: String,
     pub weight: u32,
     pub admin_state: AdminState,
+    /// Takes traffic only when no non-backup backend is available.
+    pub backup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

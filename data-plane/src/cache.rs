@@ -82,6 +82,7 @@ mod tests {
                 decided_at_ms: 5,
                 votes: 3,
                 votes_up: 3,
+                backup: false,
             },
         );
         let map = HealthMap {

@@ -1,21 +1,31 @@
-//! A TCP listener that balances connections over the routable endpoints of
-//! one pool. The map is read from a `watch` channel per connection; a failed
-//! connect is retried on another backend (HAProxy's `retries` + `redispatch`).
-//! Bytes are relayed with `copy_bidirectional`.
+//! A TCP listener that balances connections over one pool. Per connection:
+//! read the current map from the `watch` channel (never the network), pick
+//! among the routable non-backup endpoints (backups only when none is left;
+//! every non-`maint` endpoint in `panic` mode), connect with a timeout and
+//! redispatch to another backend on failure (HAProxy's `retries` +
+//! `redispatch`), then relay bytes both ways until either side closes or
+//! the session is idle for `idle_timeout`. `max_connections` caps open
+//! client connections: beyond it the listener stops accepting, so clients
+//! wait in the kernel's accept queue.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
-use trackwire_core::config::ListenerSpec;
-use trackwire_core::{Endpoint, HealthMap};
+use trackwire_core::config::{ListenerSpec, NoBackend};
+use trackwire_core::{AdminState, Endpoint, HealthMap};
 
-use crate::balance::SmoothWrr;
+use crate::balance::Balancer;
 use crate::metrics::Metrics;
 
 pub struct Listener {
@@ -26,7 +36,9 @@ pub struct Listener {
 struct Ctx {
     spec: ListenerSpec,
     map: watch::Receiver<Arc<HealthMap>>,
-    wrr: Mutex<SmoothWrr>,
+    balancer: Mutex<Balancer>,
+    /// Open sessions per backend (for leastconn and random).
+    active: Mutex<HashMap<String, u32>>,
     metrics: Arc<Metrics>,
 }
 
@@ -39,14 +51,24 @@ pub async fn serve(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let limit = Arc::new(Semaphore::new(listener.spec.max_connections as usize));
     let ctx = Arc::new(Ctx {
+        balancer: Mutex::new(Balancer::new(listener.spec.balance)),
         spec: listener.spec,
         map,
-        wrr: Mutex::new(SmoothWrr::default()),
+        active: Mutex::new(HashMap::new()),
         metrics,
     });
     let mut accept_backoff = Duration::from_millis(5);
     loop {
+        // At the connection limit, stop accepting until a session ends.
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
         let accepted = tokio::select! {
             a = listener.socket.accept() => a,
             () = shutdown.cancelled() => return,
@@ -64,34 +86,106 @@ pub async fn serve(
         accept_backoff = Duration::from_millis(5);
         let ctx = Arc::clone(&ctx);
         let span = info_span!("conn", listener = %ctx.spec.name, %peer);
-        tracker.spawn(async move { handle(ctx, client).await }.instrument(span));
+        tracker.spawn(
+            async move {
+                handle(ctx, client, peer.ip()).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
 
-fn candidates(map: &HealthMap, pool: &str) -> Vec<Endpoint> {
-    map.pools
-        .get(pool)
-        .map(|p| p.values().filter(|e| e.routable()).cloned().collect())
-        .unwrap_or_default()
+/// The endpoints a new connection may go to, by the listener's policy.
+pub fn candidates(map: &HealthMap, pool: &str, on_no_backend: NoBackend) -> Vec<Endpoint> {
+    let Some(p) = map.pools.get(pool) else {
+        return Vec::new();
+    };
+    let primaries: Vec<Endpoint> = p
+        .values()
+        .filter(|e| e.routable() && !e.backup)
+        .cloned()
+        .collect();
+    if !primaries.is_empty() {
+        return primaries;
+    }
+    let backups: Vec<Endpoint> = p
+        .values()
+        .filter(|e| e.routable() && e.backup)
+        .cloned()
+        .collect();
+    if !backups.is_empty() || on_no_backend == NoBackend::Refuse {
+        return backups;
+    }
+    // Panic mode: every backend not in maintenance, whatever its health.
+    p.values()
+        .filter(|e| e.admin_state != AdminState::Maint)
+        .cloned()
+        .collect()
 }
 
-async fn handle(ctx: Arc<Ctx>, mut client: TcpStream) {
+/// Counts a session against its backend while alive.
+struct ActiveGuard<'a> {
+    ctx: &'a Ctx,
+    backend: String,
+}
+
+impl<'a> ActiveGuard<'a> {
+    fn new(ctx: &'a Ctx, backend: &str) -> Self {
+        *ctx.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(backend.to_string())
+            .or_insert(0) += 1;
+        ActiveGuard {
+            ctx,
+            backend: backend.to_string(),
+        }
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        let mut a = self.ctx.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = a.get_mut(&self.backend) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                a.remove(&self.backend);
+            }
+        }
+    }
+}
+
+async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, client_ip: IpAddr) {
     ctx.metrics.connections_total.fetch_add(1, Relaxed);
     let _ = client.set_nodelay(true);
-    let eps = candidates(&ctx.map.borrow(), &ctx.spec.pool);
+    let eps = candidates(&ctx.map.borrow(), &ctx.spec.pool, ctx.spec.on_no_backend);
     let mut tried: Vec<String> = Vec::new();
     let mut upstream = None;
     for _ in 0..=ctx.spec.retries {
         let pick = {
             let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
-            let mut wrr = ctx.wrr.lock().unwrap_or_else(|p| p.into_inner());
-            wrr.pick(&eps, &exclude).cloned()
+            let active = ctx.active.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let units = {
+                let mut r = rand::rng();
+                (r.random_range(0.0..1.0), r.random_range(0.0..1.0))
+            };
+            let mut b = ctx.balancer.lock().unwrap_or_else(|p| p.into_inner());
+            b.pick(
+                &eps,
+                &exclude,
+                client_ip,
+                |n| active.get(n).copied().unwrap_or(0),
+                units,
+            )
+            .cloned()
         };
         let Some(ep) = pick else { break };
+        let guard = ActiveGuard::new(&ctx, &ep.backend);
         match tokio::time::timeout(ctx.spec.connect_timeout, TcpStream::connect(&ep.address)).await
         {
             Ok(Ok(s)) => {
-                upstream = Some((ep, s));
+                upstream = Some((ep, s, guard));
                 break;
             }
             Ok(Err(e)) => {
@@ -105,17 +199,71 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream) {
         }
         tried.push(ep.backend);
     }
-    let Some((ep, mut server)) = upstream else {
+    let Some((ep, mut server, _guard)) = upstream else {
         ctx.metrics.no_backend_total.fetch_add(1, Relaxed);
         info!(pool = %ctx.spec.pool, candidates = eps.len(), "no backend available; closing connection");
         return;
     };
     let _ = server.set_nodelay(true);
     ctx.metrics.connections_active.fetch_add(1, Relaxed);
-    let relayed = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let relayed = relay(&mut client, &mut server, ctx.spec.idle_timeout).await;
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     match relayed {
         Ok((up, down)) => debug!(backend = %ep.backend, up, down, "session closed"),
         Err(e) => debug!(backend = %ep.backend, error = %e, "session ended with error"),
+    }
+}
+
+/// Copies one direction until EOF (then half-closes the writer), noting
+/// the time of the last byte in `last_ms` (ms since `start`).
+async fn pump<R, W>(mut r: R, mut w: W, last_ms: &AtomicU64, start: Instant) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        last_ms.store(start.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+/// Copies both ways until both directions are done (half-closes are
+/// passed on) or nothing moved for `idle`. Returns bytes client→server and
+/// server→client.
+pub async fn relay(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    idle: Duration,
+) -> std::io::Result<(u64, u64)> {
+    let (cr, cw) = client.split();
+    let (sr, sw) = server.split();
+    let last = AtomicU64::new(0);
+    let start = Instant::now();
+    let both = async {
+        let (a, b) = tokio::join!(pump(cr, sw, &last, start), pump(sr, cw, &last, start));
+        Ok::<(u64, u64), std::io::Error>((a?, b?))
+    };
+    let watchdog = async {
+        loop {
+            let idle_for = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+            if idle_for >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - idle_for).await;
+        }
+    };
+    tokio::select! {
+        r = both => r,
+        () = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
     }
 }

@@ -182,6 +182,7 @@ async fn verdicts_are_resent_after_failover() {
             address: server.address(),
             weight: 1,
             admin_state: trackwire_core::AdminState::Ready,
+            backup: false,
         }],
         check: Some(check("/status/200", Duration::from_millis(100), 1)),
         quorum: trackwire_core::Quorum::Majority,

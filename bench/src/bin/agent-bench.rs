@@ -103,6 +103,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
                     address: targets[i % targets.len()].clone(),
                     weight: 1,
                     admin_state: AdminState::Ready,
+                    backup: false,
                 })
                 .collect(),
             check: Some(check.clone()),

@@ -108,6 +108,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
                     address: format!("10.{}.{}.{}:6443", p / 256, p % 256, b % 250 + 1),
                     weight: 1,
                     admin_state: AdminState::Ready,
+                    backup: false,
                 })
                 .collect(),
             check: Some(CheckSpec::http_default()),

@@ -1,0 +1,277 @@
+//! The proxy on real sockets, fed a health map directly through its watch
+//! channel: weights, backups, drain vs maint, redispatch on refused
+//! connects, leastconn, panic mode, the connection limit and idle timeout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use trackwire_core::config::{Balance, ListenerSpec, NoBackend};
+use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
+use trackwire_data_plane::metrics::Metrics;
+use trackwire_data_plane::proxy::{self, Listener};
+
+/// A backend that greets with its name and then echoes.
+async fn backend(name: &str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let name = name.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+fn ep(name: &str, addr: SocketAddr, weight: u32) -> Endpoint {
+    Endpoint {
+        backend: name.into(),
+        address: addr.to_string(),
+        weight,
+        admin_state: AdminState::Ready,
+        state: HealthState::Up,
+        decided_at_ms: 0,
+        votes: 1,
+        votes_up: 1,
+        backup: false,
+    }
+}
+
+fn map_of(eps: &[Endpoint]) -> Arc<HealthMap> {
+    let pool: BTreeMap<String, Endpoint> =
+        eps.iter().map(|e| (e.backend.clone(), e.clone())).collect();
+    Arc::new(HealthMap {
+        epoch: 1,
+        revision: 1,
+        pools: BTreeMap::from([("web".to_string(), Arc::new(pool))]),
+    })
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    map: watch::Sender<Arc<HealthMap>>,
+    metrics: Arc<Metrics>,
+    token: CancellationToken,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
+    let mut spec = ListenerSpec {
+        name: "web".into(),
+        bind: "127.0.0.1:0".parse().expect("addr"),
+        pool: "web".into(),
+        balance: Balance::RoundRobin,
+        connect_timeout: Duration::from_secs(1),
+        retries: 2,
+        on_no_backend: NoBackend::Refuse,
+        max_connections: 100,
+        idle_timeout: Duration::from_secs(60),
+    };
+    f(&mut spec);
+    let socket = TcpListener::bind(spec.bind).await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let (tx, rx) = watch::channel(map_of(eps));
+    let metrics = Arc::new(Metrics::default());
+    let token = CancellationToken::new();
+    tokio::spawn(proxy::serve(
+        Listener { spec, socket },
+        rx,
+        Arc::clone(&metrics),
+        TaskTracker::new(),
+        token.clone(),
+    ));
+    Proxy {
+        addr,
+        map: tx,
+        metrics,
+        token,
+    }
+}
+
+/// A session through the proxy: the backend's name, and the open stream.
+async fn session(addr: SocketAddr) -> Option<(String, BufReader<TcpStream>)> {
+    let s = TcpStream::connect(addr).await.ok()?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    match tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => Some((line.trim().to_string(), r)),
+        _ => None,
+    }
+}
+
+async fn spread(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for _ in 0..n {
+        let (b, _) = session(addr).await.expect("a backend answers");
+        *out.entry(b).or_insert(0) += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn weights_are_honoured() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let p = proxy(&[ep("a", a, 3), ep("b", b, 1)], |_| {}).await;
+    let counts = spread(p.addr, 400).await;
+    assert_eq!((counts["a"], counts["b"]), (300, 100));
+}
+
+#[tokio::test]
+async fn backups_serve_only_when_no_primary_is_up() {
+    let (a, bk) = (backend("a").await, backend("backup").await);
+    let mut backup = ep("backup", bk, 1);
+    backup.backup = true;
+    let primary = ep("a", a, 1);
+    let p = proxy(&[primary.clone(), backup.clone()], |_| {}).await;
+    assert_eq!(spread(p.addr, 10).await.keys().collect::<Vec<_>>(), ["a"]);
+    let mut down = primary.clone();
+    down.state = HealthState::Down;
+    p.map.send_replace(map_of(&[down, backup.clone()]));
+    assert_eq!(
+        spread(p.addr, 10).await.keys().collect::<Vec<_>>(),
+        ["backup"]
+    );
+    p.map.send_replace(map_of(&[primary, backup]));
+    assert_eq!(spread(p.addr, 10).await.keys().collect::<Vec<_>>(), ["a"]);
+}
+
+#[tokio::test]
+async fn drain_keeps_sessions_and_maint_takes_no_new_ones() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let p = proxy(&[ep("a", a, 1), ep("b", b, 1)], |_| {}).await;
+    let (name, mut held) = session(p.addr).await.expect("session");
+    assert_eq!(name, "a");
+    let mut drained = ep("a", a, 1);
+    drained.admin_state = AdminState::Drain;
+    p.map.send_replace(map_of(&[drained, ep("b", b, 1)]));
+    assert_eq!(
+        spread(p.addr, 6).await.keys().collect::<Vec<_>>(),
+        ["b"],
+        "no new sessions on a"
+    );
+    // The existing session to a still carries data.
+    held.get_mut()
+        .write_all(b"still here\n")
+        .await
+        .expect("write");
+    let mut echo = String::new();
+    held.read_line(&mut echo).await.expect("echo");
+    assert_eq!(echo, "still here\n");
+    let mut maint = ep("b", b, 1);
+    maint.admin_state = AdminState::Maint;
+    p.map.send_replace(map_of(&[ep("a", a, 1), maint]));
+    assert_eq!(spread(p.addr, 6).await.keys().collect::<Vec<_>>(), ["a"]);
+}
+
+#[tokio::test]
+async fn refused_connects_are_redispatched() {
+    let a = backend("a").await;
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    };
+    // The health map still says `dead` is UP (checks lag); clients never notice.
+    let p = proxy(&[ep("a", a, 1), ep("dead", dead, 1)], |_| {}).await;
+    let counts = spread(p.addr, 20).await;
+    assert_eq!(counts.get("a"), Some(&20));
+    assert!(p.metrics.connect_failures_total.load(Relaxed) >= 10);
+}
+
+#[tokio::test]
+async fn leastconn_sends_new_sessions_to_the_idle_backend() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let p = proxy(&[ep("a", a, 1), ep("b", b, 1)], |s| {
+        s.balance = Balance::LeastConn
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(session(p.addr).await.expect("session"));
+    }
+    // Two open on each; close both of a's: the next two go to a.
+    held.retain(|(name, _)| name == "b");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while p.metrics.connections_active.load(Relaxed) != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's sessions never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (n1, _s1) = session(p.addr).await.expect("session");
+    let (n2, _s2) = session(p.addr).await.expect("session");
+    assert_eq!((n1.as_str(), n2.as_str()), ("a", "a"));
+}
+
+#[tokio::test]
+async fn no_backend_refuses_or_panics() {
+    let a = backend("a").await;
+    let mut down = ep("a", a, 1);
+    down.state = HealthState::Down;
+    let refuse = proxy(&[down.clone()], |_| {}).await;
+    assert!(session(refuse.addr).await.is_none(), "refused");
+    assert_eq!(refuse.metrics.no_backend_total.load(Relaxed), 1);
+    let panic = proxy(&[down], |s| s.on_no_backend = NoBackend::Panic).await;
+    assert_eq!(
+        session(panic.addr).await.map(|s| s.0),
+        Some("a".to_string())
+    );
+}
+
+#[tokio::test]
+async fn max_connections_holds_further_clients_back() {
+    let a = backend("a").await;
+    let p = proxy(&[ep("a", a, 1)], |s| s.max_connections = 2).await;
+    let s1 = session(p.addr).await.expect("first");
+    let _s2 = session(p.addr).await.expect("second");
+    // The third connects (kernel backlog) but is not served yet.
+    let third = tokio::spawn(session(p.addr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "served beyond max_connections");
+    drop(s1);
+    let got = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a slot frees")
+        .expect("join");
+    assert_eq!(got.map(|s| s.0), Some("a".to_string()));
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed() {
+    let a = backend("a").await;
+    let p = proxy(&[ep("a", a, 1)], |s| {
+        s.idle_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let (_, mut s) = session(p.addr).await.expect("session");
+    let started = tokio::time::Instant::now();
+    let mut rest = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_line(&mut rest))
+        .await
+        .expect("closed within 5s")
+        .expect("read");
+    assert_eq!(n, 0, "EOF after the idle timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+}
