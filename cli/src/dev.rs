@@ -62,6 +62,9 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
             on_no_backend: NoBackend::Refuse,
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(3600),
+            max_connections_per_backend: 0,
+            send_proxy: None,
+            tcp_keepalive: Some(Duration::from_secs(60)),
         }],
     }
 }

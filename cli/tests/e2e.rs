@@ -165,6 +165,9 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
         on_no_backend: NoBackend::Refuse,
         max_connections: 10_000,
         idle_timeout: Duration::from_secs(3600),
+        max_connections_per_backend: 0,
+        send_proxy: None,
+        tcp_keepalive: Some(Duration::from_secs(60)),
     }])
     .await
     .expect("bind proxy");
@@ -360,6 +363,9 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
         on_no_backend: NoBackend::Refuse,
         max_connections: 10_000,
         idle_timeout: Duration::from_secs(3600),
+        max_connections_per_backend: 0,
+        send_proxy: None,
+        tcp_keepalive: Some(Duration::from_secs(60)),
     }])
     .await
     .expect("bind");

@@ -93,6 +93,18 @@ pub struct ListenerSpec {
     pub max_connections: u32,
     /// A session with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
+    /// Open sessions per backend at most (0: no limit); a full backend is skipped.
+    pub max_connections_per_backend: u32,
+    /// PROXY protocol header sent to backends.
+    pub send_proxy: Option<ProxyProtocol>,
+    /// TCP keep-alive idle time on both sockets (`None`: off).
+    pub tcp_keepalive: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +219,9 @@ struct RawListener {
     on_no_backend: Option<String>,
     max_connections: Option<u32>,
     idle_timeout: Option<String>,
+    max_connections_per_backend: Option<u32>,
+    send_proxy: Option<String>,
+    tcp_keepalive: Option<String>,
 }
 
 impl Document {
@@ -282,6 +297,21 @@ impl Document {
             }
             out.push_str(&format!("max_connections = {}\n", l.max_connections));
             push_kv(&mut out, "idle_timeout", &duration::format(l.idle_timeout));
+            if l.max_connections_per_backend > 0 {
+                out.push_str(&format!(
+                    "max_connections_per_backend = {}\n",
+                    l.max_connections_per_backend
+                ));
+            }
+            match l.send_proxy {
+                Some(ProxyProtocol::V1) => push_kv(&mut out, "send_proxy", "v1"),
+                Some(ProxyProtocol::V2) => push_kv(&mut out, "send_proxy", "v2"),
+                None => {}
+            }
+            match l.tcp_keepalive {
+                Some(d) => push_kv(&mut out, "tcp_keepalive", &duration::format(d)),
+                None => push_kv(&mut out, "tcp_keepalive", "off"),
+            }
             push_kv(
                 &mut out,
                 "connect_timeout",
@@ -593,6 +623,25 @@ impl RawListener {
         if idle_timeout.is_zero() {
             return Err(FieldError::new("idle_timeout", "must be greater than 0"));
         }
+        let send_proxy = match self.send_proxy.as_deref() {
+            None | Some("none") => None,
+            Some("v1") => Some(ProxyProtocol::V1),
+            Some("v2") => Some(ProxyProtocol::V2),
+            Some(other) => {
+                return Err(FieldError::new(
+                    "send_proxy",
+                    format!("unknown PROXY protocol version {other:?} (v1, v2 or none)"),
+                ));
+            }
+        };
+        let tcp_keepalive = match self.tcp_keepalive.as_deref() {
+            None => Some(Duration::from_secs(60)),
+            Some("off") => None,
+            Some(v) => Some(duration::parse(v).map_err(|e| FieldError::new("tcp_keepalive", e))?),
+        };
+        if tcp_keepalive.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err(FieldError::new("tcp_keepalive", "at least 1s, or \"off\""));
+        }
         Ok(ListenerSpec {
             name: self.name,
             bind,
@@ -603,6 +652,9 @@ impl RawListener {
             on_no_backend,
             max_connections,
             idle_timeout,
+            max_connections_per_backend: self.max_connections_per_backend.unwrap_or(0),
+            send_proxy,
+            tcp_keepalive,
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod http;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod subscribe;
 
 use std::path::PathBuf;

@@ -9,7 +9,7 @@
 //! wait in the kernel's accept queue.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,11 +22,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
-use trackwire_core::config::{ListenerSpec, NoBackend};
+use trackwire_core::config::{ListenerSpec, NoBackend, ProxyProtocol};
 use trackwire_core::{AdminState, Endpoint, HealthMap};
 
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
+use crate::proxy_protocol;
 
 pub struct Listener {
     pub spec: ListenerSpec,
@@ -88,7 +89,7 @@ pub async fn serve(
         let span = info_span!("conn", listener = %ctx.spec.name, %peer);
         tracker.spawn(
             async move {
-                handle(ctx, client, peer.ip()).await;
+                handle(ctx, client, peer).await;
                 drop(permit);
             }
             .instrument(span),
@@ -156,11 +157,32 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, client_ip: IpAddr) {
+fn keepalive(s: &TcpStream, idle: Option<Duration>) {
+    if let Some(idle) = idle {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(idle / 4 + Duration::from_secs(1));
+        let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+    }
+}
+
+async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     ctx.metrics.connections_total.fetch_add(1, Relaxed);
     let _ = client.set_nodelay(true);
+    keepalive(&client, ctx.spec.tcp_keepalive);
+    let client_ip = peer.ip();
     let eps = candidates(&ctx.map.borrow(), &ctx.spec.pool, ctx.spec.on_no_backend);
-    let mut tried: Vec<String> = Vec::new();
+    // Backends at their session limit are skipped like failed ones.
+    let mut tried: Vec<String> = if ctx.spec.max_connections_per_backend > 0 {
+        let active = ctx.active.lock().unwrap_or_else(|p| p.into_inner());
+        active
+            .iter()
+            .filter(|(_, n)| **n >= ctx.spec.max_connections_per_backend)
+            .map(|(b, _)| b.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut upstream = None;
     for _ in 0..=ctx.spec.retries {
         let pick = {
@@ -205,6 +227,21 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, client_ip: IpAddr) {
         return;
     };
     let _ = server.set_nodelay(true);
+    keepalive(&server, ctx.spec.tcp_keepalive);
+    if let Some(v) = ctx.spec.send_proxy {
+        let local = client.local_addr().unwrap_or(peer);
+        let version = match v {
+            ProxyProtocol::V1 => proxy_protocol::Version::V1,
+            ProxyProtocol::V2 => proxy_protocol::Version::V2,
+        };
+        if let Err(e) = server
+            .write_all(&proxy_protocol::header(version, peer, local))
+            .await
+        {
+            debug!(backend = %ep.backend, error = %e, "writing the PROXY header failed");
+            return;
+        }
+    }
     ctx.metrics.connections_active.fetch_add(1, Relaxed);
     let relayed = relay(&mut client, &mut server, ctx.spec.idle_timeout).await;
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);

@@ -84,6 +84,9 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
         on_no_backend: NoBackend::Refuse,
         max_connections: 100,
         idle_timeout: Duration::from_secs(60),
+        max_connections_per_backend: 0,
+        send_proxy: None,
+        tcp_keepalive: Some(Duration::from_secs(60)),
     };
     f(&mut spec);
     let socket = TcpListener::bind(spec.bind).await.expect("bind");
@@ -274,4 +277,90 @@ async fn idle_sessions_are_closed() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A backend that parses the PROXY header (v1 or v2) and answers with the
+/// client address it announced.
+async fn proxy_protocol_backend() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if s.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                let answer = if first[0] == b'P' {
+                    let mut line = vec![b'P'];
+                    let mut b = [0u8; 1];
+                    while !line.ends_with(b"\r\n") {
+                        if s.read_exact(&mut b).await.is_err() {
+                            return;
+                        }
+                        line.push(b[0]);
+                    }
+                    let text = String::from_utf8_lossy(&line).to_string();
+                    let f: Vec<&str> = text.split_whitespace().collect();
+                    format!("v1 {}:{}\n", f[2], f[4])
+                } else {
+                    let mut rest = [0u8; 15];
+                    if s.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    let mut hdr = vec![first[0]];
+                    hdr.extend_from_slice(&rest);
+                    assert_eq!(
+                        &hdr[..12],
+                        &trackwire_data_plane::proxy_protocol::V2_SIGNATURE
+                    );
+                    let len = u16::from_be_bytes([hdr[14], hdr[15]]) as usize;
+                    let mut body = vec![0u8; len];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let ip = std::net::Ipv4Addr::new(body[0], body[1], body[2], body[3]);
+                    let port = u16::from_be_bytes([body[8], body[9]]);
+                    format!("v2 {ip}:{port}\n")
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn proxy_protocol_v1_and_v2_reach_the_backend() {
+    use trackwire_core::config::ProxyProtocol;
+    let b = proxy_protocol_backend().await;
+    for (v, tag) in [(ProxyProtocol::V1, "v1"), (ProxyProtocol::V2, "v2")] {
+        let p = proxy(&[ep("pp", b, 1)], |s| s.send_proxy = Some(v)).await;
+        let s = TcpStream::connect(p.addr).await.expect("connect");
+        let me = s.local_addr().expect("addr");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.expect("read");
+        assert_eq!(line, format!("{tag} {}:{}\n", me.ip(), me.port()));
+    }
+}
+
+#[tokio::test]
+async fn per_backend_limit_skips_full_backends() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let p = proxy(&[ep("a", a, 1), ep("b", b, 1)], |s| {
+        s.max_connections_per_backend = 1
+    })
+    .await;
+    let (n1, _s1) = session(p.addr).await.expect("first");
+    let (n2, _s2) = session(p.addr).await.expect("second");
+    let mut names = [n1, n2];
+    names.sort();
+    assert_eq!(
+        names,
+        ["a".to_string(), "b".to_string()],
+        "one session each"
+    );
+    assert!(session(p.addr).await.is_none(), "both full: refused");
 }
