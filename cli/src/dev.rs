@@ -65,6 +65,9 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
             max_connections_per_backend: 0,
             send_proxy: None,
             tcp_keepalive: Some(Duration::from_secs(60)),
+            passive_failures: 5,
+            passive_ejection: Duration::from_secs(30),
+            passive_max_percent: 50,
         }],
     }
 }

@@ -168,6 +168,9 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
         max_connections_per_backend: 0,
         send_proxy: None,
         tcp_keepalive: Some(Duration::from_secs(60)),
+        passive_failures: 5,
+        passive_ejection: Duration::from_secs(30),
+        passive_max_percent: 50,
     }])
     .await
     .expect("bind proxy");
@@ -366,6 +369,9 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
         max_connections_per_backend: 0,
         send_proxy: None,
         tcp_keepalive: Some(Duration::from_secs(60)),
+        passive_failures: 5,
+        passive_ejection: Duration::from_secs(30),
+        passive_max_percent: 50,
     }])
     .await
     .expect("bind");

@@ -99,6 +99,10 @@ pub struct ListenerSpec {
     pub send_proxy: Option<ProxyProtocol>,
     /// TCP keep-alive idle time on both sockets (`None`: off).
     pub tcp_keepalive: Option<Duration>,
+    /// Passive health: failed connects in a row that eject a backend locally (0: off).
+    pub passive_failures: u32,
+    pub passive_ejection: Duration,
+    pub passive_max_percent: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +226,9 @@ struct RawListener {
     max_connections_per_backend: Option<u32>,
     send_proxy: Option<String>,
     tcp_keepalive: Option<String>,
+    passive_failures: Option<u32>,
+    passive_ejection: Option<String>,
+    passive_max_percent: Option<u32>,
 }
 
 impl Document {
@@ -312,6 +319,15 @@ impl Document {
                 Some(d) => push_kv(&mut out, "tcp_keepalive", &duration::format(d)),
                 None => push_kv(&mut out, "tcp_keepalive", "off"),
             }
+            out.push_str(&format!(
+                "passive_failures = {}\npassive_max_percent = {}\n",
+                l.passive_failures, l.passive_max_percent
+            ));
+            push_kv(
+                &mut out,
+                "passive_ejection",
+                &duration::format(l.passive_ejection),
+            );
             push_kv(
                 &mut out,
                 "connect_timeout",
@@ -639,6 +655,22 @@ impl RawListener {
             Some("off") => None,
             Some(v) => Some(duration::parse(v).map_err(|e| FieldError::new("tcp_keepalive", e))?),
         };
+        let passive_ejection =
+            parse_duration(self.passive_ejection.as_deref(), "passive_ejection")?
+                .unwrap_or(Duration::from_secs(30));
+        if passive_ejection.is_zero() {
+            return Err(FieldError::new(
+                "passive_ejection",
+                "must be greater than 0",
+            ));
+        }
+        let passive_max_percent = self.passive_max_percent.unwrap_or(50);
+        if passive_max_percent > 100 {
+            return Err(FieldError::new(
+                "passive_max_percent",
+                "must be between 0 and 100",
+            ));
+        }
         if tcp_keepalive.is_some_and(|d| d < Duration::from_secs(1)) {
             return Err(FieldError::new("tcp_keepalive", "at least 1s, or \"off\""));
         }
@@ -655,6 +687,9 @@ impl RawListener {
             max_connections_per_backend: self.max_connections_per_backend.unwrap_or(0),
             send_proxy,
             tcp_keepalive,
+            passive_failures: self.passive_failures.unwrap_or(5),
+            passive_ejection,
+            passive_max_percent,
         })
     }
 }

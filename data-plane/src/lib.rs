@@ -13,6 +13,7 @@ pub mod balance;
 pub mod cache;
 pub mod http;
 pub mod metrics;
+pub mod passive;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod subscribe;

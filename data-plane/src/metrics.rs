@@ -13,6 +13,7 @@ pub struct Metrics {
     pub connections_active: AtomicU64,
     pub connect_failures_total: AtomicU64,
     pub no_backend_total: AtomicU64,
+    pub passive_ejections_total: AtomicU64,
     pub stream_connected: AtomicU64,
     pub map_revision: AtomicU64,
     pub propagation: Histogram,
@@ -60,6 +61,12 @@ impl Metrics {
                 "counter",
                 "connections refused because no backend was available",
                 &self.no_backend_total,
+            ),
+            (
+                "trackwire_proxy_passive_ejections_total",
+                "counter",
+                "backends ejected locally after consecutive connect failures",
+                &self.passive_ejections_total,
             ),
             (
                 "trackwire_proxy_stream_connected",

@@ -27,6 +27,7 @@ use trackwire_core::{AdminState, Endpoint, HealthMap};
 
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
+use crate::passive::{Passive, PassiveConfig};
 use crate::proxy_protocol;
 
 pub struct Listener {
@@ -40,6 +41,7 @@ struct Ctx {
     balancer: Mutex<Balancer>,
     /// Open sessions per backend (for leastconn and random).
     active: Mutex<HashMap<String, u32>>,
+    passive: Mutex<Passive>,
     metrics: Arc<Metrics>,
 }
 
@@ -55,6 +57,11 @@ pub async fn serve(
     let limit = Arc::new(Semaphore::new(listener.spec.max_connections as usize));
     let ctx = Arc::new(Ctx {
         balancer: Mutex::new(Balancer::new(listener.spec.balance)),
+        passive: Mutex::new(Passive::new(PassiveConfig {
+            consecutive_failures: listener.spec.passive_failures,
+            base_ejection: listener.spec.passive_ejection,
+            max_percent: listener.spec.passive_max_percent,
+        })),
         spec: listener.spec,
         map,
         active: Mutex::new(HashMap::new()),
@@ -183,6 +190,13 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     } else {
         Vec::new()
     };
+    // Backends this proxy ejected after failed connects (passive health).
+    tried.extend(
+        ctx.passive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ejected(Instant::now()),
+    );
     let mut upstream = None;
     for _ in 0..=ctx.spec.retries {
         let pick = {
@@ -204,9 +218,13 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
         };
         let Some(ep) = pick else { break };
         let guard = ActiveGuard::new(&ctx, &ep.backend);
-        match tokio::time::timeout(ctx.spec.connect_timeout, TcpStream::connect(&ep.address)).await
-        {
+        let connected =
+            tokio::time::timeout(ctx.spec.connect_timeout, TcpStream::connect(&ep.address)).await;
+        let mut passive = ctx.passive.lock().unwrap_or_else(|p| p.into_inner());
+        match connected {
             Ok(Ok(s)) => {
+                passive.on_success(&ep.backend);
+                drop(passive);
                 upstream = Some((ep, s, guard));
                 break;
             }
@@ -219,6 +237,11 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
                 warn!(backend = %ep.backend, "backend connect timed out; redispatching");
             }
         }
+        if passive.on_failure(&ep.backend, eps.len(), Instant::now()) {
+            ctx.metrics.passive_ejections_total.fetch_add(1, Relaxed);
+            warn!(backend = %ep.backend, "backend ejected after repeated connect failures (passive health)");
+        }
+        drop(passive);
         tried.push(ep.backend);
     }
     let Some((ep, mut server, _guard)) = upstream else {

@@ -87,6 +87,9 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
         max_connections_per_backend: 0,
         send_proxy: None,
         tcp_keepalive: Some(Duration::from_secs(60)),
+        passive_failures: 5,
+        passive_ejection: Duration::from_secs(30),
+        passive_max_percent: 50,
     };
     f(&mut spec);
     let socket = TcpListener::bind(spec.bind).await.expect("bind");
@@ -191,8 +194,12 @@ async fn refused_connects_are_redispatched() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         l.local_addr().expect("addr")
     };
-    // The health map still says `dead` is UP (checks lag); clients never notice.
-    let p = proxy(&[ep("a", a, 1), ep("dead", dead, 1)], |_| {}).await;
+    // The health map still says `dead` is UP (checks lag); clients never
+    // notice. (Passive health off here, so every attempt is redispatched.)
+    let p = proxy(&[ep("a", a, 1), ep("dead", dead, 1)], |s| {
+        s.passive_failures = 0
+    })
+    .await;
     let counts = spread(p.addr, 20).await;
     assert_eq!(counts.get("a"), Some(&20));
     assert!(p.metrics.connect_failures_total.load(Relaxed) >= 10);
@@ -363,4 +370,37 @@ async fn per_backend_limit_skips_full_backends() {
         "one session each"
     );
     assert!(session(p.addr).await.is_none(), "both full: refused");
+}
+
+#[tokio::test]
+async fn passive_health_ejects_and_returns_a_failing_backend() {
+    let a = backend("a").await;
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let p = proxy(&[ep("a", a, 1), ep("dead", dead, 1)], |s| {
+        s.passive_failures = 2;
+        s.passive_ejection = Duration::from_millis(500);
+        s.passive_max_percent = 50;
+    })
+    .await;
+    // Round robin sends every other connect to `dead` until it is ejected.
+    assert_eq!(spread(p.addr, 6).await.get("a"), Some(&6));
+    assert_eq!(p.metrics.passive_ejections_total.load(Relaxed), 1);
+    let failures = p.metrics.connect_failures_total.load(Relaxed);
+    assert_eq!(failures, 2, "ejected after two failures in a row");
+    // While ejected, nothing is tried on it.
+    assert_eq!(spread(p.addr, 10).await.get("a"), Some(&10));
+    assert_eq!(p.metrics.connect_failures_total.load(Relaxed), failures);
+    // Once the ejection is over it is tried again (and fails again).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while p.metrics.connect_failures_total.load(Relaxed) == failures {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never retried after the ejection"
+        );
+        let _ = session(p.addr).await.expect("clients are still served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
