@@ -68,6 +68,7 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
             passive_failures: 5,
             passive_ejection: Duration::from_secs(30),
             passive_max_percent: 50,
+            shutdown_sessions_on_down: false,
         }],
     }
 }

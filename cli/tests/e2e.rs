@@ -171,6 +171,7 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
         passive_failures: 5,
         passive_ejection: Duration::from_secs(30),
         passive_max_percent: 50,
+        shutdown_sessions_on_down: false,
     }])
     .await
     .expect("bind proxy");
@@ -372,6 +373,7 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
         passive_failures: 5,
         passive_ejection: Duration::from_secs(30),
         passive_max_percent: 50,
+        shutdown_sessions_on_down: false,
     }])
     .await
     .expect("bind");

@@ -103,6 +103,9 @@ pub struct ListenerSpec {
     pub passive_failures: u32,
     pub passive_ejection: Duration,
     pub passive_max_percent: u32,
+    /// Close open sessions to a backend when it is marked DOWN (HAProxy
+    /// `on-marked-down shutdown-sessions`); off: they continue.
+    pub shutdown_sessions_on_down: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +232,7 @@ struct RawListener {
     passive_failures: Option<u32>,
     passive_ejection: Option<String>,
     passive_max_percent: Option<u32>,
+    shutdown_sessions_on_down: Option<bool>,
 }
 
 impl Document {
@@ -690,6 +694,7 @@ impl RawListener {
             passive_failures: self.passive_failures.unwrap_or(5),
             passive_ejection,
             passive_max_percent,
+            shutdown_sessions_on_down: self.shutdown_sessions_on_down.unwrap_or(false),
         })
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 use trackwire_core::config::{ListenerSpec, NoBackend, ProxyProtocol};
-use trackwire_core::{AdminState, Endpoint, HealthMap};
+use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
 
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
@@ -42,6 +42,8 @@ struct Ctx {
     /// Open sessions per backend (for leastconn and random).
     active: Mutex<HashMap<String, u32>>,
     passive: Mutex<Passive>,
+    /// backend → token cancelled when it is marked DOWN (shutdown_sessions_on_down).
+    kill: Mutex<HashMap<String, CancellationToken>>,
     metrics: Arc<Metrics>,
 }
 
@@ -65,8 +67,15 @@ pub async fn serve(
         spec: listener.spec,
         map,
         active: Mutex::new(HashMap::new()),
+        kill: Mutex::new(HashMap::new()),
         metrics,
     });
+    if ctx.spec.shutdown_sessions_on_down {
+        tokio::spawn(shut_down_sessions_of_down_backends(
+            Arc::clone(&ctx),
+            shutdown.clone(),
+        ));
+    }
     let mut accept_backoff = Duration::from_millis(5);
     loop {
         // At the connection limit, stop accepting until a session ends.
@@ -101,6 +110,37 @@ pub async fn serve(
             }
             .instrument(span),
         );
+    }
+}
+
+/// Cancels the sessions of every backend the map marks DOWN.
+async fn shut_down_sessions_of_down_backends(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let mut map = ctx.map.clone();
+    loop {
+        let down: Vec<String> = map
+            .borrow_and_update()
+            .pools
+            .get(&ctx.spec.pool)
+            .map(|p| {
+                p.values()
+                    .filter(|e| e.state == HealthState::Down)
+                    .map(|e| e.backend.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        {
+            let mut kill = ctx.kill.lock().unwrap_or_else(|p| p.into_inner());
+            for b in down {
+                if let Some(t) = kill.remove(&b) {
+                    info!(backend = %b, "backend marked DOWN: closing its sessions");
+                    t.cancel();
+                }
+            }
+        }
+        tokio::select! {
+            r = map.changed() => if r.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 
@@ -266,7 +306,32 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
         }
     }
     ctx.metrics.connections_active.fetch_add(1, Relaxed);
-    let relayed = relay(&mut client, &mut server, ctx.spec.idle_timeout).await;
+    let kill = if ctx.spec.shutdown_sessions_on_down {
+        ctx.kill
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ep.backend.clone())
+            .or_default()
+            .clone()
+    } else {
+        CancellationToken::new()
+    };
+    // Marked DOWN between the pick and now: the watcher may have run already.
+    if ctx.spec.shutdown_sessions_on_down
+        && ctx
+            .map
+            .borrow()
+            .pools
+            .get(&ctx.spec.pool)
+            .and_then(|p| p.get(&ep.backend))
+            .is_some_and(|e| e.state == HealthState::Down)
+    {
+        kill.cancel();
+    }
+    let relayed = tokio::select! {
+        r = relay(&mut client, &mut server, ctx.spec.idle_timeout) => r,
+        () = kill.cancelled() => Err(std::io::Error::other("backend marked DOWN")),
+    };
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     match relayed {
         Ok((up, down)) => debug!(backend = %ep.backend, up, down, "session closed"),

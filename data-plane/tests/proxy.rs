@@ -90,6 +90,7 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
         passive_failures: 5,
         passive_ejection: Duration::from_secs(30),
         passive_max_percent: 50,
+        shutdown_sessions_on_down: false,
     };
     f(&mut spec);
     let socket = TcpListener::bind(spec.bind).await.expect("bind");
@@ -402,5 +403,31 @@ async fn passive_health_ejects_and_returns_a_failing_backend() {
         );
         let _ = session(p.addr).await.expect("clients are still served");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_sessions_on_down_closes_only_when_asked() {
+    let a = backend("a").await;
+    for shutdown in [false, true] {
+        let p = proxy(&[ep("a", a, 1)], |s| s.shutdown_sessions_on_down = shutdown).await;
+        let (_, mut held) = session(p.addr).await.expect("session");
+        let mut down = ep("a", a, 1);
+        down.state = HealthState::Down;
+        p.map.send_replace(map_of(&[down]));
+        if shutdown {
+            let mut rest = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(5), held.read_line(&mut rest))
+                .await
+                .expect("closed promptly")
+                .expect("read");
+            assert_eq!(n, 0, "session closed when the backend went DOWN");
+        } else {
+            // HAProxy's default: marking DOWN keeps existing sessions.
+            held.get_mut().write_all(b"ping\n").await.expect("write");
+            let mut echo = String::new();
+            held.read_line(&mut echo).await.expect("echo");
+            assert_eq!(echo, "ping\n");
+        }
     }
 }
