@@ -1,0 +1,444 @@
+//! The data plane against HAProxy's `mode tcp` and a direct connection, side
+//! by side in one run.
+//!
+//! ```sh
+//! cargo run --release -p trackwire-bench --bin proxy-bench
+//! ```
+//!
+//! Needs `haproxy` on PATH (Debian's `haproxy` package; installed with apt
+//! when missing and running as root). The backend (a sink/echo server) runs
+//! in this process; HAProxy and the trackwire proxy run as their own
+//! processes (the proxy is this binary re-executed with `--role proxy`,
+//! routing from a health map in its fail-static cache, so no control plane
+//! is involved). Workloads, each run `--runs` times per target, medians
+//! reported:
+//!
+//! - bulk: 8 connections each sending 512 MiB to a sink (GiB/s);
+//! - short: connect, 100-byte request, 100-byte response, close, at
+//!   concurrency 64 for 20 s (connections/s);
+//! - latency: 100-byte ping-pong on 16 long-lived connections for 10 s
+//!   (p50/p99 round trip).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use trackwire_core::config::{Balance, ListenerSpec, NoBackend};
+use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long, default_value_t = 512)]
+    bulk_mib: u64,
+    #[arg(long, default_value_t = 8)]
+    bulk_connections: usize,
+    #[arg(long, default_value = "20s", value_parser = trackwire_core::duration::parse)]
+    short_duration: Duration,
+    #[arg(long, default_value_t = 64)]
+    short_concurrency: usize,
+    #[arg(long, default_value = "10s", value_parser = trackwire_core::duration::parse)]
+    latency_duration: Duration,
+    #[arg(long, hide = true, default_value = "harness")]
+    role: String,
+    #[arg(long, hide = true, default_value = "")]
+    bind: String,
+    #[arg(long, hide = true, default_value = "")]
+    backend: String,
+    #[arg(long, hide = true, default_value = "")]
+    state_dir: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    if args.role == "proxy" {
+        return rt.block_on(proxy(args));
+    }
+    rt.block_on(harness(args))
+}
+
+/// The trackwire proxy, routing from its cached map (no control plane).
+async fn proxy(args: Args) -> anyhow::Result<()> {
+    let spec = ListenerSpec {
+        name: "bench".into(),
+        bind: args.bind.parse()?,
+        pool: "bench".into(),
+        balance: Balance::RoundRobin,
+        connect_timeout: Duration::from_secs(2),
+        retries: 2,
+        on_no_backend: NoBackend::Refuse,
+        max_connections: 8_000,
+        idle_timeout: Duration::from_secs(300),
+        max_connections_per_backend: 0,
+        send_proxy: None,
+        tcp_keepalive: None,
+        passive_failures: 5,
+        passive_ejection: Duration::from_secs(30),
+        passive_max_percent: 50,
+        shutdown_sessions_on_down: false,
+    };
+    let listeners = trackwire_data_plane::bind(std::slice::from_ref(&spec)).await?;
+    trackwire_data_plane::run(
+        trackwire_data_plane::Config {
+            // Nothing listens there: the proxy routes on its cached map.
+            control_plane: vec!["http://127.0.0.1:9".into()],
+            listeners: vec![spec],
+            state_dir: Some(args.state_dir.into()),
+            proxy_id: "bench".into(),
+            drain_grace: Duration::from_secs(1),
+        },
+        listeners,
+        None,
+        CancellationToken::new(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sink/echo backend: the first byte says what to do. `S`: read to EOF,
+/// answer the byte count. `R`: answer every 100-byte request with 100 bytes.
+async fn backend() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut kind = [0u8; 1];
+                if s.read_exact(&mut kind).await.is_err() {
+                    return;
+                }
+                if kind[0] == b'S' {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut total = 0u64;
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => total += n as u64,
+                        }
+                    }
+                    let _ = s.write_all(&total.to_be_bytes()).await;
+                } else {
+                    let mut req = [0u8; 100];
+                    while s.read_exact(&mut req).await.is_ok() {
+                        if s.write_all(&req).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+struct Target {
+    name: &'static str,
+    addr: String,
+    child: Option<Child>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ensure_haproxy() -> anyhow::Result<()> {
+    if Command::new("haproxy").arg("-v").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("proxy-bench: haproxy not found; installing Debian's haproxy");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "haproxy"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?
+        .success();
+    anyhow::ensure!(
+        ok,
+        "apt-get install haproxy failed (run as root, after apt-get update)"
+    );
+    Ok(())
+}
+
+async fn wait_listening(addr: &str) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while TcpStream::connect(addr).await.is_err() {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(15),
+            "{addr} not listening"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn harness(args: Args) -> anyhow::Result<()> {
+    ensure_haproxy()?;
+    let backend = backend().await?;
+    let dir = tempfile_dir()?;
+
+    // HAProxy, mode tcp, one server, default threads (all cores).
+    let hp_addr = free_addr()?;
+    let cfg = format!(
+        "global\n    maxconn 8000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\nfrontend bench\n    bind {hp_addr}\n    default_backend bench\n\nbackend bench\n    server b1 {backend}\n"
+    );
+    let cfg_path = dir.join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg)?;
+    let haproxy = Command::new("haproxy")
+        .arg("-f")
+        .arg(&cfg_path)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+
+    // trackwire, from a cached map with the one backend UP.
+    let tw_addr = free_addr()?;
+    let mut pool = std::collections::BTreeMap::new();
+    pool.insert(
+        "b1".to_string(),
+        Endpoint {
+            backend: "b1".into(),
+            address: backend.to_string(),
+            weight: 1,
+            admin_state: AdminState::Ready,
+            state: HealthState::Up,
+            decided_at_ms: 0,
+            votes: 1,
+            votes_up: 1,
+            backup: false,
+        },
+    );
+    let map = HealthMap {
+        epoch: 1,
+        revision: 1,
+        pools: [("bench".to_string(), Arc::new(pool))].into(),
+    };
+    trackwire_data_plane::cache::save(&dir, &map)?;
+    let trackwire = Command::new(std::env::current_exe()?)
+        .args([
+            "--role",
+            "proxy",
+            "--bind",
+            &tw_addr,
+            "--backend",
+            &backend.to_string(),
+        ])
+        .arg("--state-dir")
+        .arg(&dir)
+        .env("TRACKWIRE_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()?;
+
+    let targets = [
+        Target {
+            name: "direct",
+            addr: backend.to_string(),
+            child: None,
+        },
+        Target {
+            name: "haproxy",
+            addr: hp_addr,
+            child: Some(haproxy),
+        },
+        Target {
+            name: "trackwire",
+            addr: tw_addr,
+            child: Some(trackwire),
+        },
+    ];
+    for t in &targets {
+        wait_listening(&t.addr).await?;
+    }
+    let v = Command::new("haproxy").arg("-v").output()?;
+    println!(
+        "proxy-bench: {} run(s) per workload; {}",
+        args.runs,
+        String::from_utf8_lossy(&v.stdout)
+            .lines()
+            .next()
+            .unwrap_or("haproxy")
+    );
+
+    // Interleave targets within each run so drift on a noisy machine hits all.
+    let mut bulk = vec![Vec::new(); 3];
+    let mut short = vec![Vec::new(); 3];
+    let mut p50 = vec![Vec::new(); 3];
+    let mut p99 = vec![Vec::new(); 3];
+    for _ in 0..args.runs {
+        for (i, t) in targets.iter().enumerate() {
+            bulk[i].push(run_bulk(&t.addr, args.bulk_connections, args.bulk_mib).await?);
+            short[i].push(run_short(&t.addr, args.short_concurrency, args.short_duration).await?);
+            let (a, b) = run_latency(&t.addr, 16, args.latency_duration).await?;
+            p50[i].push(a);
+            p99[i].push(b);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut b, mut s, mut l50, mut l99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..3 {
+        b.push(med(&mut bulk[i]));
+        s.push(med(&mut short[i]));
+        l50.push(med(&mut p50[i]));
+        l99.push(med(&mut p99[i]));
+    }
+    println!(
+        "\n{:<10} {:>14} {:>14} {:>12} {:>12}",
+        "target", "bulk GiB/s", "short conn/s", "p50 µs", "p99 µs"
+    );
+    for (i, t) in targets.iter().enumerate() {
+        println!(
+            "{:<10} {:>14.2} {:>14.0} {:>12.0} {:>12.0}",
+            t.name, b[i], s[i], l50[i], l99[i]
+        );
+    }
+    println!(
+        "\ntrackwire / haproxy:  bulk {:.2}, conn/s {:.2}, p50 {:.2}, p99 {:.2}",
+        b[2] / b[1],
+        s[2] / s[1],
+        l50[2] / l50[1],
+        l99[2] / l99[1]
+    );
+    println!(
+        "trackwire / direct:   bulk {:.2}, conn/s {:.2}, p50 {:.2}, p99 {:.2}",
+        b[2] / b[0],
+        s[2] / s[0],
+        l50[2] / l50[0],
+        l99[2] / l99[0]
+    );
+    drop(targets);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("proxy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `conns` connections each send `mib` MiB; GiB/s until the sink confirmed all.
+async fn run_bulk(addr: &str, conns: usize, mib: u64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let addr = addr.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await?;
+            s.write_all(b"S").await?;
+            let block = vec![0x5au8; 256 * 1024];
+            let total = mib * 1024 * 1024;
+            let mut sent = 0u64;
+            while sent < total {
+                s.write_all(&block).await?;
+                sent += block.len() as u64;
+            }
+            s.shutdown().await?;
+            let mut got = [0u8; 8];
+            s.read_exact(&mut got).await?;
+            anyhow::ensure!(u64::from_be_bytes(got) == total, "sink got a short stream");
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let bytes = conns as f64 * mib as f64 * 1024.0 * 1024.0;
+    Ok(bytes / start.elapsed().as_secs_f64() / (1024.0 * 1024.0 * 1024.0))
+}
+
+/// Short connections at fixed concurrency; connections per second.
+async fn run_short(addr: &str, concurrency: usize, duration: Duration) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (addr, done, failed, stop) =
+            (addr.to_string(), done.clone(), failed.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let req = [b'R'; 101];
+            let mut resp = [0u8; 100];
+            while !stop.load(Relaxed) {
+                let ok = async {
+                    let mut s = TcpStream::connect(&addr).await?;
+                    s.set_nodelay(true)?;
+                    s.write_all(&req).await?;
+                    s.read_exact(&mut resp).await?;
+                    Ok::<(), std::io::Error>(())
+                }
+                .await;
+                match ok {
+                    Ok(()) => done.fetch_add(1, Relaxed),
+                    Err(_) => failed.fetch_add(1, Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    anyhow::ensure!(
+        failed.load(Relaxed) == 0,
+        "{} connections failed",
+        failed.load(Relaxed)
+    );
+    Ok(done.load(Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Ping-pong on long-lived connections; (p50, p99) round trip in µs.
+async fn run_latency(addr: &str, conns: usize, duration: Duration) -> anyhow::Result<(f64, f64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (addr, stop) = (addr.to_string(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await?;
+            s.set_nodelay(true)?;
+            s.write_all(b"R").await?;
+            let req = [7u8; 100];
+            let mut resp = [0u8; 100];
+            let mut samples = Vec::new();
+            while !stop.load(Relaxed) {
+                let t = Instant::now();
+                s.write_all(&req).await?;
+                s.read_exact(&mut resp).await?;
+                samples.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok::<Vec<f64>, std::io::Error>(samples)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort_by(f64::total_cmp);
+    anyhow::ensure!(!all.is_empty(), "no round trips");
+    let q = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Ok((q(0.5), q(0.99)))
+}
