@@ -5,6 +5,7 @@
 //! - [`cache`]: the fail-static cache of the last map on disk.
 //! - [`balance`]: smooth weighted round robin (sans IO).
 //! - [`proxy`]: accept, pick, connect with redispatch, relay.
+//! - `splice` (Linux): zero-copy relaying; the workspace's only `unsafe`.
 //!
 //! Fail static: losing the control plane never changes routing; the last map
 //! stays in force and is loaded from the state dir after a restart.
@@ -16,6 +17,8 @@ pub mod metrics;
 pub mod passive;
 pub mod proxy;
 pub mod proxy_protocol;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod subscribe;
 
 use std::path::PathBuf;

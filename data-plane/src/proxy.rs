@@ -360,10 +360,35 @@ where
     }
 }
 
-/// Copies both ways until both directions are done (half-closes are
-/// passed on) or nothing moved for `idle`. Returns bytes client→server and
-/// server→client.
+/// Relays both ways until both directions are done (half-closes are
+/// passed on) or nothing moved for `idle`. On Linux bytes move with
+/// `splice(2)` (zero copy, see [`crate::splice`]); elsewhere through a
+/// buffer. Returns bytes client→server and server→client.
 pub async fn relay(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    idle: Duration,
+) -> std::io::Result<(u64, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        let (c, s) = (&*client, &*server);
+        let last = AtomicU64::new(0);
+        let start = Instant::now();
+        let both = async {
+            let (a, b) = tokio::join!(
+                crate::splice::pump(c, s, &last, start),
+                crate::splice::pump(s, c, &last, start)
+            );
+            Ok::<(u64, u64), std::io::Error>((a?, b?))
+        };
+        with_idle_timeout(both, &last, start, idle).await
+    }
+    #[cfg(not(target_os = "linux"))]
+    relay_copy(client, server, idle).await
+}
+
+/// The portable relay: copies through a 64 KiB buffer per direction.
+pub async fn relay_copy(
     client: &mut TcpStream,
     server: &mut TcpStream,
     idle: Duration,
@@ -376,6 +401,16 @@ pub async fn relay(
         let (a, b) = tokio::join!(pump(cr, sw, &last, start), pump(sr, cw, &last, start));
         Ok::<(u64, u64), std::io::Error>((a?, b?))
     };
+    with_idle_timeout(both, &last, start, idle).await
+}
+
+/// Runs `both` unless nothing moved for `idle` (per `last`, ms since `start`).
+async fn with_idle_timeout(
+    both: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
+    last: &AtomicU64,
+    start: Instant,
+    idle: Duration,
+) -> std::io::Result<(u64, u64)> {
     let watchdog = async {
         loop {
             let idle_for = start

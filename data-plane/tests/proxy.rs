@@ -431,3 +431,56 @@ async fn shutdown_sessions_on_down_closes_only_when_asked() {
         }
     }
 }
+
+/// Sends `len` pseudo-random bytes through `s` (after the greeting) while
+/// reading the echo back; true when the echo matches.
+async fn echo_intact(s: TcpStream, len: usize) -> bool {
+    let mut r = BufReader::new(s);
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).await.expect("greeting");
+    let s = r.into_inner();
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
+        .collect();
+    let (mut rd, mut wr) = s.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&sent).await.expect("write");
+        wr.shutdown().await.expect("shutdown");
+    });
+    let mut back = Vec::with_capacity(len);
+    tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut back)
+        .await
+        .expect("read");
+    writer.await.expect("writer");
+    back == data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfers_arrive_intact_both_ways() {
+    let a = backend("a").await;
+    let p = proxy(&[ep("a", a, 1)], |_| {}).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            echo_intact(TcpStream::connect(addr).await.expect("connect"), 8 << 20).await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.expect("join"), "bytes changed on the way");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portable_copy_relay_is_intact_too() {
+    let a = backend("a").await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut client, _) = l.accept().await.expect("accept");
+        let mut server = TcpStream::connect(a).await.expect("backend");
+        let _ = proxy::relay_copy(&mut client, &mut server, Duration::from_secs(10)).await;
+    });
+    assert!(echo_intact(TcpStream::connect(addr).await.expect("connect"), 4 << 20).await);
+}
