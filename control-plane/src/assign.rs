@@ -3,21 +3,10 @@
 //! assignment from the same facts; an agent joining or leaving moves only the
 //! backends whose top-`replicas` set it enters or leaves.
 
-/// FNV-1a followed by a splitmix64 finalizer: stable across processes,
-/// platforms and Rust versions (unlike `std`'s hasher), and well mixed.
+/// The stable hash of string parts (see [`trackwire_core::hash`]).
 pub fn stable_hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    let bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    trackwire_core::hash::stable_hash(&bytes)
 }
 
 /// The agents that check `pool/backend`: the `replicas` agents with the

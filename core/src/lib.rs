@@ -9,6 +9,7 @@ pub mod damping;
 pub mod duration;
 pub mod endpoints;
 pub mod error;
+pub mod hash;
 pub mod histogram;
 pub mod map;
 pub mod model;

@@ -56,23 +56,6 @@ impl SmoothWrr {
     }
 }
 
-/// FNV-1a + splitmix64: stable across processes, so every proxy maps a
-/// client address the same way.
-fn hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.iter().chain(std::iter::once(&0xff)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
-
 fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
@@ -172,7 +155,7 @@ impl Balancer {
 
 /// Weighted rendezvous score: `-w / ln(u)` with `u` the hash in (0, 1).
 fn source_score(ip: &[u8], e: &Endpoint) -> f64 {
-    let h = hash(&[ip, e.backend.as_bytes()]);
+    let h = trackwire_core::hash::stable_hash(&[ip, e.backend.as_bytes()]);
     let u = (h as f64 + 1.0) / (u64::MAX as f64 + 2.0);
     -f64::from(e.weight.max(1)) / u.ln()
 }
