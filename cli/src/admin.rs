@@ -11,7 +11,7 @@ use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 
 use crate::Invalid;
-use crate::args::{ApplyArgs, GetArgs, GetWhat};
+use crate::args::{ApplyArgs, GetArgs, GetWhat, StateArgs};
 
 /// Connects to the first endpoint that accepts a connection.
 pub async fn connect(urls: &[String]) -> anyhow::Result<AdminServiceClient<Channel>> {
@@ -112,6 +112,30 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
             }
             print!("{}", table(&rows));
         }
+        GetWhat::Agents => {
+            let resp = client
+                .list_agents(pb::ListAgentsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut rows = vec![vec![
+                "AGENT".to_string(),
+                "ZONE".into(),
+                "ADDRESS".into(),
+                "CHECKS".into(),
+                "SUSPECT".into(),
+            ]];
+            for a in &resp.agents {
+                rows.push(vec![
+                    a.agent_id.clone(),
+                    a.zone.clone(),
+                    a.address.clone(),
+                    a.assigned.to_string(),
+                    if a.suspect { "yes".into() } else { "no".into() },
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
         GetWhat::Backends => {
             let resp = client
                 .get_health(pb::GetHealthRequest {
@@ -151,6 +175,45 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
             }
             print!("{}", table(&rows));
         }
+    }
+    Ok(())
+}
+
+/// `drain`, `maint`, `ready`: sets (or with `--clear`, removes) a backend's admin override.
+pub async fn set_state(args: StateArgs, verb: &str) -> anyhow::Result<()> {
+    let (pool, backend) = args
+        .backend
+        .split_once('/')
+        .ok_or_else(|| Invalid(format!("{:?}: expected POOL/NAME", args.backend)))?;
+    let state = match (args.clear, verb) {
+        (true, _) => pb::AdminState::Unspecified,
+        (false, "drain") => pb::AdminState::Drain,
+        (false, "maint") => pb::AdminState::Maint,
+        _ => pb::AdminState::Ready,
+    };
+    let set_by = std::env::var("USER").unwrap_or_else(|_| "trackwire-cli".into());
+    let mut client = connect(&args.control_plane.0).await?;
+    let resp = client
+        .set_backend_state(pb::SetBackendStateRequest {
+            pool: pool.into(),
+            backend: backend.into(),
+            state: state as i32,
+            reason: args.reason,
+            set_by,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.clear {
+        println!(
+            "backend/{pool}/{backend} override cleared (revision {})",
+            resp.revision
+        );
+    } else {
+        println!(
+            "backend/{pool}/{backend} {verb} (revision {})",
+            resp.revision
+        );
     }
     Ok(())
 }

@@ -33,8 +33,29 @@ pub enum Command {
     Dev(DevArgs),
     /// Store the pools of a config file in the control plane.
     Apply(ApplyArgs),
-    /// List pools or backends.
+    /// List pools, backends or agents.
     Get(GetArgs),
+    /// Drain a backend: no new connections, open sessions continue, checks keep running.
+    Drain(StateArgs),
+    /// Put a backend in maintenance: no traffic and no checks.
+    Maint(StateArgs),
+    /// Return a backend to service (overrides the pool spec until `--clear`).
+    Ready(StateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The backend, as POOL/NAME.
+    pub backend: String,
+    /// Why (kept with the state, shown to other operators).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Remove the override instead: the pool spec's admin state applies again.
+    #[arg(long)]
+    pub clear: bool,
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
+    pub control_plane: Urls,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -142,6 +163,7 @@ pub struct ApplyArgs {
 pub enum GetWhat {
     Pools,
     Backends,
+    Agents,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,9 @@ fn main() -> ExitCode {
             Command::Dev(a) => trackwire_cli::dev::dev(a).await,
             Command::Apply(a) => trackwire_cli::admin::apply(a).await,
             Command::Get(a) => trackwire_cli::admin::get(a).await,
+            Command::Drain(a) => trackwire_cli::admin::set_state(a, "drain").await,
+            Command::Maint(a) => trackwire_cli::admin::set_state(a, "maint").await,
+            Command::Ready(a) => trackwire_cli::admin::set_state(a, "ready").await,
         }
     });
     match result {

@@ -144,6 +144,49 @@ fn dev_runs_the_whole_path_and_stops_cleanly() {
         "{out}"
     );
 
+    // Operator verbs: drain a backend, see it, clear the override.
+    let (code, out, err) = run(&[
+        "drain",
+        "demo/backend-3",
+        "--reason",
+        "test",
+        "--control-plane",
+        &control,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("backend/demo/backend-3 drain"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, out, _) = run(&["get", "backends", "--control-plane", &control]);
+        if out
+            .lines()
+            .any(|l| l.contains("backend-3") && l.contains(" drain "))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "drain not shown: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, err) = run(&[
+        "ready",
+        "demo/backend-3",
+        "--clear",
+        "--control-plane",
+        &control,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["drain", "demo/nope", "--control-plane", &control]);
+    assert_eq!(code, 2, "unknown backend is invalid input: {err}");
+    let (code, _, err) = run(&["drain", "no-slash", "--control-plane", &control]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = run(&["get", "agents", "--control-plane", &control]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" dev ") && l.contains(" 3 ")),
+        "{out}"
+    );
+
     // apply adds a pool; get pools lists it.
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("pools.toml");

@@ -118,6 +118,7 @@ impl Dirty {
             match keys.parse(e.key()) {
                 KeyKind::Pool(p)
                 | KeyKind::Damping { pool: p, .. }
+                | KeyKind::Admin { pool: p, .. }
                 | KeyKind::Verdict { pool: p, .. } => {
                     dirty.pools.insert(p.to_string());
                 }
@@ -163,7 +164,7 @@ fn raw_pool(facts: &Facts, pool: &PoolSpec, agents: &[(&str, &str)]) -> Vec<Raw>
     }
     pool.backends
         .iter()
-        .filter(|b| b.admin_state != AdminState::Maint)
+        .filter(|b| facts.admin_state(&pool.name, b) != AdminState::Maint)
         .map(|b| {
             let assigned: Vec<String> =
                 assign_zoned(&pool.name, &b.name, agents, pool.replicas, pool.zone_spread)
@@ -252,7 +253,8 @@ fn decide_pool(
     let mut endpoints = PoolMap::new();
     for b in &pool.backends {
         let mut detail = BackendDetail::default();
-        let (state, decided_at_ms, votes, votes_up) = match (&pool.check, b.admin_state) {
+        let admin_state = facts.admin_state(&pool.name, b);
+        let (state, decided_at_ms, votes, votes_up) = match (&pool.check, admin_state) {
             (_, AdminState::Maint) => (HealthState::Down, 0, 0, 0),
             (None, _) => (HealthState::Up, 0, 0, 0),
             (Some(check), _) => {
@@ -315,7 +317,7 @@ fn decide_pool(
                 backend: b.name.clone(),
                 address: b.address.clone(),
                 weight: b.weight,
-                admin_state: b.admin_state,
+                admin_state,
                 state,
                 decided_at_ms,
                 votes,

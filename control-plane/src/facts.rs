@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tracing::warn;
 use trackwire_core::convert::health_from_pb;
 use trackwire_core::damping::DampState;
-use trackwire_core::{HealthState, PoolSpec};
+use trackwire_core::{AdminState, BackendSpec, HealthState, PoolSpec};
 
 use crate::keys::{self, KeyKind, Keys};
 use crate::store::{KeyValue, WatchEvent};
@@ -45,6 +45,26 @@ pub struct Facts {
     pub verdicts: BTreeMap<VerdictKey, VerdictFact>,
     /// (pool, backend) → flap-damping state (damped pools only).
     pub damping: Arc<BTreeMap<(String, String), DampFact>>,
+    /// (pool, backend) → operator's admin-state override.
+    pub admin: Arc<BTreeMap<(String, String), AdminOverride>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminOverride {
+    pub state: AdminState,
+    pub reason: String,
+    pub set_by: String,
+    pub at_ms: u64,
+}
+
+impl Facts {
+    /// The admin state in force: an operator override, else the pool spec's.
+    pub fn admin_state(&self, pool: &str, backend: &BackendSpec) -> AdminState {
+        self.admin
+            .get(&(pool.to_string(), backend.name.clone()))
+            .map(|o| o.state)
+            .unwrap_or(backend.admin_state)
+    }
 }
 
 /// The part of [`Facts`] published with each snapshot (cheap to clone).
@@ -55,6 +75,7 @@ pub struct SharedFacts {
     pub pools: Arc<BTreeMap<String, PoolSpec>>,
     pub agents: Arc<BTreeMap<String, AgentFact>>,
     pub damping: Arc<BTreeMap<(String, String), DampFact>>,
+    pub admin: Arc<BTreeMap<(String, String), AdminOverride>>,
 }
 
 /// A damping record and the revision it was written at (for compare-and-set).
@@ -72,6 +93,7 @@ impl Facts {
             pools: Arc::clone(&self.pools),
             agents: Arc::clone(&self.agents),
             damping: Arc::clone(&self.damping),
+            admin: Arc::clone(&self.admin),
         }
     }
 
@@ -108,6 +130,9 @@ impl Facts {
                 KeyKind::Damping { pool, backend } => {
                     Arc::make_mut(&mut self.damping)
                         .remove(&(pool.to_string(), backend.to_string()));
+                }
+                KeyKind::Admin { pool, backend } => {
+                    Arc::make_mut(&mut self.admin).remove(&(pool.to_string(), backend.to_string()));
                 }
                 KeyKind::Other => {}
             },
@@ -175,6 +200,24 @@ impl Facts {
                     );
                 }
                 Err(e) => warn!(key = %kv.key, error = %e, "undecodable damping state; skipped"),
+            },
+            KeyKind::Admin { pool, backend } => match keys::decode_admin(&kv.value).and_then(|a| {
+                trackwire_core::convert::admin_from_pb(a.state, "state")
+                    .map(|state| (state, a))
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok((state, a)) => {
+                    Arc::make_mut(&mut self.admin).insert(
+                        (pool.to_string(), backend.to_string()),
+                        AdminOverride {
+                            state,
+                            reason: a.reason,
+                            set_by: a.set_by,
+                            at_ms: a.at_ms,
+                        },
+                    );
+                }
+                Err(e) => warn!(key = %kv.key, error = %e, "undecodable admin override; skipped"),
             },
             KeyKind::Other => {}
         }

@@ -5,6 +5,7 @@
 //! {prefix}agents/{agent_id}                  StoredAgent   (agent's session lease)
 //! {prefix}verdicts/{agent_id}/{pool}/{backend} StoredVerdict (same lease)
 //! {prefix}damping/{pool}/{backend}           StoredDamping (no lease; damped pools only)
+//! {prefix}admin/{pool}/{backend}             StoredAdmin   (no lease; operator overrides)
 //! ```
 //!
 //! Values are protobuf messages with a `schema` number; readers skip values
@@ -34,6 +35,10 @@ pub enum KeyKind<'a> {
         backend: &'a str,
     },
     Damping {
+        pool: &'a str,
+        backend: &'a str,
+    },
+    Admin {
         pool: &'a str,
         backend: &'a str,
     },
@@ -81,6 +86,14 @@ impl Keys {
         format!("{}damping/{pool}/", self.prefix)
     }
 
+    pub fn admin(&self, pool: &str, backend: &str) -> String {
+        format!("{}admin/{pool}/{backend}", self.prefix)
+    }
+
+    pub fn admin_prefix(&self, pool: &str) -> String {
+        format!("{}admin/{pool}/", self.prefix)
+    }
+
     pub fn parse<'a>(&self, key: &'a str) -> KeyKind<'a> {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
             return KeyKind::Other;
@@ -108,6 +121,9 @@ impl Keys {
             .and_then(|r| r.split_once('/'))
         {
             return KeyKind::Damping { pool, backend };
+        }
+        if let Some((pool, backend)) = rest.strip_prefix("admin/").and_then(|r| r.split_once('/')) {
+            return KeyKind::Admin { pool, backend };
         }
         KeyKind::Other
     }
@@ -199,6 +215,25 @@ pub fn decode_damping(bytes: &[u8]) -> Result<DampState, String> {
     })
 }
 
+pub fn encode_admin(a: pb::StoredAdmin) -> Vec<u8> {
+    pb::StoredAdmin {
+        schema: SCHEMA,
+        ..a
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_admin(bytes: &[u8]) -> Result<pb::StoredAdmin, String> {
+    let a = pb::StoredAdmin::decode(bytes).map_err(|e| e.to_string())?;
+    if a.schema > SCHEMA {
+        return Err(format!(
+            "schema {} is newer than this build's {SCHEMA}",
+            a.schema
+        ));
+    }
+    Ok(a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +254,13 @@ mod tests {
         assert_eq!(
             k.parse(&k.damping("p", "b")),
             KeyKind::Damping {
+                pool: "p",
+                backend: "b"
+            }
+        );
+        assert_eq!(
+            k.parse(&k.admin("p", "b")),
+            KeyKind::Admin {
                 pool: "p",
                 backend: "b"
             }

@@ -131,6 +131,121 @@ impl AdminService for AdminSvc {
         Ok(Response::new(resp))
     }
 
+    async fn delete_pool(
+        &self,
+        request: Request<pb::DeletePoolRequest>,
+    ) -> Result<Response<pb::DeletePoolResponse>, Status> {
+        let name = request.into_inner().name;
+        trackwire_core::model::validate_name(&name)
+            .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        let key = self.keys.pool(&name);
+        let Some(kv) = self.store.get(&key).await.map_err(store_status)? else {
+            return Err(Status::not_found(format!("pool {name:?} does not exist")));
+        };
+        // The pool and everything kept about it, in one transaction.
+        let mut ops = vec![Op::Delete(key.clone())];
+        for prefix in [
+            self.keys.damping_prefix(&name),
+            self.keys.admin_prefix(&name),
+        ] {
+            let (kvs, _) = self.store.list(&prefix).await.map_err(store_status)?;
+            ops.extend(kvs.into_iter().map(|kv| Op::Delete(kv.key)));
+        }
+        let r = self
+            .store
+            .txn(vec![Compare::ModRevision(key, kv.mod_revision)], ops)
+            .await
+            .map_err(store_status)?;
+        if !r.succeeded {
+            return Err(Status::aborted(
+                "the pool changed concurrently; nothing was deleted",
+            ));
+        }
+        Ok(Response::new(pb::DeletePoolResponse {
+            revision: r.revision,
+        }))
+    }
+
+    async fn set_backend_state(
+        &self,
+        request: Request<pb::SetBackendStateRequest>,
+    ) -> Result<Response<pb::SetBackendStateResponse>, Status> {
+        let req = request.into_inner();
+        if req.reason.len() > 256 {
+            return Err(Status::invalid_argument("reason: at most 256 bytes"));
+        }
+        if req.set_by.len() > 128 {
+            return Err(Status::invalid_argument("set_by: at most 128 bytes"));
+        }
+        let state = pb::AdminState::try_from(req.state).map_err(|_| {
+            Status::invalid_argument(format!("state: invalid admin state {}", req.state))
+        })?;
+        let mut st = self.state.clone();
+        let snap = ready(&mut st)
+            .await
+            .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
+        let exists = snap
+            .facts
+            .pools
+            .get(&req.pool)
+            .is_some_and(|p| p.backends.iter().any(|b| b.name == req.backend));
+        if !exists {
+            return Err(Status::not_found(format!(
+                "backend {}/{} does not exist",
+                req.pool, req.backend
+            )));
+        }
+        let key = self.keys.admin(&req.pool, &req.backend);
+        let revision = if state == pb::AdminState::Unspecified {
+            self.store.delete(&key).await.map_err(store_status)?
+        } else {
+            let value = keys::encode_admin(pb::StoredAdmin {
+                schema: keys::SCHEMA,
+                state: state as i32,
+                reason: req.reason,
+                set_by: req.set_by,
+                at_ms: crate::grpc::probe::now_ms(),
+            });
+            self.store
+                .put(&key, value, None)
+                .await
+                .map_err(store_status)?
+        };
+        Ok(Response::new(pb::SetBackendStateResponse { revision }))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let mut st = self.state.clone();
+        let snap = ready(&mut st)
+            .await
+            .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
+        let agents = snap
+            .facts
+            .agents
+            .iter()
+            .map(|(id, a)| pb::AgentInfo {
+                agent_id: id.clone(),
+                zone: a.zone.clone(),
+                address: a.address.clone(),
+                assigned: snap
+                    .derived
+                    .pools
+                    .values()
+                    .filter_map(|p| p.targets.get(id))
+                    .map(|t| t.len() as u32)
+                    .sum(),
+                suspect: snap.derived.suspects.contains(id),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse {
+            revision: snap.derived.map.revision,
+            agents,
+        }))
+    }
+
     async fn list_subscribers(
         &self,
         _request: Request<pb::ListSubscribersRequest>,

@@ -1,0 +1,259 @@
+//! AdminService beyond apply/list: admin-state overrides that survive
+//! `apply`, deleting pools with everything kept about them, listing agents.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use trackwire_control_plane::keys::Keys;
+use trackwire_control_plane::store::{MemStore, Store};
+use trackwire_core::{AdminState, BackendSpec, HealthState, PoolSpec, Quorum};
+use trackwire_proto::v1 as pb;
+use trackwire_proto::v1::admin_service_client::AdminServiceClient;
+
+fn pool(name: &str) -> PoolSpec {
+    PoolSpec {
+        name: name.into(),
+        backends: ["b1", "b2"]
+            .iter()
+            .map(|b| BackendSpec {
+                name: (*b).into(),
+                address: "127.0.0.1:9".into(),
+                weight: 1,
+                admin_state: AdminState::Ready,
+                backup: false,
+            })
+            .collect(),
+        check: None,
+        quorum: Quorum::Majority,
+        initial_state: HealthState::Down,
+        replicas: 3,
+        zone_spread: false,
+        damping: None,
+    }
+}
+
+async fn start() -> (
+    AdminServiceClient<tonic::transport::Channel>,
+    Arc<dyn Store>,
+    CancellationToken,
+    String,
+) {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let keys = Keys::new("/trackwire/").expect("prefix");
+    trackwire_control_plane::grpc::admin::apply(
+        store.as_ref(),
+        &keys,
+        &[pool("web"), pool("db")],
+        0,
+    )
+    .await
+    .expect("apply");
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", grpc.local_addr().expect("addr"));
+    let token = CancellationToken::new();
+    tokio::spawn(trackwire_control_plane::run(
+        trackwire_control_plane::Config::default(),
+        Arc::clone(&store),
+        trackwire_control_plane::Listeners { grpc, http: None },
+        token.clone(),
+    ));
+    let client = trackwire_cli::admin::connect(std::slice::from_ref(&url))
+        .await
+        .expect("connect");
+    (client, store, token, url)
+}
+
+async fn admin_of(
+    client: &mut AdminServiceClient<tonic::transport::Channel>,
+    pool: &str,
+    backend: &str,
+) -> i32 {
+    let resp = client
+        .get_health(pb::GetHealthRequest { pool: pool.into() })
+        .await
+        .expect("health")
+        .into_inner();
+    resp.backends
+        .iter()
+        .find_map(|b| b.endpoint.as_ref().filter(|e| e.backend == backend))
+        .map(|e| e.admin_state)
+        .expect("backend listed")
+}
+
+async fn wait_admin(
+    client: &mut AdminServiceClient<tonic::transport::Channel>,
+    backend: &str,
+    want: pb::AdminState,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_of(client, "web", backend).await != want as i32 {
+        assert!(Instant::now() < deadline, "{backend} never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_overrides_survive_apply_and_can_be_cleared() {
+    let (mut client, store, token, _) = start().await;
+    let set = |state: pb::AdminState| pb::SetBackendStateRequest {
+        pool: "web".into(),
+        backend: "b1".into(),
+        state: state as i32,
+        reason: "kernel upgrade".into(),
+        set_by: "ops".into(),
+    };
+    client
+        .set_backend_state(set(pb::AdminState::Drain))
+        .await
+        .expect("drain");
+    wait_admin(&mut client, "b1", pb::AdminState::Drain).await;
+    // A declarative apply of the same pool does not undo the operator's drain.
+    let keys = Keys::new("/trackwire/").expect("prefix");
+    let mut changed = pool("web");
+    changed.backends[1].weight = 5;
+    let applied = trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[changed], 0)
+        .await
+        .expect("apply")
+        .revision;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .revision
+        < applied
+    {
+        assert!(Instant::now() < deadline, "apply never seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        admin_of(&mut client, "web", "b1").await,
+        pb::AdminState::Drain as i32
+    );
+    client
+        .set_backend_state(set(pb::AdminState::Maint))
+        .await
+        .expect("maint");
+    wait_admin(&mut client, "b1", pb::AdminState::Maint).await;
+    client
+        .set_backend_state(set(pb::AdminState::Unspecified))
+        .await
+        .expect("clear");
+    wait_admin(&mut client, "b1", pb::AdminState::Ready).await;
+
+    let err = client
+        .set_backend_state(pb::SetBackendStateRequest {
+            backend: "nope".into(),
+            ..set(pb::AdminState::Drain)
+        })
+        .await
+        .expect_err("unknown backend");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .set_backend_state(pb::SetBackendStateRequest {
+            state: 42,
+            ..set(pb::AdminState::Drain)
+        })
+        .await
+        .expect_err("bad state");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("state:"), "{}", err.message());
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_removes_it_and_its_overrides() {
+    let (mut client, store, token, _) = start().await;
+    client
+        .set_backend_state(pb::SetBackendStateRequest {
+            pool: "db".into(),
+            backend: "b2".into(),
+            state: pb::AdminState::Drain as i32,
+            reason: String::new(),
+            set_by: "ops".into(),
+        })
+        .await
+        .expect("drain");
+    client
+        .delete_pool(pb::DeletePoolRequest { name: "db".into() })
+        .await
+        .expect("delete");
+    let keys = Keys::new("/trackwire/").expect("prefix");
+    assert!(store.get(&keys.pool("db")).await.expect("get").is_none());
+    assert!(
+        store
+            .list(&keys.admin_prefix("db"))
+            .await
+            .expect("list")
+            .0
+            .is_empty()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pools = client
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .expect("list")
+            .into_inner();
+        if pools.pools.iter().all(|p| p.name != "db") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "db still listed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = client
+        .delete_pool(pb::DeletePoolRequest { name: "db".into() })
+        .await
+        .expect_err("already gone");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .delete_pool(pb::DeletePoolRequest { name: "a/b".into() })
+        .await
+        .expect_err("bad name");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_agents_shows_zone_and_assignment() {
+    let (mut client, store, token, url) = start().await;
+    let keys = Keys::new("/trackwire/").expect("prefix");
+    let mut checked = pool("chk");
+    checked.check = Some(trackwire_core::CheckSpec::http_default());
+    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[checked], 0)
+        .await
+        .expect("apply");
+    tokio::spawn(trackwire_probe_agent::run(
+        trackwire_probe_agent::Config {
+            control_plane: vec![url],
+            zone: "z9".into(),
+            state_dir: None,
+            heartbeat: Duration::from_millis(300),
+        },
+        None,
+        token.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let agent = loop {
+        let resp = client
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .expect("list")
+            .into_inner();
+        if let Some(a) = resp.agents.into_iter().next() {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the agent never registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(agent.zone, "z9");
+    assert_eq!(agent.assigned, 2, "both checked backends");
+    assert!(!agent.suspect);
+    assert!(uuid::Uuid::parse_str(&agent.agent_id).is_ok());
+    token.cancel();
+}
