@@ -39,8 +39,16 @@ pub enum Command {
     Drain(StateArgs),
     /// Put a backend in maintenance: no traffic and no checks.
     Maint(StateArgs),
+    /// Validate a config file offline (exit 0 when valid, 2 naming the field when not).
+    Check(CheckArgs),
     /// Return a backend to service (overrides the pool spec until `--clear`).
     Ready(StateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The config document to validate.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -43,6 +43,20 @@ pub fn load_document(path: &std::path::Path) -> anyhow::Result<trackwire_core::c
         .map_err(|e| Invalid(format!("{}: {e}", path.display())).into())
 }
 
+/// `trackwire check FILE`: validates a config document offline.
+pub fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let doc = load_document(path)?;
+    let backends: usize = doc.pools.iter().map(|p| p.backends.len()).sum();
+    println!(
+        "{}: valid ({} pools, {} backends, {} listeners)",
+        path.display(),
+        doc.pools.len(),
+        backends,
+        doc.listeners.len()
+    );
+    Ok(())
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();

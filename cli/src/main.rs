@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             Command::Drain(a) => trackwire_cli::admin::set_state(a, "drain").await,
             Command::Maint(a) => trackwire_cli::admin::set_state(a, "maint").await,
             Command::Ready(a) => trackwire_cli::admin::set_state(a, "ready").await,
+            Command::Check(a) => trackwire_cli::check(&a.file),
         }
     });
     match result {

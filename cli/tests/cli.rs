@@ -274,6 +274,16 @@ fn invalid_config_exits_2_naming_the_field() {
             "{args:?}: {err}"
         );
     }
+    let (code, _, err) = run(&["check", &file]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pool[0].check.expect_status"), "{err}");
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/seed.toml");
+    let (code, out, err) = run(&["check", seed]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("valid (1 pools, 3 backends, 1 listeners)"),
+        "{out}"
+    );
     let (code, _, err) = run(&["probe-agent", "--control-plane", "localhost:7400"]);
     assert_eq!(code, 2, "{err}");
     assert!(

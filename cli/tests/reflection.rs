@@ -1,0 +1,81 @@
+//! Server reflection with a client that is not ours: Python grpcio and
+//! grpcio-reflection (from PyPI; `scripts/test` installs them) discover the
+//! services and call AdminService and grpc.health.v1 with no .proto files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use trackwire_control_plane::keys::Keys;
+use trackwire_control_plane::store::{MemStore, Store};
+use trackwire_core::{AdminState, BackendSpec, HealthState, PoolSpec, Quorum};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_discovers_and_calls_the_control_plane() {
+    let store: Arc<dyn Store> = Arc::new(MemStore::new());
+    let pool = PoolSpec {
+        name: "web".into(),
+        backends: vec![BackendSpec {
+            name: "b1".into(),
+            address: "127.0.0.1:9".into(),
+            weight: 1,
+            admin_state: AdminState::Ready,
+            backup: false,
+        }],
+        check: None,
+        quorum: Quorum::Majority,
+        initial_state: HealthState::Down,
+        replicas: 3,
+        zone_spread: false,
+        damping: None,
+    };
+    let keys = Keys::new("/trackwire/").expect("prefix");
+    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[pool], 0)
+        .await
+        .expect("apply");
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = grpc.local_addr().expect("addr").to_string();
+    let token = CancellationToken::new();
+    tokio::spawn(trackwire_control_plane::run(
+        trackwire_control_plane::Config::default(),
+        store,
+        trackwire_control_plane::Listeners { grpc, http: None },
+        token.clone(),
+    ));
+    // Wait until serving (health reports SERVING once facts are loaded).
+    trackwire_cli::admin::connect(&[format!("http://{addr}")])
+        .await
+        .expect("connect")
+        .list_pools(trackwire_proto::v1::ListPoolsRequest {})
+        .await
+        .expect("ready");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reflection_client.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(&addr)
+            .output(),
+    )
+    .await
+    .expect("python finished within 60s")
+    .expect("run python3 (scripts/test installs grpcio and grpcio-reflection)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for svc in [
+        "trackwire.v1.AdminService",
+        "trackwire.v1.HealthMapService",
+        "trackwire.v1.ProbeService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(stdout.contains(svc), "{svc} not discovered: {stdout}");
+    }
+    assert!(stdout.contains("pools: web"), "{stdout}");
+    assert!(stdout.contains("health: 1"), "SERVING: {stdout}");
+    token.cancel();
+}
