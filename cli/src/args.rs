@@ -41,8 +41,23 @@ pub enum Command {
     Maint(StateArgs),
     /// Validate a config file offline (exit 0 when valid, 2 naming the field when not).
     Check(CheckArgs),
+    /// Translate another load balancer's configuration into a trackwire document (stdout).
+    Import(ImportArgs),
     /// Return a backend to service (overrides the pool spec until `--clear`).
     Ready(StateArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImportFrom {
+    Haproxy,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The configuration's format.
+    pub from: ImportFrom,
+    /// The configuration file (e.g. haproxy.cfg).
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod args;
 pub mod demo;
 pub mod dev;
+pub mod import;
 pub mod run;
 
 use std::fmt;

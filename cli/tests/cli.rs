@@ -293,6 +293,35 @@ fn invalid_config_exits_2_naming_the_field() {
 }
 
 #[test]
+fn import_haproxy_output_is_accepted_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for cfg in ["seed.cfg", "kube-apiserver.cfg", "patroni.cfg"] {
+        let path = format!(
+            "{}/../deploy/examples/haproxy/{cfg}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let (code, out, err) = run(&["import", "haproxy", &path]);
+        assert_eq!(code, 0, "{cfg}: {err}");
+        let toml = dir.path().join(format!("{cfg}.toml"));
+        std::fs::write(&toml, &out).expect("write");
+        let (code, _, err) = run(&["check", &toml.to_string_lossy()]);
+        assert_eq!(
+            code, 0,
+            "{cfg}: the imported document is rejected: {err}\n{out}"
+        );
+    }
+    let bad = dir.path().join("bad.cfg");
+    std::fs::write(
+        &bad,
+        "frontend f\n  bind :80\n  use_backend b if api\nbackend b\n  server s 127.0.0.1:1\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(&["import", "haproxy", &bad.to_string_lossy()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("line 3:"), "{err}");
+}
+
+#[test]
 fn unreachable_control_plane_exits_1() {
     let (code, _, err) = run(&["get", "pools", "--control-plane", "http://127.0.0.1:1"]);
     assert_eq!(code, 1, "{err}");
