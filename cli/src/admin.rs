@@ -11,7 +11,7 @@ use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 
 use crate::Invalid;
-use crate::args::{ApplyArgs, GetArgs, GetWhat, StateArgs};
+use crate::args::{ApplyArgs, DescribeArgs, GetArgs, GetWhat, Output, StateArgs, WatchArgs};
 
 /// Connects to the first endpoint that accepts a connection.
 pub async fn connect(urls: &[String]) -> anyhow::Result<AdminServiceClient<Channel>> {
@@ -53,24 +53,112 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         .apply_pools(pb::ApplyPoolsRequest {
             pools: doc.pools.iter().map(pool_to_pb).collect(),
             expected_revision: 0,
+            dry_run: args.dry_run,
         })
         .await
         .map_err(status_error)?
         .into_inner();
+    let (would, suffix) = if args.dry_run {
+        ("would be ", " (dry run: nothing written)")
+    } else {
+        ("", "")
+    };
     for (verb, names) in [
         ("created", &resp.created),
         ("updated", &resp.updated),
         ("unchanged", &resp.unchanged),
     ] {
         for n in names {
-            println!("pool/{n} {verb}");
+            println!("pool/{n} {would}{verb}");
+            if args.dry_run && verb != "unchanged" {
+                let new = doc.pools.iter().find(|p| &p.name == n);
+                let old = if verb == "updated" {
+                    let got = client
+                        .get_pool(pb::GetPoolRequest { name: n.clone() })
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    got.pool
+                        .map(|p| PoolSpec::try_from(&p))
+                        .transpose()
+                        .context("invalid pool from the control plane")?
+                } else {
+                    None
+                };
+                print!("{}", diff(old.as_ref(), new));
+            }
         }
     }
-    println!("revision {}", resp.revision);
+    println!("revision {}{suffix}", resp.revision);
     Ok(())
 }
 
-pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+/// Line diff of two pools' TOML renderings (`-` only in the old, `+` only in the new).
+fn diff(old: Option<&PoolSpec>, new: Option<&PoolSpec>) -> String {
+    let render = |p: Option<&PoolSpec>| {
+        p.map(|p| {
+            trackwire_core::config::Document {
+                pools: vec![p.clone()],
+                listeners: vec![],
+            }
+            .to_toml()
+        })
+        .unwrap_or_default()
+    };
+    let (o, n) = (render(old), render(new));
+    let (ol, nl): (Vec<&str>, Vec<&str>) = (o.lines().collect(), n.lines().collect());
+    // Longest common subsequence, so unchanged lines stay in place.
+    let mut lcs = vec![vec![0usize; nl.len() + 1]; ol.len() + 1];
+    for i in (0..ol.len()).rev() {
+        for j in (0..nl.len()).rev() {
+            lcs[i][j] = if ol[i] == nl[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut out = String::new();
+    let (mut i, mut j) = (0, 0);
+    while i < ol.len() || j < nl.len() {
+        if i < ol.len() && j < nl.len() && ol[i] == nl[j] {
+            i += 1;
+            j += 1;
+        } else if i < ol.len() && (j == nl.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push_str(&format!("  - {}\n", ol[i]));
+            i += 1;
+        } else {
+            out.push_str(&format!("  + {}\n", nl[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
+fn print_rows(rows: &[Vec<String>], output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Table => print!("{}", table(rows)),
+        Output::Json => {
+            let header = &rows[0];
+            let items: Vec<serde_json::Value> = rows[1..]
+                .iter()
+                .map(|r| {
+                    serde_json::Value::Object(
+                        header
+                            .iter()
+                            .zip(r)
+                            .map(|(k, v)| (k.to_lowercase(), serde_json::Value::String(v.clone())))
+                            .collect(),
+                    )
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&items)?);
+        }
+    }
+    Ok(())
+}
+
+pub async fn get(args: GetArgs, output: Output) -> anyhow::Result<()> {
     let mut client = connect(&args.control_plane.0).await?;
     match args.what {
         GetWhat::Pools => {
@@ -110,7 +198,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     spec.initial_state.as_str().into(),
                 ]);
             }
-            print!("{}", table(&rows));
+            print_rows(&rows, output)?;
         }
         GetWhat::Agents => {
             let resp = client
@@ -134,7 +222,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     if a.suspect { "yes".into() } else { "no".into() },
                 ]);
             }
-            print!("{}", table(&rows));
+            print_rows(&rows, output)?;
         }
         GetWhat::Backends => {
             let resp = client
@@ -173,7 +261,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     reason,
                 ]);
             }
-            print!("{}", table(&rows));
+            print_rows(&rows, output)?;
         }
     }
     Ok(())
@@ -218,6 +306,129 @@ pub async fn set_state(args: StateArgs, verb: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `describe backend POOL/NAME`.
+pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> {
+    let (pool, backend) = args
+        .backend
+        .split_once('/')
+        .ok_or_else(|| Invalid(format!("{:?}: expected POOL/NAME", args.backend)))?;
+    let mut client = connect(&args.control_plane.0).await?;
+    let resp = client
+        .get_health(pb::GetHealthRequest { pool: pool.into() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let b = resp
+        .backends
+        .iter()
+        .find(|b| b.endpoint.as_ref().is_some_and(|e| e.backend == backend))
+        .ok_or_else(|| Invalid(format!("backend {pool}/{backend} does not exist")))?;
+    let e = MapEndpoint::try_from(b.endpoint.as_ref().context("no endpoint")?)
+        .context("control plane sent an invalid endpoint")?;
+    let votes: Vec<Vec<String>> = b
+        .votes
+        .iter()
+        .map(|v| {
+            vec![
+                v.agent_id.clone(),
+                trackwire_core::convert::health_from_pb(v.state, "state")
+                    .map(|s| s.as_str().to_uppercase())
+                    .unwrap_or_default(),
+                v.reason.clone(),
+                v.since_ms.to_string(),
+                if v.suspect {
+                    "suspect (not counted)".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    if output == Output::Json {
+        let json = serde_json::json!({
+            "pool": pool,
+            "backend": e.backend,
+            "address": e.address,
+            "state": e.state.as_str(),
+            "admin_state": e.admin_state.as_str(),
+            "weight": e.weight,
+            "backup": e.backup,
+            "decided_at_ms": e.decided_at_ms,
+            "votes": e.votes,
+            "votes_up": e.votes_up,
+            "assigned_agents": b.assigned_agents,
+            "agent_votes": votes.iter().map(|v| serde_json::json!({
+                "agent": v[0], "state": v[1], "reason": v[2], "since_ms": v[3], "note": v[4],
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    println!("Backend:      {pool}/{}", e.backend);
+    println!("Address:      {}", e.address);
+    println!(
+        "State:        {} ({} of {} counted votes UP)",
+        e.state.as_str().to_uppercase(),
+        e.votes_up,
+        e.votes
+    );
+    println!("Admin state:  {}", e.admin_state.as_str());
+    println!(
+        "Weight:       {}{}",
+        e.weight,
+        if e.backup { " (backup)" } else { "" }
+    );
+    println!(
+        "Decided at:   {} (unix ms; 0 = initial state)",
+        e.decided_at_ms
+    );
+    println!("Checked by:   {}", b.assigned_agents.join(", "));
+    let mut rows = vec![vec![
+        "AGENT".to_string(),
+        "VERDICT".into(),
+        "REASON".into(),
+        "SINCE_MS".into(),
+        "NOTE".into(),
+    ]];
+    rows.extend(votes);
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+/// `watch`: prints events until interrupted (or `--count` of them).
+pub async fn watch(args: WatchArgs, output: Output) -> anyhow::Result<()> {
+    let mut client = connect(&args.control_plane.0).await?;
+    let mut stream = client
+        .watch_events(pb::WatchEventsRequest {
+            pools: args.pools,
+            from_revision: args.from_revision,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut seen = 0;
+    while let Some(e) = stream.message().await.map_err(status_error)? {
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "revision": e.revision, "pool": e.pool, "backend": e.backend, "kind": e.kind,
+                    "from": e.from, "to": e.to, "reason": e.reason, "at_ms": e.at_ms,
+                })
+            ),
+            Output::Table => println!(
+                "rev {:<8} {}/{} {} {} -> {} {}",
+                e.revision, e.pool, e.backend, e.kind, e.from, e.to, e.reason
+            ),
+        }
+        seen += 1;
+        if args.count != 0 && seen >= args.count {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Left-aligned columns separated by two spaces.
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -245,6 +456,24 @@ pub fn table(rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dry_run_diff_marks_changed_lines() {
+        let doc = trackwire_core::config::Document::parse(
+            "[[pool]]\nname = \"p\"\n[[pool.backend]]\nname = \"b\"\naddress = \"h:1\"\n",
+        )
+        .expect("valid");
+        let old = doc.pools[0].clone();
+        let mut new = old.clone();
+        new.backends[0].weight = 7;
+        let d = super::diff(Some(&old), Some(&new));
+        assert_eq!(d, "  - weight = 1\n  + weight = 7\n");
+        assert!(
+            super::diff(None, Some(&new))
+                .lines()
+                .all(|l| l.starts_with("  + "))
+        );
+    }
+
     #[test]
     fn table_aligns_columns() {
         let t = super::table(&[

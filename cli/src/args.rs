@@ -17,8 +17,24 @@ pub struct Cli {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `trackwire=debug`.
     #[arg(long, env = "TRACKWIRE_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// Output of get, describe and watch: an aligned table or JSON.
+    #[arg(
+        short = 'o',
+        long,
+        env = "TRACKWIRE_OUTPUT",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
+    pub output: Output,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,10 +57,46 @@ pub enum Command {
     Maint(StateArgs),
     /// Validate a config file offline (exit 0 when valid, 2 naming the field when not).
     Check(CheckArgs),
+    /// Show one backend in detail: state, admin state, every agent's vote.
+    Describe(DescribeArgs),
+    /// Stream health transitions and admin changes as they happen.
+    Watch(WatchArgs),
     /// Translate another load balancer's configuration into a trackwire document (stdout).
     Import(ImportArgs),
     /// Return a backend to service (overrides the pool spec until `--clear`).
     Ready(StateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// What to describe (only `backend`).
+    pub kind: DescribeKind,
+    /// The backend, as POOL/NAME.
+    pub backend: String,
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
+    pub control_plane: Urls,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DescribeKind {
+    Backend,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only these pools (repeatable; default all).
+    #[arg(long = "pool")]
+    pub pools: Vec<String>,
+    /// Replay the changes since this revision first, when the server still has it.
+    #[arg(long, default_value_t = 0)]
+    pub from_revision: u64,
+    /// Stop after this many events (0: until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub count: usize,
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
+    pub control_plane: Urls,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -177,6 +229,9 @@ pub struct ApplyArgs {
     /// Config document whose [[pool]] sections are applied.
     #[arg(short = 'f', long = "file", env = "TRACKWIRE_FILE")]
     pub file: PathBuf,
+    /// Validate on the control plane and print what would change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Control-plane endpoints, comma-separated (http://host:port,...).
     #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
     pub control_plane: Urls,

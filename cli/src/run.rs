@@ -42,7 +42,9 @@ pub async fn apply_at_start(
     let keys = Keys::new(prefix).map_err(Invalid)?;
     let mut delay = Duration::from_millis(100);
     loop {
-        match trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0).await {
+        match trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0, false)
+            .await
+        {
             Ok(r) => {
                 info!(revision = r.revision, created = ?r.created, updated = ?r.updated, "applied pools from the config file");
                 return Ok(());

@@ -49,6 +49,7 @@ async fn start() -> (
         &keys,
         &[pool("web"), pool("db")],
         0,
+        false,
     )
     .await
     .expect("apply");
@@ -115,10 +116,11 @@ async fn admin_overrides_survive_apply_and_can_be_cleared() {
     let keys = Keys::new("/trackwire/").expect("prefix");
     let mut changed = pool("web");
     changed.backends[1].weight = 5;
-    let applied = trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[changed], 0)
-        .await
-        .expect("apply")
-        .revision;
+    let applied =
+        trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[changed], 0, false)
+            .await
+            .expect("apply")
+            .revision;
     let deadline = Instant::now() + Duration::from_secs(5);
     while client
         .list_pools(pb::ListPoolsRequest {})
@@ -225,7 +227,7 @@ async fn list_agents_shows_zone_and_assignment() {
     let keys = Keys::new("/trackwire/").expect("prefix");
     let mut checked = pool("chk");
     checked.check = Some(trackwire_core::CheckSpec::http_default());
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[checked], 0)
+    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[checked], 0, false)
         .await
         .expect("apply");
     tokio::spawn(trackwire_probe_agent::run(
@@ -255,5 +257,122 @@ async fn list_agents_shows_zone_and_assignment() {
     assert_eq!(agent.assigned, 2, "both checked backends");
     assert!(!agent.suspect);
     assert!(uuid::Uuid::parse_str(&agent.agent_id).is_ok());
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_pool_and_dry_run_apply() {
+    let (mut client, store, token, _) = start().await;
+    let got = client
+        .get_pool(pb::GetPoolRequest { name: "web".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.pool.map(|p| p.name), Some("web".to_string()));
+    let err = client
+        .get_pool(pb::GetPoolRequest {
+            name: "nope".into(),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    // A dry run reports what would change and writes nothing.
+    let before = store.revision().await.expect("revision");
+    let mut changed = pool("web");
+    changed.backends[0].weight = 9;
+    let r = client
+        .apply_pools(pb::ApplyPoolsRequest {
+            pools: vec![
+                trackwire_core::convert::pool_to_pb(&changed),
+                trackwire_core::convert::pool_to_pb(&pool("new")),
+            ],
+            expected_revision: 0,
+            dry_run: true,
+        })
+        .await
+        .expect("dry run")
+        .into_inner();
+    assert_eq!(
+        (r.updated, r.created),
+        (vec!["web".to_string()], vec!["new".to_string()])
+    );
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        before,
+        "nothing written"
+    );
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_streams_admin_changes_and_resumes() {
+    let (mut client, _store, token, url) = start().await;
+    let start_rev = client
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .revision;
+    let mut events = client
+        .watch_events(pb::WatchEventsRequest {
+            pools: vec!["web".into()],
+            from_revision: 0,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut admin = trackwire_cli::admin::connect(std::slice::from_ref(&url))
+        .await
+        .expect("connect");
+    for (pool, backend) in [("db", "b1"), ("web", "b2")] {
+        admin
+            .set_backend_state(pb::SetBackendStateRequest {
+                pool: pool.into(),
+                backend: backend.into(),
+                state: pb::AdminState::Maint as i32,
+                reason: "disk swap".into(),
+                set_by: "ops".into(),
+            })
+            .await
+            .expect("maint");
+    }
+    // Only the watched pool's change arrives.
+    let e = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .expect("an event within 5s")
+        .expect("stream")
+        .expect("event");
+    assert_eq!(
+        (e.pool.as_str(), e.backend.as_str(), e.kind.as_str()),
+        ("web", "b2", "admin")
+    );
+    assert_eq!((e.from.as_str(), e.to.as_str()), ("ready", "maint"));
+    assert!(
+        e.reason.contains("disk swap") && e.reason.contains("ops"),
+        "{}",
+        e.reason
+    );
+    // A new watcher resuming from before the change gets it replayed.
+    let mut replay = client
+        .watch_events(pb::WatchEventsRequest {
+            pools: vec![],
+            from_revision: start_rev,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(5), replay.message())
+            .await
+            .expect("replayed within 5s")
+            .expect("stream")
+            .expect("event");
+        if e.kind == "admin" {
+            seen.push(format!("{}/{} {}", e.pool, e.backend, e.to));
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["db/b1 maint", "web/b2 maint"]);
     token.cancel();
 }

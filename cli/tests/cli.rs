@@ -187,6 +187,42 @@ fn dev_runs_the_whole_path_and_stops_cleanly() {
         "{out}"
     );
 
+    // describe, JSON output, replayed events.
+    let (code, out, err) = run(&[
+        "describe",
+        "backend",
+        "demo/backend-2",
+        "--control-plane",
+        &control,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("State:        DOWN") && out.contains("L7STS 503"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["get", "backends", "-o", "json", "--control-plane", &control]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{out}");
+    assert_eq!(rows[1]["backend"], "backend-2");
+    let (code, out, err) = run(&[
+        "watch",
+        "--from-revision",
+        "1",
+        "--count",
+        "1",
+        "-o",
+        "json",
+        "--control-plane",
+        &control,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let event: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON event");
+    assert!(
+        event["kind"].is_string() && event["pool"] == "demo",
+        "{out}"
+    );
+
     // apply adds a pool; get pools lists it.
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("pools.toml");
@@ -196,6 +232,24 @@ fn dev_runs_the_whole_path_and_stops_cleanly() {
     )
     .expect("write");
     let file = file.to_string_lossy().into_owned();
+    let (code, out, err) = run(&[
+        "apply",
+        "--dry-run",
+        "-f",
+        &file,
+        "--control-plane",
+        &control,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("pool/extra would be created") && out.contains("+ name = \"extra\""),
+        "{out}"
+    );
+    let (_, pools, _) = run(&["get", "pools", "--control-plane", &control]);
+    assert!(
+        !pools.contains("extra"),
+        "a dry run writes nothing: {pools}"
+    );
     let (code, out, err) = run(&["apply", "-f", &file, "--control-plane", &control]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("pool/extra created"), "{out}");

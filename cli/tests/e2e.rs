@@ -140,6 +140,7 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
         .apply_pools(pb::ApplyPoolsRequest {
             pools: vec![pool_to_pb(&pool(&backends))],
             expected_revision: 0,
+            dry_run: false,
         })
         .await
         .expect("apply pools");

@@ -14,6 +14,7 @@
 pub mod assign;
 pub mod damper;
 pub mod derive;
+pub mod events;
 pub mod facts;
 pub mod grpc;
 pub mod http;
@@ -163,7 +164,7 @@ pub async fn run(
     let healthmap = grpc::healthmap::HealthMapSvc {
         state: state.clone(),
         metrics: Arc::clone(&metrics),
-        history,
+        history: Arc::clone(&history),
         subscribers: Arc::clone(&subscribers),
         snapshot_permits: Arc::new(tokio::sync::Semaphore::new(
             grpc::healthmap::SNAPSHOT_PERMITS,
@@ -175,6 +176,8 @@ pub async fn run(
         keys,
         state: state.clone(),
         subscribers: Arc::clone(&subscribers),
+        history,
+        shutdown: shutdown.clone(),
     };
 
     let grpc_addr = listeners.grpc.local_addr()?;

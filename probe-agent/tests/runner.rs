@@ -191,7 +191,7 @@ async fn verdicts_are_resent_after_failover() {
         zone_spread: false,
         damping: None,
     };
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[pool], 0)
+    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[pool], 0, false)
         .await
         .expect("apply");
 

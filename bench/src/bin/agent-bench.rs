@@ -115,7 +115,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         })
         .collect();
     let keys = Keys::new("/trackwire/").map_err(anyhow::Error::msg)?;
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0)
+    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0, false)
         .await
         .map_err(|s| anyhow::anyhow!("apply: {}", s.message()))?;
 

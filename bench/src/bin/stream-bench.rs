@@ -119,7 +119,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             damping: None,
         })
         .collect();
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0)
+    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0, false)
         .await
         .map_err(|s| anyhow::anyhow!("apply: {}", s.message()))?;
     let agent = "00000000-0000-4000-8000-000000000001";

@@ -25,6 +25,8 @@ pub struct AdminSvc {
     pub keys: Keys,
     pub state: StateRx,
     pub subscribers: Arc<Subscribers>,
+    pub history: Arc<crate::state::MapHistory>,
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Validates a request's pools into domain specs, naming the failing field.
@@ -58,6 +60,7 @@ pub async fn apply(
     keys: &Keys,
     specs: &[PoolSpec],
     expected_revision: u64,
+    dry_run: bool,
 ) -> Result<pb::ApplyPoolsResponse, Status> {
     let (existing, revision) = store.list(&keys.pools()).await.map_err(store_status)?;
     if expected_revision != 0
@@ -101,7 +104,7 @@ pub async fn apply(
             }
         }
     }
-    if !ops.is_empty() {
+    if !ops.is_empty() && !dry_run {
         let r = store.txn(compares, ops).await.map_err(store_status)?;
         if !r.succeeded {
             return Err(Status::aborted(
@@ -126,9 +129,79 @@ impl AdminService for AdminSvc {
             &self.keys,
             &specs,
             req.expected_revision,
+            req.dry_run,
         )
         .await?;
         Ok(Response::new(resp))
+    }
+
+    async fn get_pool(
+        &self,
+        request: Request<pb::GetPoolRequest>,
+    ) -> Result<Response<pb::GetPoolResponse>, Status> {
+        let name = request.into_inner().name;
+        let mut st = self.state.clone();
+        let snap = ready(&mut st)
+            .await
+            .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
+        let pool = snap
+            .facts
+            .pools
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("pool {name:?} does not exist")))?;
+        Ok(Response::new(pb::GetPoolResponse {
+            revision: snap.facts.revision,
+            pool: Some(pool_to_pb(pool)),
+        }))
+    }
+
+    type WatchEventsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let req = request.into_inner();
+        for (i, p) in req.pools.iter().enumerate() {
+            trackwire_core::model::validate_name(p)
+                .map_err(|e| Status::invalid_argument(format!("pools[{i}]: {e}")))?;
+        }
+        let mut state = self.state.clone();
+        let snap = ready(&mut state)
+            .await
+            .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
+        // Resume: replay from the map at `from_revision` when it is still kept.
+        let mut last = (req.from_revision != 0)
+            .then(|| self.history.get(snap.derived.map.epoch, req.from_revision))
+            .flatten()
+            .unwrap_or_else(|| Arc::clone(&snap.derived.map));
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            state.mark_changed();
+            loop {
+                tokio::select! {
+                    r = state.changed() => if r.is_err() { return },
+                    () = tx.closed() => return,
+                    () = shutdown.cancelled() => return,
+                }
+                let Some(snap) = state.borrow_and_update().clone() else {
+                    continue;
+                };
+                let events =
+                    crate::events::between(&last, &snap.derived.map, &snap.facts.admin, &req.pools);
+                for e in events {
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                last = Arc::clone(&snap.derived.map);
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn delete_pool(
