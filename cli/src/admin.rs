@@ -200,6 +200,36 @@ pub async fn get(args: GetArgs, output: Output) -> anyhow::Result<()> {
             }
             print_rows(&rows, output)?;
         }
+        GetWhat::Proxies => {
+            let resp = client
+                .list_subscribers(pb::ListSubscribersRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut rows = vec![vec![
+                "PROXY".to_string(),
+                "PEER".into(),
+                "POOLS".into(),
+                "REVISION".into(),
+                "LAG".into(),
+                "MESSAGES".into(),
+            ]];
+            for p in &resp.subscribers {
+                rows.push(vec![
+                    p.proxy_id.clone(),
+                    p.peer.clone(),
+                    if p.pools.is_empty() {
+                        "*".into()
+                    } else {
+                        p.pools.join(",")
+                    },
+                    p.last_revision_sent.to_string(),
+                    p.lag_revisions.to_string(),
+                    p.messages_sent.to_string(),
+                ]);
+            }
+            print_rows(&rows, output)?;
+        }
         GetWhat::Agents => {
             let resp = client
                 .list_agents(pb::ListAgentsRequest {})

@@ -242,6 +242,8 @@ pub enum GetWhat {
     Pools,
     Backends,
     Agents,
+    /// Data-plane proxies subscribed to this control-plane replica.
+    Proxies,
 }
 
 #[derive(Debug, Args)]

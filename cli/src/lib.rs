@@ -47,6 +47,27 @@ pub fn load_document(path: &std::path::Path) -> anyhow::Result<trackwire_core::c
 /// `trackwire check FILE`: validates a config document offline.
 pub fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let doc = load_document(path)?;
+    // TLS files must exist where the check runs; `check` on an agent host
+    // verifies that (the control plane cannot: it runs elsewhere).
+    for (i, p) in doc.pools.iter().enumerate() {
+        let Some(c) = &p.check else { continue };
+        for (field, file) in [
+            ("tls_ca_file", &c.tls.ca_file),
+            ("tls_client_cert", &c.tls.client_cert),
+            ("tls_client_key", &c.tls.client_key),
+        ] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                return Err(Invalid(format!(
+                    "{}: pool[{i}].check.{field}: {} does not exist or is not a file",
+                    path.display(),
+                    f.display()
+                ))
+                .into());
+            }
+        }
+    }
     let backends: usize = doc.pools.iter().map(|p| p.backends.len()).sum();
     println!(
         "{}: valid ({} pools, {} backends, {} listeners)",

@@ -338,6 +338,18 @@ fn invalid_config_exits_2_naming_the_field() {
         out.contains("valid (1 pools, 3 backends, 1 listeners)"),
         "{out}"
     );
+    let tls = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls,
+        "[[pool]]\nname = \"k\"\n[pool.check]\nkind = \"https\"\ntls_ca_file = \"/nonexistent/ca.pem\"\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(&["check", &tls.to_string_lossy()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("pool[0].check.tls_ca_file") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
     let (code, _, err) = run(&["probe-agent", "--control-plane", "localhost:7400"]);
     assert_eq!(code, 2, "{err}");
     assert!(
