@@ -388,7 +388,7 @@ pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> 
             "votes_up": e.votes_up,
             "assigned_agents": b.assigned_agents,
             "agent_votes": votes.iter().map(|v| serde_json::json!({
-                "agent": v[0], "state": v[1], "reason": v[2], "since_ms": v[3], "note": v[4],
+                "agent": v[0], "state": v[1], "reason": v[2], "since_ms": v[3], "note": v[4], "last_result": v[5],
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
@@ -419,6 +419,7 @@ pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> 
         "REASON".into(),
         "SINCE_MS".into(),
         "NOTE".into(),
+        "LAST CHECK".into(),
     ]];
     rows.extend(votes);
     print!("{}", table(&rows));

@@ -376,3 +376,57 @@ async fn watch_events_streams_admin_changes_and_resumes() {
     assert_eq!(seen, ["db/b1 maint", "web/b2 maint"]);
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_health_shows_each_agents_last_result() {
+    let (mut client, store, token, url) = start().await;
+    let server = trackwire_testkit::http::TestHttp::start().await;
+    let keys = Keys::new("/trackwire/").expect("prefix");
+    let interval = Duration::from_millis(100);
+    let mut p = pool("svc");
+    p.backends.truncate(1);
+    p.backends[0].address = server.address();
+    p.check = Some(trackwire_core::CheckSpec {
+        path: "/status/503".into(),
+        interval,
+        fast_interval: interval,
+        down_interval: interval,
+        timeout: interval,
+        fall: 1,
+        ..trackwire_core::CheckSpec::http_default()
+    });
+    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[p], 0, false)
+        .await
+        .expect("apply");
+    tokio::spawn(trackwire_probe_agent::run(
+        trackwire_probe_agent::Config {
+            control_plane: vec![url],
+            zone: "z".into(),
+            state_dir: None,
+            heartbeat: Duration::from_millis(200),
+        },
+        None,
+        token.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = loop {
+        let resp = client
+            .get_health(pb::GetHealthRequest { pool: "svc".into() })
+            .await
+            .expect("health")
+            .into_inner();
+        if let Some(r) = resp
+            .backends
+            .first()
+            .and_then(|b| b.votes.first())
+            .and_then(|v| v.last_result.clone())
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no result summary arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((last.outcome.as_str(), last.status), ("L7STS", 503));
+    assert!(last.latency_us > 0 && last.at_ms > 0, "{last:?}");
+    token.cancel();
+}

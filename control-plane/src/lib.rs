@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod results;
 pub mod state;
 pub mod store;
 pub mod subscribers;
@@ -96,6 +97,7 @@ pub async fn run(
     let keys = Keys::new(&config.prefix).map_err(Error::Config)?;
     let metrics = Arc::new(Metrics::default());
     let history = Arc::new(state::MapHistory::default());
+    let results = Arc::new(results::Results::default());
     let subscribers = Arc::new(subscribers::Subscribers::default());
     let (tx, state) = watch::channel(None);
 
@@ -159,6 +161,7 @@ pub async fn run(
         state: state.clone(),
         metrics: Arc::clone(&metrics),
         agent_ttl: config.agent_ttl,
+        results: Arc::clone(&results),
         shutdown: shutdown.clone(),
     };
     let healthmap = grpc::healthmap::HealthMapSvc {
@@ -177,6 +180,7 @@ pub async fn run(
         state: state.clone(),
         subscribers: Arc::clone(&subscribers),
         history,
+        results,
         shutdown: shutdown.clone(),
     };
 

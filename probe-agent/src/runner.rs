@@ -37,6 +37,8 @@ pub struct Shared {
     /// Woken when a verdict changes and must be reported.
     pub changed: Notify,
     pub last_results: Mutex<HashMap<TargetKey, CheckResult>>,
+    /// Targets whose outcome or status changed since the last heartbeat.
+    results_changed: Mutex<std::collections::BTreeSet<TargetKey>>,
     pub checks_total: AtomicU64,
     pub checks_failed: AtomicU64,
     pub transitions: AtomicU64,
@@ -101,6 +103,29 @@ impl Shared {
         keys.iter()
             .filter_map(|k| v.current.get(k).cloned())
             .collect()
+    }
+
+    /// Result summaries for the next heartbeat: changed ones, or all when `full`.
+    pub fn take_results(&self, full: bool) -> Vec<pb::ResultSummary> {
+        let changed = std::mem::take(&mut *lock(&self.results_changed));
+        let results = lock(&self.last_results);
+        let summary = |k: &TargetKey, r: &CheckResult| pb::ResultSummary {
+            pool: k.0.clone(),
+            backend: k.1.clone(),
+            outcome: r.outcome.to_string(),
+            status: r.status.map(u32::from).unwrap_or(0),
+            latency_us: u32::try_from(r.latency.as_micros()).unwrap_or(u32::MAX),
+            at_ms: now_ms(),
+            reason: r.reason.chars().take(200).collect(),
+        };
+        if full {
+            results.iter().map(|(k, r)| summary(k, r)).collect()
+        } else {
+            changed
+                .iter()
+                .filter_map(|k| results.get(k).map(|r| summary(k, r)))
+                .collect()
+        }
     }
 
     pub fn verdict(&self, key: &TargetKey) -> Option<pb::Verdict> {
@@ -213,7 +238,12 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
             info!(to = %t.to, outcome = %result.outcome, reason = %result.reason, "verdict changed");
             shared.set_verdict(&key, t.to, t.at_ms, result.summary());
         }
-        lock(&shared.last_results).insert(key.clone(), result);
+        let changed = lock(&shared.last_results)
+            .insert(key.clone(), result.clone())
+            .is_none_or(|old| old.outcome != result.outcome || old.status != result.status);
+        if changed {
+            lock(&shared.results_changed).insert(key.clone());
+        }
         let base = match rf.cadence() {
             Cadence::Normal => spec.check.interval,
             Cadence::Fast => spec.check.fast_interval,

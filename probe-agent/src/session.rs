@@ -92,6 +92,8 @@ async fn session(
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
+    // Every 15th heartbeat (and the first) carries every result, not only changes.
+    let mut beats: u64 = 0;
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
@@ -114,7 +116,9 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let m = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_ms: crate::runner::now_ms() })) };
+                let results = shared.take_results(beats.is_multiple_of(15));
+                beats += 1;
+                let m = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_ms: crate::runner::now_ms(), results })) };
                 tx.send(m).await.map_err(|_| "stream closed".to_string())?;
             }
         }

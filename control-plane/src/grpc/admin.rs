@@ -26,6 +26,7 @@ pub struct AdminSvc {
     pub state: StateRx,
     pub subscribers: Arc<Subscribers>,
     pub history: Arc<crate::state::MapHistory>,
+    pub results: Arc<crate::results::Results>,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -382,6 +383,7 @@ impl AdminService for AdminSvc {
                                     reason: v.verdict.reason.clone(),
                                     since_ms: v.verdict.since_ms,
                                     suspect: !v.counted,
+                                    last_result: self.results.get(&v.agent, name, &e.backend),
                                 })
                                 .collect()
                         })

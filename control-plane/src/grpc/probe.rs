@@ -37,6 +37,7 @@ pub struct ProbeSvc {
     pub state: StateRx,
     pub metrics: Arc<Metrics>,
     pub agent_ttl: Duration,
+    pub results: Arc<crate::results::Results>,
     pub shutdown: CancellationToken,
 }
 
@@ -146,6 +147,7 @@ impl ProbeService for ProbeSvc {
             agent: hello.agent_id.clone(),
             lease,
             ttl: self.agent_ttl,
+            results: Arc::clone(&self.results),
         };
         let span = info_span!("agent_session", agent = %hello.agent_id);
         let shutdown = self.shutdown.clone();
@@ -161,6 +163,7 @@ struct Session {
     agent: String,
     lease: LeaseId,
     ttl: Duration,
+    results: Arc<crate::results::Results>,
 }
 
 impl Session {
@@ -243,6 +246,7 @@ impl Session {
                 let _ = tx.try_send(Err(e.clone()));
             }
         }
+        self.results.forget(&self.agent);
         self.metrics.agent_sessions.fetch_sub(1, Relaxed);
     }
 
@@ -285,7 +289,25 @@ impl Session {
                     .fetch_add(known.len() as u64, Relaxed);
                 Ok(())
             }
-            Some(pb::agent_message::Msg::Heartbeat(_)) => Ok(()),
+            Some(pb::agent_message::Msg::Heartbeat(h)) => {
+                // Summaries of backends that exist only, with bounded strings.
+                let snap = state.borrow().clone();
+                let known: Vec<pb::ResultSummary> = h
+                    .results
+                    .into_iter()
+                    .filter(|r| r.outcome.len() <= 8 && r.reason.len() <= 256)
+                    .filter(|r| {
+                        snap.as_ref().is_some_and(|s| {
+                            s.facts
+                                .pools
+                                .get(&r.pool)
+                                .is_some_and(|p| p.backends.iter().any(|b| b.name == r.backend))
+                        })
+                    })
+                    .collect();
+                self.results.update(&self.agent, known);
+                Ok(())
+            }
             Some(pb::agent_message::Msg::Hello(_)) => Err(Status::invalid_argument(
                 "AgentHello may only be the first message",
             )),
