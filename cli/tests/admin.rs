@@ -430,3 +430,61 @@ async fn get_health_shows_each_agents_last_result() {
     assert!(last.latency_us > 0 && last.at_ms > 0, "{last:?}");
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_is_validated_whole_and_optimistic() {
+    let (mut client, store, token, _) = start().await;
+    let before = store.revision().await.expect("revision");
+    let mut bad = trackwire_core::convert::pool_to_pb(&pool("bad"));
+    bad.backends[1].address = "no-port".into();
+    let err = client
+        .apply_pools(pb::ApplyPoolsRequest {
+            pools: vec![trackwire_core::convert::pool_to_pb(&pool("good")), bad],
+            expected_revision: 0,
+            dry_run: false,
+        })
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("pools[1].backends[1].address:"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        before,
+        "nothing written, not even `good`"
+    );
+    // Optimistic concurrency: someone else changes db; a write expecting
+    // the revision before that is refused, one at the current revision passes.
+    let mut db = pool("db");
+    db.backends[0].weight = 2;
+    let keys = Keys::new("/trackwire/").expect("prefix");
+    let now = trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[db], 0, false)
+        .await
+        .expect("concurrent change")
+        .revision;
+    let mut changed = pool("web");
+    changed.backends[0].weight = 3;
+    let err = client
+        .apply_pools(pb::ApplyPoolsRequest {
+            pools: vec![trackwire_core::convert::pool_to_pb(&changed)],
+            expected_revision: before,
+            dry_run: false,
+        })
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let ok = client
+        .apply_pools(pb::ApplyPoolsRequest {
+            pools: vec![trackwire_core::convert::pool_to_pb(&changed)],
+            expected_revision: now,
+            dry_run: false,
+        })
+        .await
+        .expect("current revision")
+        .into_inner();
+    assert_eq!(ok.updated, vec!["web".to_string()]);
+    token.cancel();
+}
