@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::store::{MemStore, Store};
-use trackwire_core::config::{Balance, Document, ListenerSpec, NoBackend};
+use trackwire_core::config::{Document, ListenerSpec};
 use trackwire_core::{
     AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
 };
@@ -53,22 +53,8 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
             damping: None,
         }],
         listeners: vec![ListenerSpec {
-            name: "demo".into(),
-            bind: proxy_bind,
-            pool: "demo".into(),
-            balance: Balance::RoundRobin,
             connect_timeout: Duration::from_secs(2),
-            retries: 2,
-            on_no_backend: NoBackend::Refuse,
-            max_connections: 10_000,
-            idle_timeout: Duration::from_secs(3600),
-            max_connections_per_backend: 0,
-            send_proxy: None,
-            tcp_keepalive: Some(Duration::from_secs(60)),
-            passive_failures: 5,
-            passive_ejection: Duration::from_secs(30),
-            passive_max_percent: 50,
-            shutdown_sessions_on_down: false,
+            ..ListenerSpec::new("demo", proxy_bind, "demo")
         }],
     }
 }

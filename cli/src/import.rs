@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use trackwire_core::config::{Balance, Document, ListenerSpec, NoBackend, ProxyProtocol};
+use trackwire_core::config::{Balance, Document, ListenerSpec, ProxyProtocol};
 use trackwire_core::model::{BodyMatch, split_address, validate_name};
 use trackwire_core::{
     AdminState, BackendSpec, CheckKind, CheckSpec, HealthState, PoolSpec, Quorum, TlsSpec,
@@ -485,27 +485,18 @@ pub fn haproxy(text: &str) -> Result<Imported, String> {
                 .timeout_connect
                 .or_else(|| defaults.and_then(|d| d.timeout_connect))
                 .unwrap_or(Duration::from_secs(5));
+            let name = if front.binds.len() > 1 {
+                format!("{}-{line}", front.name)
+            } else {
+                front.name.clone()
+            };
+            let bind = trackwire_core::config::parse_bind(bind).map_err(|e| err(*line, e))?;
             listeners.push(ListenerSpec {
-                name: if front.binds.len() > 1 {
-                    format!("{}-{line}", front.name)
-                } else {
-                    front.name.clone()
-                },
-                bind: trackwire_core::config::parse_bind(bind).map_err(|e| err(*line, e))?,
-                pool: bname.to_string(),
                 balance,
                 connect_timeout: connect,
-                retries: 2,
-                on_no_backend: NoBackend::Refuse,
-                max_connections: trackwire_core::config::DEFAULT_MAX_CONNECTIONS,
-                idle_timeout: Duration::from_secs(3600),
-                max_connections_per_backend: 0,
                 send_proxy: proxies.first().copied().flatten(),
-                tcp_keepalive: Some(Duration::from_secs(60)),
-                passive_failures: 5,
-                passive_ejection: Duration::from_secs(30),
-                passive_max_percent: 50,
                 shutdown_sessions_on_down: shutdown.first().copied().unwrap_or(false),
+                ..ListenerSpec::new(&name, bind, bname)
             });
         }
     }

@@ -108,6 +108,30 @@ pub struct ListenerSpec {
     pub shutdown_sessions_on_down: bool,
 }
 
+impl ListenerSpec {
+    /// A listener with every option at its documented default.
+    pub fn new(name: &str, bind: SocketAddr, pool: &str) -> Self {
+        ListenerSpec {
+            name: name.to_string(),
+            bind,
+            pool: pool.to_string(),
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(5),
+            retries: 2,
+            on_no_backend: NoBackend::Refuse,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Duration::from_secs(3600),
+            max_connections_per_backend: 0,
+            send_proxy: None,
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            passive_failures: 5,
+            passive_ejection: Duration::from_secs(30),
+            passive_max_percent: 50,
+            shutdown_sessions_on_down: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocol {
     V1,
@@ -755,6 +779,15 @@ pool = "myApp"
         assert_eq!(check.interval, Duration::from_secs(2));
         assert_eq!((check.rise, check.fall), (2, 3));
         assert_eq!(doc.listeners[0].bind, "0.0.0.0:6443".parse().expect("addr"));
+    }
+
+    #[test]
+    fn listener_defaults_match_the_constructor() {
+        let doc =
+            Document::parse("[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:80\"\npool = \"p\"\n")
+                .expect("valid");
+        let expected = ListenerSpec::new("l", "127.0.0.1:80".parse().expect("addr"), "p");
+        assert_eq!(doc.listeners[0], expected);
     }
 
     #[test]

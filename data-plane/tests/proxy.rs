@@ -75,22 +75,10 @@ impl Drop for Proxy {
 
 async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
     let mut spec = ListenerSpec {
-        name: "web".into(),
-        bind: "127.0.0.1:0".parse().expect("addr"),
-        pool: "web".into(),
-        balance: Balance::RoundRobin,
         connect_timeout: Duration::from_secs(1),
-        retries: 2,
-        on_no_backend: NoBackend::Refuse,
         max_connections: 100,
         idle_timeout: Duration::from_secs(60),
-        max_connections_per_backend: 0,
-        send_proxy: None,
-        tcp_keepalive: Some(Duration::from_secs(60)),
-        passive_failures: 5,
-        passive_ejection: Duration::from_secs(30),
-        passive_max_percent: 50,
-        shutdown_sessions_on_down: false,
+        ..ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web")
     };
     f(&mut spec);
     let socket = TcpListener::bind(spec.bind).await.expect("bind");

@@ -29,7 +29,7 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use trackwire_core::config::{Balance, ListenerSpec, NoBackend};
+use trackwire_core::config::ListenerSpec;
 use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
 
 #[derive(Parser)]
@@ -68,22 +68,11 @@ fn main() -> anyhow::Result<()> {
 /// The trackwire proxy, routing from its cached map (no control plane).
 async fn proxy(args: Args) -> anyhow::Result<()> {
     let spec = ListenerSpec {
-        name: "bench".into(),
-        bind: args.bind.parse()?,
-        pool: "bench".into(),
-        balance: Balance::RoundRobin,
         connect_timeout: Duration::from_secs(2),
-        retries: 2,
-        on_no_backend: NoBackend::Refuse,
         max_connections: 8_000,
         idle_timeout: Duration::from_secs(300),
-        max_connections_per_backend: 0,
-        send_proxy: None,
         tcp_keepalive: None,
-        passive_failures: 5,
-        passive_ejection: Duration::from_secs(30),
-        passive_max_percent: 50,
-        shutdown_sessions_on_down: false,
+        ..ListenerSpec::new("bench", args.bind.parse()?, "bench")
     };
     let listeners = trackwire_data_plane::bind(std::slice::from_ref(&spec)).await?;
     trackwire_data_plane::run(
