@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trackwire_cli::demo::DemoBackend;
 use trackwire_control_plane::store::{EtcdOptions, EtcdStore, MemStore, Store};
-use trackwire_core::config::{Balance, ListenerSpec, NoBackend};
+use trackwire_core::config::ListenerSpec;
 use trackwire_core::convert::pool_to_pb;
 use trackwire_core::{
     AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
@@ -156,26 +156,9 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
         None,
         others.clone(),
     ));
-    let listeners = trackwire_data_plane::bind(&[ListenerSpec {
-        name: "web".into(),
-        bind: "127.0.0.1:0".parse().expect("addr"),
-        pool: "web".into(),
-        balance: Balance::RoundRobin,
-        connect_timeout: Duration::from_secs(1),
-        retries: 2,
-        on_no_backend: NoBackend::Refuse,
-        max_connections: 10_000,
-        idle_timeout: Duration::from_secs(3600),
-        max_connections_per_backend: 0,
-        send_proxy: None,
-        tcp_keepalive: Some(Duration::from_secs(60)),
-        passive_failures: 5,
-        passive_ejection: Duration::from_secs(30),
-        passive_max_percent: 50,
-        shutdown_sessions_on_down: false,
-    }])
-    .await
-    .expect("bind proxy");
+    let listeners = trackwire_data_plane::bind(&[web_listener()])
+        .await
+        .expect("bind proxy");
     let proxy = listeners[0].socket.local_addr().expect("proxy addr");
     tokio::spawn(trackwire_data_plane::run(
         trackwire_data_plane::Config {
@@ -196,6 +179,14 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
         cp: Some(cp),
         others,
         backend_token,
+    }
+}
+
+/// The proxy listener of these tests: defaults, on a free loopback port.
+fn web_listener() -> ListenerSpec {
+    ListenerSpec {
+        connect_timeout: Duration::from_secs(1),
+        ..ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web")
     }
 }
 
@@ -358,26 +349,9 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
     let dead = local().await;
     let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
     drop(dead);
-    let listeners = trackwire_data_plane::bind(&[ListenerSpec {
-        name: "web".into(),
-        bind: "127.0.0.1:0".parse().expect("addr"),
-        pool: "web".into(),
-        balance: Balance::RoundRobin,
-        connect_timeout: Duration::from_secs(1),
-        retries: 2,
-        on_no_backend: NoBackend::Refuse,
-        max_connections: 10_000,
-        idle_timeout: Duration::from_secs(3600),
-        max_connections_per_backend: 0,
-        send_proxy: None,
-        tcp_keepalive: Some(Duration::from_secs(60)),
-        passive_failures: 5,
-        passive_ejection: Duration::from_secs(30),
-        passive_max_percent: 50,
-        shutdown_sessions_on_down: false,
-    }])
-    .await
-    .expect("bind");
+    let listeners = trackwire_data_plane::bind(&[web_listener()])
+        .await
+        .expect("bind");
     let proxy = listeners[0].socket.local_addr().expect("addr");
     let token = CancellationToken::new();
     let specs = listeners.iter().map(|l| l.spec.clone()).collect();

@@ -241,11 +241,13 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     for _ in 0..=ctx.spec.retries {
         let pick = {
             let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
-            let active = ctx.active.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let units = {
                 let mut r = rand::rng();
                 (r.random_range(0.0..1.0), r.random_range(0.0..1.0))
             };
+            // Read the counts under the lock instead of copying the map on
+            // every connection (lock order: active, then balancer).
+            let active = ctx.active.lock().unwrap_or_else(|p| p.into_inner());
             let mut b = ctx.balancer.lock().unwrap_or_else(|p| p.into_inner());
             b.pick(
                 &eps,
