@@ -83,21 +83,49 @@ impl Config {
 
 /// Binds every listener's address (call before anything else starts, so a
 /// bind error exits early and cleanly).
+///
+/// Listeners set `SO_REUSEADDR` and, on Unix, `SO_REUSEPORT`, so a new
+/// process can bind the same address while the old one drains (the kernel
+/// spreads new connections over both until the old one closes its socket).
+/// On Linux, connections already queued on the old socket when it closes
+/// are reset unless `net.ipv4.tcp_migrate_req = 1`; see [`check_handover`].
 pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<proxy::Listener>, Error> {
     let mut out = Vec::new();
     for spec in specs {
-        let socket = TcpListener::bind(spec.bind)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: spec.bind,
-                source,
-            })?;
+        let socket = bind_reuse_port(spec.bind).map_err(|source| Error::Bind {
+            addr: spec.bind,
+            source,
+        })?;
         out.push(proxy::Listener {
             spec: spec.clone(),
             socket,
         });
     }
     Ok(out)
+}
+
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+fn bind_reuse_port(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Whether this host lets a restarting proxy hand its queued connections to
+/// the new process (Linux `net.ipv4.tcp_migrate_req`, per network
+/// namespace, kernel ≥ 5.14). `None` when the setting does not exist.
+pub fn check_handover() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .ok()
+        .map(|v| v.trim() == "1")
 }
 
 /// Serves until `shutdown`, then stops accepting and lets open sessions run
@@ -146,7 +174,16 @@ pub async fn run(
         )
         .instrument(info_span!("subscription")),
     );
+    if check_handover() == Some(false) {
+        info!(
+            "net.ipv4.tcp_migrate_req is 0: when this process stops, connections still queued \
+             on its listeners are reset instead of moving to a replacement; set it to 1 for \
+             zero-downtime restarts"
+        );
+    }
     let tracker = TaskTracker::new();
+    // Cancelled when the drain grace ends: cuts the sessions still open.
+    let cut = CancellationToken::new();
     let mut accept_loops = Vec::new();
     for l in listeners {
         info!(listener = %l.spec.name, bind = %l.socket.local_addr()?, pool = %l.spec.pool, "proxy listening");
@@ -156,6 +193,7 @@ pub async fn run(
             Arc::clone(&metrics),
             tracker.clone(),
             shutdown.clone(),
+            cut.clone(),
         )));
     }
     if let Some(l) = http {
@@ -170,11 +208,17 @@ pub async fn run(
     }
     let _ = sub.await;
     tracker.close();
+    let open = metrics
+        .connections_active
+        .load(std::sync::atomic::Ordering::Relaxed);
+    info!(open_sessions = open, grace = ?config.drain_grace, "stopped accepting; draining sessions");
     if tokio::time::timeout(config.drain_grace, tracker.wait())
         .await
         .is_err()
     {
         warn!(grace = ?config.drain_grace, "sessions still open after the drain grace period; closing them");
+        cut.cancel();
+        tracker.wait().await;
     }
     Ok(())
 }

@@ -44,17 +44,20 @@ struct Ctx {
     passive: Mutex<Passive>,
     /// backend → token cancelled when it is marked DOWN (shutdown_sessions_on_down).
     kill: Mutex<HashMap<String, CancellationToken>>,
+    /// Cancelled when the drain grace period ends: every session closes.
+    cut: CancellationToken,
     metrics: Arc<Metrics>,
 }
 
 /// Accepts until `shutdown`; open sessions are tracked by `tracker` so the
-/// caller can wait for them to drain.
+/// caller can wait for them to drain, and closed when `cut` is cancelled.
 pub async fn serve(
     listener: Listener,
     map: watch::Receiver<Arc<HealthMap>>,
     metrics: Arc<Metrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    cut: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(listener.spec.max_connections as usize));
     let ctx = Arc::new(Ctx {
@@ -68,6 +71,7 @@ pub async fn serve(
         map,
         active: Mutex::new(HashMap::new()),
         kill: Mutex::new(HashMap::new()),
+        cut,
         metrics,
     });
     if ctx.spec.shutdown_sessions_on_down {
@@ -333,6 +337,7 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     let relayed = tokio::select! {
         r = relay(&mut client, &mut server, ctx.spec.idle_timeout) => r,
         () = kill.cancelled() => Err(std::io::Error::other("backend marked DOWN")),
+        () = ctx.cut.cancelled() => Err(std::io::Error::other("drain grace period over")),
     };
     ctx.metrics.connections_active.fetch_sub(1, Relaxed);
     match relayed {

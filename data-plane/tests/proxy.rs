@@ -92,6 +92,7 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
         Arc::clone(&metrics),
         TaskTracker::new(),
         token.clone(),
+        CancellationToken::new(),
     ));
     Proxy {
         addr,

@@ -1,0 +1,192 @@
+//! The whole data plane (`trackwire_data_plane::run`) on real sockets, with
+//! its map loaded from the state dir and no control plane reachable:
+//! listeners share their address with a second process (SO_REUSEPORT), and
+//! on shutdown it stops accepting, lets open sessions finish, and cuts the
+//! ones still open when the drain grace period ends.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use trackwire_core::config::ListenerSpec;
+use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
+use trackwire_data_plane::{Config, Error, bind, cache, run};
+
+/// A backend that greets with "hello" and then echoes.
+async fn backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"hello\n").await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A state dir holding a map with `backend` UP in pool "web".
+fn state_dir(backend: SocketAddr) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ep = Endpoint {
+        backend: "a".into(),
+        address: backend.to_string(),
+        weight: 1,
+        admin_state: AdminState::Ready,
+        state: HealthState::Up,
+        decided_at_ms: 0,
+        votes: 1,
+        votes_up: 1,
+        backup: false,
+    };
+    let map = HealthMap {
+        epoch: 1,
+        revision: 7,
+        pools: BTreeMap::from([(
+            "web".to_string(),
+            Arc::new(BTreeMap::from([("a".to_string(), ep)])),
+        )]),
+    };
+    cache::save(dir.path(), &map).expect("save map");
+    dir
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the data plane on a free port with the given drain grace.
+async fn start(grace: Duration) -> Proxy {
+    let dir = state_dir(backend().await);
+    // Nothing listens here: the proxy routes on its cached map (fail static).
+    let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dead = format!("http://{}", dead.local_addr().expect("addr"));
+    let spec = ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web");
+    let listeners = bind(&[spec]).await.expect("bind listener");
+    let addr = listeners[0].socket.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(
+        Config {
+            control_plane: vec![dead],
+            listeners: listeners.iter().map(|l| l.spec.clone()).collect(),
+            state_dir: Some(dir.path().to_path_buf()),
+            proxy_id: "shutdown-test".into(),
+            drain_grace: grace,
+        },
+        listeners,
+        None,
+        shutdown.clone(),
+    ));
+    Proxy {
+        addr,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+/// An open session through the proxy (the greeting already read).
+async fn session(addr: SocketAddr) -> BufReader<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = TcpStream::connect(addr).await {
+            let mut r = BufReader::new(s);
+            let mut line = String::new();
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await
+                && n > 0
+            {
+                assert_eq!(line, "hello\n");
+                return r;
+            }
+        }
+        assert!(Instant::now() < deadline, "no session through the proxy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn echoes(s: &mut BufReader<TcpStream>, msg: &str) -> bool {
+    if s.get_mut().write_all(msg.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_line(&mut line)).await,
+        Ok(Ok(_))
+    ) && line == msg
+}
+
+/// Waits until connecting to `addr` is refused (the listener is closed).
+async fn wait_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} still accepts connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_processes_can_bind_one_listener_address() {
+    let spec = ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web");
+    let first = bind(std::slice::from_ref(&spec)).await.expect("first bind");
+    let addr = first[0].socket.local_addr().expect("addr");
+    let again = ListenerSpec::new("web", addr, "web");
+    let second = bind(&[again])
+        .await
+        .expect("second bind of the same address");
+    assert_eq!(second[0].socket.local_addr().expect("addr"), addr);
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_waits_for_open_sessions() {
+    // A grace far longer than the test: run() must return because the
+    // session ended, not because the grace ran out.
+    let p = start(Duration::from_secs(60)).await;
+    let mut held = session(p.addr).await;
+    p.shutdown.cancel();
+    wait_refused(p.addr).await;
+    assert!(
+        echoes(&mut held, "draining\n").await,
+        "open session cut early"
+    );
+    assert!(!p.task.is_finished(), "run() returned with a session open");
+    drop(held);
+    let done = tokio::time::timeout(Duration::from_secs(10), p.task)
+        .await
+        .expect("run() returns once the last session closed");
+    done.expect("join").expect("clean exit");
+}
+
+#[tokio::test]
+async fn sessions_still_open_after_the_grace_are_cut() {
+    let p = start(Duration::from_millis(500)).await;
+    let mut held = session(p.addr).await;
+    p.shutdown.cancel();
+    let done = tokio::time::timeout(Duration::from_secs(10), p.task)
+        .await
+        .expect("run() returns after the grace period");
+    done.expect("join").expect("clean exit");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), held.read_to_end(&mut rest))
+        .await
+        .expect("the cut session is closed, not left hanging");
+    assert!(
+        read.is_err() || rest.is_empty(),
+        "cut session: {read:?} {rest:?}"
+    );
+}
