@@ -144,7 +144,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     for p in &proxies {
         proxy_lines.push(format!(
             "  proxy          {}  (listener {} -> pool {})",
-            p.socket.local_addr()?,
+            p.local_addr()?,
             p.spec.name,
             p.spec.pool
         ));

@@ -93,6 +93,8 @@ fn dev_runs_the_whole_path_and_stops_cleanly() {
     }
     assert!(!proxy.is_empty() && !control.is_empty() && !status.is_empty());
     assert_eq!(backends.len(), 3);
+    // The proxy listens once it holds a health map.
+    wait_listening(&proxy);
 
     // All three backends get connections once their checks pass.
     let deadline = Instant::now() + Duration::from_secs(15);

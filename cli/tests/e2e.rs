@@ -159,7 +159,7 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
     let listeners = trackwire_data_plane::bind(&[web_listener()])
         .await
         .expect("bind proxy");
-    let proxy = listeners[0].socket.local_addr().expect("proxy addr");
+    let proxy = listeners[0].local_addr().expect("proxy addr");
     tokio::spawn(trackwire_data_plane::run(
         trackwire_data_plane::Config {
             control_plane: vec![url],
@@ -352,7 +352,7 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
     let listeners = trackwire_data_plane::bind(&[web_listener()])
         .await
         .expect("bind");
-    let proxy = listeners[0].socket.local_addr().expect("addr");
+    let proxy = listeners[0].local_addr().expect("addr");
     let token = CancellationToken::new();
     let specs = listeners.iter().map(|l| l.spec.clone()).collect();
     tokio::spawn(trackwire_data_plane::run(
@@ -367,6 +367,15 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
         None,
         token.clone(),
     ));
+    // It listens once it has loaded the cached map.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(proxy).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted proxy never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let counts = spread(proxy, 30).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
     token.cancel();

@@ -56,6 +56,12 @@ pub fn wants(pools: &[String], pool: &str) -> bool {
 }
 
 impl HealthMap {
+    /// Whether this is a real map (from the control plane or the cache)
+    /// rather than the empty one a proxy starts with.
+    pub fn received(&self) -> bool {
+        self.epoch != 0 || self.revision != 0
+    }
+
     /// The updates that turn `old` into `self`, for the pools in `filter`.
     pub fn diff_from(&self, old: &HealthMap, filter: &[String]) -> Vec<PoolUpdate> {
         let mut out = Vec::new();

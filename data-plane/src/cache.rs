@@ -1,6 +1,8 @@
 //! The fail-static cache: the last health map, persisted atomically (write a
 //! temp file, fsync, rename) on every change and loaded at start, so a proxy
-//! restarted while the control plane is unreachable routes as before.
+//! restarted while the control plane is unreachable routes as before. The
+//! old and the new process of a zero-downtime restart may share the dir
+//! (each writes its own temp file; the rename is atomic).
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +26,8 @@ pub fn save(dir: &Path, map: &HealthMap) -> std::io::Result<()> {
         pools: map.snapshot(&[]).iter().map(pool_update_to_pb).collect(),
         more: false,
     };
-    let tmp = dir.join(format!("{FILE}.tmp"));
+    // Per process: the old and new proxy of a restart may share the dir.
+    let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;

@@ -28,7 +28,7 @@ pub fn router(map: watch::Receiver<Arc<HealthMap>>, metrics: Arc<Metrics>) -> Ro
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
-    if ctx.map.borrow().revision > 0 {
+    if ctx.map.borrow().received() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no health map yet\n")

@@ -55,6 +55,11 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -82,41 +87,18 @@ impl Config {
 }
 
 /// Binds every listener's address (call before anything else starts, so a
-/// bind error exits early and cleanly).
-///
-/// Listeners set `SO_REUSEADDR` and, on Unix, `SO_REUSEPORT`, so a new
-/// process can bind the same address while the old one drains (the kernel
-/// spreads new connections over both until the old one closes its socket).
-/// On Linux, connections already queued on the old socket when it closes
-/// are reset unless `net.ipv4.tcp_migrate_req = 1`; see [`check_handover`].
+/// bind error exits early and cleanly). The sockets listen only once the
+/// proxy holds a health map; see [`proxy::Listener`].
 pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<proxy::Listener>, Error> {
-    let mut out = Vec::new();
-    for spec in specs {
-        let socket = bind_reuse_port(spec.bind).map_err(|source| Error::Bind {
-            addr: spec.bind,
-            source,
-        })?;
-        out.push(proxy::Listener {
-            spec: spec.clone(),
-            socket,
-        });
-    }
-    Ok(out)
-}
-
-/// The listen backlog (the kernel caps it at `net.core.somaxconn`).
-const BACKLOG: i32 = 4096;
-
-fn bind_reuse_port(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    #[cfg(unix)]
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    specs
+        .iter()
+        .map(|spec| {
+            proxy::Listener::bind(spec.clone()).map_err(|source| Error::Bind {
+                addr: spec.bind,
+                source,
+            })
+        })
+        .collect()
 }
 
 /// Whether this host lets a restarting proxy hand its queued connections to
@@ -160,6 +142,8 @@ pub async fn run(
         .map_revision
         .store(initial.revision, std::sync::atomic::Ordering::Relaxed);
     let (tx, rx) = watch::channel(Arc::new(initial));
+    // Cancelled by `shutdown`, or by a listener that cannot listen.
+    let stop = shutdown.child_token();
     let sub = tokio::spawn(
         subscribe::run(
             subscribe::SubscribeConfig {
@@ -170,7 +154,7 @@ pub async fn run(
             },
             tx,
             Arc::clone(&metrics),
-            shutdown.clone(),
+            stop.clone(),
         )
         .instrument(info_span!("subscription")),
     );
@@ -186,25 +170,27 @@ pub async fn run(
     let cut = CancellationToken::new();
     let mut accept_loops = Vec::new();
     for l in listeners {
-        info!(listener = %l.spec.name, bind = %l.socket.local_addr()?, pool = %l.spec.pool, "proxy listening");
         accept_loops.push(tokio::spawn(proxy::serve(
             l,
             rx.clone(),
             Arc::clone(&metrics),
             tracker.clone(),
-            shutdown.clone(),
+            stop.clone(),
             cut.clone(),
         )));
     }
     if let Some(l) = http {
         info!(http_addr = %l.local_addr()?, "data plane HTTP listening");
         axum::serve(l, http::router(rx.clone(), Arc::clone(&metrics)))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await?;
     }
-    shutdown.cancelled().await;
+    stop.cancelled().await;
+    let mut failed = None;
     for a in accept_loops {
-        let _ = a.await;
+        if let Ok(Err(e)) = a.await {
+            failed.get_or_insert(e);
+        }
     }
     let _ = sub.await;
     tracker.close();
@@ -220,5 +206,8 @@ pub async fn run(
         cut.cancel();
         tracker.wait().await;
     }
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

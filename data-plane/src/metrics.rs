@@ -11,6 +11,8 @@ use trackwire_core::histogram::Histogram;
 pub struct Metrics {
     pub connections_total: AtomicU64,
     pub connections_active: AtomicU64,
+    /// Listeners accepting connections (they wait for a health map first).
+    pub listeners_listening: AtomicU64,
     pub connect_failures_total: AtomicU64,
     pub no_backend_total: AtomicU64,
     pub passive_ejections_total: AtomicU64,
@@ -49,6 +51,12 @@ impl Metrics {
                 "gauge",
                 "client connections open",
                 &self.connections_active,
+            ),
+            (
+                "trackwire_proxy_listeners_listening",
+                "gauge",
+                "listeners accepting connections (each waits for a health map first)",
+                &self.listeners_listening,
             ),
             (
                 "trackwire_proxy_connect_failures_total",

@@ -30,9 +30,48 @@ use crate::metrics::Metrics;
 use crate::passive::{Passive, PassiveConfig};
 use crate::proxy_protocol;
 
+/// A listener's socket: bound (so bind errors surface at start) but not
+/// listening until [`serve`] holds a health map, so the kernel hands a
+/// starting proxy no connection it could only refuse. With SO_REUSEPORT a
+/// replacement process joins the old one's listeners only once it can route
+/// (like Envoy's listener warming).
 pub struct Listener {
     pub spec: ListenerSpec,
-    pub socket: TcpListener,
+    socket: socket2::Socket,
+}
+
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+impl Listener {
+    /// Binds `spec.bind` with `SO_REUSEADDR` and, on Unix, `SO_REUSEPORT`:
+    /// a new process can bind the address while the old one drains, and the
+    /// kernel spreads new connections over both until the old one closes.
+    pub fn bind(spec: ListenerSpec) -> std::io::Result<Listener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let addr = spec.bind;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(Listener { spec, socket })
+    }
+
+    /// The bound address (with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("not an IP socket"))
+    }
+
+    /// Starts listening (connections queue from here on).
+    fn listen(self) -> std::io::Result<TcpListener> {
+        self.socket.listen(BACKLOG)?;
+        TcpListener::from_std(self.socket.into())
+    }
 }
 
 struct Ctx {
@@ -49,10 +88,46 @@ struct Ctx {
     metrics: Arc<Metrics>,
 }
 
-/// Accepts until `shutdown`; open sessions are tracked by `tracker` so the
-/// caller can wait for them to drain, and closed when `cut` is cancelled.
+/// Listens once `map` holds a health map, then accepts until `shutdown`;
+/// open sessions are tracked by `tracker` so the caller can wait for them to
+/// drain, and closed when `cut` is cancelled. A listen(2) failure cancels
+/// `shutdown` (the whole proxy stops) and is returned.
 pub async fn serve(
     listener: Listener,
+    map: watch::Receiver<Arc<HealthMap>>,
+    metrics: Arc<Metrics>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    cut: CancellationToken,
+) -> Result<(), crate::Error> {
+    let addr = listener.local_addr().unwrap_or(listener.spec.bind);
+    let mut ready = map.clone();
+    if !ready.borrow().received() {
+        info!(listener = %listener.spec.name, %addr, "waiting for a health map before listening");
+        tokio::select! {
+            r = ready.wait_for(|m| m.received()) => if r.is_err() { return Ok(()) },
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    let spec = listener.spec.clone();
+    let socket = match listener.listen() {
+        Ok(s) => s,
+        Err(source) => {
+            tracing::error!(listener = %spec.name, %addr, error = %source, "listen failed; stopping");
+            shutdown.cancel();
+            return Err(crate::Error::Listen { addr, source });
+        }
+    };
+    info!(listener = %spec.name, %addr, pool = %spec.pool, "proxy listening");
+    metrics.listeners_listening.fetch_add(1, Relaxed);
+    let listener = Accepting { spec, socket };
+    accept_loop(listener, map, Arc::clone(&metrics), tracker, shutdown, cut).await;
+    metrics.listeners_listening.fetch_sub(1, Relaxed);
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: Accepting,
     map: watch::Receiver<Arc<HealthMap>>,
     metrics: Arc<Metrics>,
     tracker: TaskTracker,
@@ -115,6 +190,11 @@ pub async fn serve(
             .instrument(span),
         );
     }
+}
+
+struct Accepting {
+    spec: ListenerSpec,
+    socket: TcpListener,
 }
 
 /// Cancels the sessions of every backend the map marks DOWN.

@@ -81,19 +81,25 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
         ..ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web")
     };
     f(&mut spec);
-    let socket = TcpListener::bind(spec.bind).await.expect("bind");
-    let addr = socket.local_addr().expect("addr");
+    let listener = Listener::bind(spec).expect("bind");
+    let addr = listener.local_addr().expect("addr");
     let (tx, rx) = watch::channel(map_of(eps));
     let metrics = Arc::new(Metrics::default());
     let token = CancellationToken::new();
     tokio::spawn(proxy::serve(
-        Listener { spec, socket },
+        listener,
         rx,
         Arc::clone(&metrics),
         TaskTracker::new(),
         token.clone(),
         CancellationToken::new(),
     ));
+    // The listener listens once its task has seen the map.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metrics.listeners_listening.load(Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     Proxy {
         addr,
         map: tx,
@@ -472,4 +478,41 @@ async fn the_portable_copy_relay_is_intact_too() {
         let _ = proxy::relay_copy(&mut client, &mut server, Duration::from_secs(10)).await;
     });
     assert!(echo_intact(TcpStream::connect(addr).await.expect("connect"), 4 << 20).await);
+}
+
+#[tokio::test]
+async fn listens_only_once_it_holds_a_health_map() {
+    let a = backend("a").await;
+    let spec = ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web");
+    let listener = Listener::bind(spec).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = watch::channel(Arc::new(HealthMap::default()));
+    let metrics = Arc::new(Metrics::default());
+    let token = CancellationToken::new();
+    let _stop = token.clone().drop_guard();
+    tokio::spawn(proxy::serve(
+        listener,
+        rx,
+        Arc::clone(&metrics),
+        TaskTracker::new(),
+        token.clone(),
+        CancellationToken::new(),
+    ));
+    // Bound but not listening: the kernel refuses, nothing is accepted and
+    // dropped for want of a map.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "accepted without a map"
+    );
+    assert_eq!(metrics.listeners_listening.load(Relaxed), 0);
+    tx.send_replace(map_of(&[ep("a", a, 1)]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metrics.listeners_listening.load(Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (name, _) = session(addr).await.expect("routed once the map arrived");
+    assert_eq!(name, "a");
+    assert_eq!(metrics.no_backend_total.load(Relaxed), 0);
 }

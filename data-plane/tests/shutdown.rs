@@ -75,7 +75,7 @@ async fn start(grace: Duration) -> Proxy {
     let dead = format!("http://{}", dead.local_addr().expect("addr"));
     let spec = ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web");
     let listeners = bind(&[spec]).await.expect("bind listener");
-    let addr = listeners[0].socket.local_addr().expect("addr");
+    let addr = listeners[0].local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(
         Config {
@@ -144,12 +144,12 @@ async fn wait_refused(addr: SocketAddr) {
 async fn two_processes_can_bind_one_listener_address() {
     let spec = ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web");
     let first = bind(std::slice::from_ref(&spec)).await.expect("first bind");
-    let addr = first[0].socket.local_addr().expect("addr");
+    let addr = first[0].local_addr().expect("addr");
     let again = ListenerSpec::new("web", addr, "web");
     let second = bind(&[again])
         .await
         .expect("second bind of the same address");
-    assert_eq!(second[0].socket.local_addr().expect("addr"), addr);
+    assert_eq!(second[0].local_addr().expect("addr"), addr);
 }
 
 #[tokio::test]
