@@ -46,6 +46,16 @@ struct Args {
     short_concurrency: usize,
     #[arg(long, default_value = "10s", value_parser = trackwire_core::duration::parse)]
     latency_duration: Duration,
+    /// Workloads to run (comma-separated): bulk, short, latency.
+    #[arg(long, value_delimiter = ',', default_value = "bulk,short,latency")]
+    workloads: Vec<String>,
+    /// Pin the load generator and backend (this process) to CPU 0 and the
+    /// proxies to the other CPUs, as if they ran on separate machines.
+    #[arg(long)]
+    pin: bool,
+    /// Targets to measure (comma-separated): direct, haproxy, trackwire.
+    #[arg(long, value_delimiter = ',', default_value = "direct,haproxy,trackwire")]
+    targets: Vec<String>,
     #[arg(long, hide = true, default_value = "harness")]
     role: String,
     #[arg(long, hide = true, default_value = "")]
@@ -58,6 +68,16 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.pin && args.role == "harness" && std::env::var_os("PROXY_BENCH_PINNED").is_none() {
+        // Re-run this harness on CPU 0 (children are placed explicitly).
+        let status = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env("PROXY_BENCH_PINNED", "1")
+            .status()?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let rt = tokio::runtime::Runtime::new()?;
     if args.role == "proxy" {
         return rt.block_on(proxy(args));
@@ -190,7 +210,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     );
     let cfg_path = dir.join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg)?;
-    let haproxy = Command::new("haproxy")
+    let haproxy = proxy_command(&args, "haproxy")
         .arg("-f")
         .arg(&cfg_path)
         .arg("-db")
@@ -221,7 +241,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         pools: [("bench".to_string(), Arc::new(pool))].into(),
     };
     trackwire_data_plane::cache::save(&dir, &map)?;
-    let trackwire = Command::new(std::env::current_exe()?)
+    let trackwire = proxy_command(&args, &std::env::current_exe()?.to_string_lossy())
         .args([
             "--role",
             "proxy",
@@ -271,18 +291,36 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let mut short = vec![Vec::new(); 3];
     let mut p50 = vec![Vec::new(); 3];
     let mut p99 = vec![Vec::new(); 3];
+    let wants = |w: &str| args.workloads.iter().any(|x| x == w);
+    for w in &args.workloads {
+        anyhow::ensure!(
+            ["bulk", "short", "latency"].contains(&w.as_str()),
+            "--workloads: unknown workload {w:?} (bulk, short, latency)"
+        );
+    }
     for _ in 0..args.runs {
         for (i, t) in targets.iter().enumerate() {
-            bulk[i].push(run_bulk(&t.addr, args.bulk_connections, args.bulk_mib).await?);
-            short[i].push(run_short(&t.addr, args.short_concurrency, args.short_duration).await?);
-            let (a, b) = run_latency(&t.addr, 16, args.latency_duration).await?;
-            p50[i].push(a);
-            p99[i].push(b);
+            if !args.targets.iter().any(|x| x == t.name) {
+                continue;
+            }
+            if wants("bulk") {
+                bulk[i].push(run_bulk(&t.addr, args.bulk_connections, args.bulk_mib).await?);
+            }
+            if wants("short") {
+                short[i]
+                    .push(run_short(&t.addr, args.short_concurrency, args.short_duration).await?);
+            }
+            if wants("latency") {
+                let (a, b) = run_latency(&t.addr, 16, args.latency_duration).await?;
+                p50[i].push(a);
+                p99[i].push(b);
+            }
         }
     }
+    // NaN (printed as such) for a workload not run.
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     let (mut b, mut s, mut l50, mut l99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..3 {
@@ -318,6 +356,17 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     drop(targets);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A proxy's command line: with `--pin`, on every CPU but 0.
+fn proxy_command(args: &Args, program: &str) -> Command {
+    if !args.pin {
+        return Command::new(program);
+    }
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut c = Command::new("taskset");
+    c.args(["-c", &format!("1-{}", cpus.max(2) - 1), program]);
+    c
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
