@@ -54,7 +54,11 @@ struct Args {
     #[arg(long)]
     pin: bool,
     /// Targets to measure (comma-separated): direct, haproxy, trackwire.
-    #[arg(long, value_delimiter = ',', default_value = "direct,haproxy,trackwire")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,haproxy,trackwire"
+    )]
     targets: Vec<String>,
     #[arg(long, hide = true, default_value = "harness")]
     role: String,
