@@ -97,54 +97,101 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// Read buffer of the copy mode, and the size of a read that switches a
+/// direction to splicing.
+const COPY_BUF: usize = 16 * 1024;
+
 /// Moves bytes from `src` to `dst` until EOF, then shuts `dst`'s write side.
 /// Notes the time of the last byte in `last_ms` (ms since `start`).
+///
+/// Small messages are copied through a 16 KiB buffer (for a few hundred
+/// bytes `recv`/`send` beat splicing, which has to put linear skb data in a
+/// fresh page); a read that fills the buffer switches the direction to
+/// splicing, and a splice that moves less than the buffer switches it back
+/// (HAProxy's `splice-auto` idea).
 pub async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     last_ms: &AtomicU64,
     start: Instant,
 ) -> io::Result<u64> {
-    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let mut buf = [0u8; COPY_BUF];
+    let mut bulk = false;
     let mut total = 0u64;
     loop {
         src.readable().await?;
-        // Take a pipe only once there may be bytes to move.
-        let pipe = take()?;
-        let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
-        // Fill the (empty) pipe from the source: EAGAIN can only mean the
-        // socket has nothing to read. On any outcome but bytes the pipe is
-        // still empty and goes back to the pool.
-        let n = match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, PIPE_SIZE)) {
-            Ok(n) => n,
-            Err(e) => {
-                give(pipe);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    continue;
+        let n = if bulk {
+            match splice_once(src, dst).await? {
+                None => continue,
+                Some(n) => {
+                    bulk = n >= COPY_BUF;
+                    n
                 }
-                return Err(e);
             }
+        } else {
+            let n = match src.try_read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            let mut sent = 0;
+            while sent < n {
+                dst.writable().await?;
+                match dst.try_write(&buf[sent..n]) {
+                    Ok(m) => sent += m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            bulk = n == COPY_BUF;
+            n
         };
         if n == 0 {
-            give(pipe);
             socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
             return Ok(total);
         }
-        // Drain the pipe into the destination: EAGAIN means the socket is
-        // full. On an error the pipe still holds bytes and is closed.
-        let mut left = n;
-        while left > 0 {
-            dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || splice(pipe_r, dst_fd, left)) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        give(pipe);
         total += n as u64;
         last_ms.store(start.elapsed().as_millis() as u64, Relaxed);
     }
+}
+
+/// One splice round: source → pooled pipe → destination. `None` when the
+/// source had nothing to read after all, `Some(0)` at EOF.
+async fn splice_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Option<usize>> {
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    // Take a pipe only once there may be bytes to move.
+    let pipe = take()?;
+    let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
+    // Fill the (empty) pipe from the source: EAGAIN can only mean the socket
+    // has nothing to read. On any outcome but bytes the pipe is still empty
+    // and goes back to the pool.
+    let n = match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, PIPE_SIZE)) {
+        Ok(n) => n,
+        Err(e) => {
+            give(pipe);
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+    };
+    if n == 0 {
+        give(pipe);
+        return Ok(Some(0));
+    }
+    // Drain the pipe into the destination: EAGAIN means the socket is full.
+    // On an error the pipe still holds bytes and is closed, not pooled.
+    let mut left = n;
+    while left > 0 {
+        dst.writable().await?;
+        match dst.try_io(Interest::WRITABLE, || splice(pipe_r, dst_fd, left)) {
+            Ok(m) => left -= m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    give(pipe);
+    Ok(Some(n))
 }
 
 #[cfg(test)]
