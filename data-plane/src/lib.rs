@@ -3,12 +3,18 @@
 //!
 //! - [`subscribe`]: the `HealthMapService.Subscribe` task → `watch` channel.
 //! - [`cache`]: the fail-static cache of the last map on disk.
-//! - [`balance`]: smooth weighted round robin (sans IO).
-//! - [`proxy`]: accept, pick, connect with redispatch, relay.
+//! - [`balance`]: roundrobin, leastconn, random (p2c) and source hashing (sans IO).
+//! - [`passive`]: local ejection after consecutive connect failures (sans IO).
+//! - [`proxy`]: listen (once a map is held), accept, pick, connect with
+//!   redispatch, relay.
 //! - `splice` (Linux): zero-copy relaying; the workspace's only `unsafe`.
 //!
 //! Fail static: losing the control plane never changes routing; the last map
 //! stays in force and is loaded from the state dir after a restart.
+//!
+//! Restarts: listeners bind with SO_REUSEPORT, so a new process serves the
+//! same addresses beside the old one; on shutdown the old one closes its
+//! listeners, waits up to the drain grace for open sessions, then cuts them.
 
 pub mod balance;
 pub mod cache;

@@ -85,6 +85,8 @@ struct Ctx {
     kill: Mutex<HashMap<String, CancellationToken>>,
     /// Cancelled when the drain grace period ends: every session closes.
     cut: CancellationToken,
+    /// The candidates of the map last seen, computed once per map.
+    routable: Mutex<(Arc<HealthMap>, Arc<Vec<Endpoint>>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -147,6 +149,7 @@ async fn accept_loop(
         active: Mutex::new(HashMap::new()),
         kill: Mutex::new(HashMap::new()),
         cut,
+        routable: Mutex::new((Arc::new(HealthMap::default()), Arc::new(Vec::new()))),
         metrics,
     });
     if ctx.spec.shutdown_sessions_on_down {
@@ -228,6 +231,18 @@ async fn shut_down_sessions_of_down_backends(ctx: Arc<Ctx>, shutdown: Cancellati
     }
 }
 
+/// [`candidates`] of the current map, computed once per map, not per
+/// connection.
+fn current_candidates(ctx: &Ctx) -> Arc<Vec<Endpoint>> {
+    let map = Arc::clone(&ctx.map.borrow());
+    let mut cached = ctx.routable.lock().unwrap_or_else(|p| p.into_inner());
+    if !Arc::ptr_eq(&cached.0, &map) {
+        let eps = candidates(&map, &ctx.spec.pool, ctx.spec.on_no_backend);
+        *cached = (map, Arc::new(eps));
+    }
+    Arc::clone(&cached.1)
+}
+
 /// The endpoints a new connection may go to, by the listener's policy.
 pub fn candidates(map: &HealthMap, pool: &str, on_no_backend: NoBackend) -> Vec<Endpoint> {
     let Some(p) = map.pools.get(pool) else {
@@ -302,7 +317,7 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     let _ = client.set_nodelay(true);
     keepalive(&client, ctx.spec.tcp_keepalive);
     let client_ip = peer.ip();
-    let eps = candidates(&ctx.map.borrow(), &ctx.spec.pool, ctx.spec.on_no_backend);
+    let eps = current_candidates(&ctx);
     // Backends at their session limit are skipped like failed ones.
     let mut tried: Vec<String> = if ctx.spec.max_connections_per_backend > 0 {
         let active = ctx.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -340,7 +355,6 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
                 |n| active.get(n).copied().unwrap_or(0),
                 units,
             )
-            .cloned()
         };
         let Some(ep) = pick else { break };
         let guard = ActiveGuard::new(&ctx, &ep.backend);
@@ -368,7 +382,7 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
             warn!(backend = %ep.backend, "backend ejected after repeated connect failures (passive health)");
         }
         drop(passive);
-        tried.push(ep.backend);
+        tried.push(ep.backend.clone());
     }
     let Some((ep, mut server, _guard)) = upstream else {
         ctx.metrics.no_backend_total.fetch_add(1, Relaxed);

@@ -115,7 +115,6 @@ pub async fn pump(
     last_ms: &AtomicU64,
     start: Instant,
 ) -> io::Result<u64> {
-    let mut buf = [0u8; COPY_BUF];
     let mut bulk = false;
     let mut total = 0u64;
     loop {
@@ -129,22 +128,28 @@ pub async fn pump(
                 }
             }
         } else {
-            let n = match src.try_read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            let mut sent = 0;
-            while sent < n {
-                dst.writable().await?;
-                match dst.try_write(&buf[sent..n]) {
-                    Ok(m) => sent += m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+            dst.writable().await?;
+            match copy_once(src, dst)? {
+                Copied::Nothing => continue,
+                Copied::All(n) => {
+                    bulk = n == COPY_BUF;
+                    n
+                }
+                Copied::Partly(n, mut rest) => {
+                    // The destination is full: keep what it did not take.
+                    while !rest.is_empty() {
+                        dst.writable().await?;
+                        match dst.try_write(&rest) {
+                            Ok(m) => {
+                                rest.drain(..m);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    n
                 }
             }
-            bulk = n == COPY_BUF;
-            n
         };
         if n == 0 {
             socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
@@ -153,6 +158,44 @@ pub async fn pump(
         total += n as u64;
         last_ms.store(start.elapsed().as_millis() as u64, Relaxed);
     }
+}
+
+enum Copied {
+    /// The source had nothing to read after all.
+    Nothing,
+    /// Read and written in full (0: EOF).
+    All(usize),
+    /// Read this many; the destination took only part, the rest is here.
+    Partly(usize, Vec<u8>),
+}
+
+thread_local! {
+    /// The copy mode's buffer: one per runtime thread, not one per session,
+    /// so session futures stay small (no 16 KiB array moved around).
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; COPY_BUF]);
+}
+
+/// One read from `src` and as much of it written to `dst` as it takes, with
+/// no await in between (so the per-thread buffer can be used).
+fn copy_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Copied> {
+    BUF.with_borrow_mut(|buf| {
+        let n = match src.try_read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Nothing),
+            Err(e) => return Err(e),
+        };
+        let mut sent = 0;
+        while sent < n {
+            match dst.try_write(&buf[sent..n]) {
+                Ok(m) => sent += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Copied::Partly(n, buf[sent..n].to_vec()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Copied::All(n))
+    })
 }
 
 /// One splice round: source → pooled pipe → destination. `None` when the

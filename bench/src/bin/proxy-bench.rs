@@ -18,6 +18,11 @@
 //!   concurrency 64 for 20 s (connections/s);
 //! - latency: 100-byte ping-pong on 16 long-lived connections for 10 s
 //!   (p50/p99 round trip).
+//!
+//! `--pin` runs this process (load generator and backend) on CPU 0 and the
+//! proxies on the other CPUs (`taskset`), as if they had their own
+//! machines; by default everything shares every core. `--workloads` and
+//! `--targets` select parts of the matrix.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -295,6 +300,10 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let mut short = vec![Vec::new(); 3];
     let mut p50 = vec![Vec::new(); 3];
     let mut p99 = vec![Vec::new(); 3];
+    // Proxy CPU (user + system) per short connection (µs) and per GiB (s).
+    let mut cpu_conn = vec![Vec::new(); 3];
+    let mut cpu_gib = vec![Vec::new(); 3];
+    let tck = clock_ticks_per_second();
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     for w in &args.workloads {
         anyhow::ensure!(
@@ -307,12 +316,24 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             if !args.targets.iter().any(|x| x == t.name) {
                 continue;
             }
+            let pid = t.child.as_ref().map(Child::id);
             if wants("bulk") {
-                bulk[i].push(run_bulk(&t.addr, args.bulk_connections, args.bulk_mib).await?);
+                let c0 = pid.and_then(cpu_ticks);
+                let rate = run_bulk(&t.addr, args.bulk_connections, args.bulk_mib).await?;
+                bulk[i].push(rate);
+                if let (Some(a), Some(b)) = (c0, pid.and_then(cpu_ticks)) {
+                    let gib = args.bulk_connections as f64 * args.bulk_mib as f64 / 1024.0;
+                    cpu_gib[i].push((b - a) as f64 / tck / gib);
+                }
             }
             if wants("short") {
-                short[i]
-                    .push(run_short(&t.addr, args.short_concurrency, args.short_duration).await?);
+                let c0 = pid.and_then(cpu_ticks);
+                let rate = run_short(&t.addr, args.short_concurrency, args.short_duration).await?;
+                short[i].push(rate);
+                if let (Some(a), Some(b)) = (c0, pid.and_then(cpu_ticks)) {
+                    let conns = rate * args.short_duration.as_secs_f64();
+                    cpu_conn[i].push((b - a) as f64 / tck * 1e6 / conns);
+                }
             }
             if wants("latency") {
                 let (a, b) = run_latency(&t.addr, 16, args.latency_duration).await?;
@@ -327,28 +348,33 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     let (mut b, mut s, mut l50, mut l99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut cc, mut cg) = (Vec::new(), Vec::new());
     for i in 0..3 {
+        cc.push(med(&mut cpu_conn[i]));
+        cg.push(med(&mut cpu_gib[i]));
         b.push(med(&mut bulk[i]));
         s.push(med(&mut short[i]));
         l50.push(med(&mut p50[i]));
         l99.push(med(&mut p99[i]));
     }
     println!(
-        "\n{:<10} {:>14} {:>14} {:>12} {:>12}",
-        "target", "bulk GiB/s", "short conn/s", "p50 µs", "p99 µs"
+        "\n{:<10} {:>11} {:>13} {:>8} {:>8} {:>15} {:>14}",
+        "target", "bulk GiB/s", "short conn/s", "p50 µs", "p99 µs", "CPU µs/conn", "CPU s/GiB"
     );
     for (i, t) in targets.iter().enumerate() {
         println!(
-            "{:<10} {:>14.2} {:>14.0} {:>12.0} {:>12.0}",
-            t.name, b[i], s[i], l50[i], l99[i]
+            "{:<10} {:>11.2} {:>13.0} {:>8.0} {:>8.0} {:>15.1} {:>14.3}",
+            t.name, b[i], s[i], l50[i], l99[i], cc[i], cg[i]
         );
     }
     println!(
-        "\ntrackwire / haproxy:  bulk {:.2}, conn/s {:.2}, p50 {:.2}, p99 {:.2}",
+        "\ntrackwire / haproxy:  bulk {:.2}, conn/s {:.2}, p50 {:.2}, p99 {:.2}, CPU/conn {:.2}, CPU/GiB {:.2}",
         b[2] / b[1],
         s[2] / s[1],
         l50[2] / l50[1],
-        l99[2] / l99[1]
+        l99[2] / l99[1],
+        cc[2] / cc[1],
+        cg[2] / cg[1]
     );
     println!(
         "trackwire / direct:   bulk {:.2}, conn/s {:.2}, p50 {:.2}, p99 {:.2}",
@@ -360,6 +386,24 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     drop(targets);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// User + system CPU of a process, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at "state".
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// A proxy's command line: with `--pin`, on every CPU but 0.
