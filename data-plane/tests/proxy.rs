@@ -95,16 +95,21 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
         CancellationToken::new(),
     ));
     // The listener listens once its task has seen the map.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while metrics.listeners_listening.load(Relaxed) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_listening(&metrics).await;
     Proxy {
         addr,
         map: tx,
         metrics,
         token,
+    }
+}
+
+/// Waits until the listener's task has started listening.
+async fn wait_listening(metrics: &Metrics) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metrics.listeners_listening.load(Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -507,11 +512,7 @@ async fn listens_only_once_it_holds_a_health_map() {
     );
     assert_eq!(metrics.listeners_listening.load(Relaxed), 0);
     tx.send_replace(map_of(&[ep("a", a, 1)]));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while metrics.listeners_listening.load(Relaxed) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_listening(&metrics).await;
     let (name, _) = session(addr).await.expect("routed once the map arrived");
     assert_eq!(name, "a");
     assert_eq!(metrics.no_backend_total.load(Relaxed), 0);
