@@ -165,6 +165,11 @@ pub struct ControlPlaneArgs {
     /// How long an agent's verdicts count after it was last heard from.
     #[arg(long, env = "TRACKWIRE_AGENT_TTL", default_value = "10s", value_parser = parse_duration)]
     pub agent_ttl: Duration,
+    /// How long a backend keeps its last decided state (marked stale) once
+    /// no live verdict backs it; then the pool's initial_state applies.
+    /// 0 trusts stale states without bound.
+    #[arg(long, env = "TRACKWIRE_STALE_MAX", default_value = "15m", value_parser = parse_duration)]
+    pub stale_max: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -66,6 +66,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let config = trackwire_control_plane::Config {
         prefix: args.prefix.clone(),
         agent_ttl: args.agent_ttl,
+        stale_max: (!args.stale_max.is_zero()).then_some(args.stale_max),
     };
     config.validate().map_err(|e| Invalid(e.to_string()))?;
     let pools = match &args.config {

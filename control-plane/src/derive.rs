@@ -3,8 +3,13 @@
 //!
 //! Per backend: `maint` backends are not checked and are DOWN; a pool without
 //! a check is UP; otherwise the verdicts of the backend's assigned, live,
-//! non-suspect agents are combined by the pool's quorum policy, and with no
-//! verdict yet the pool's `initial_state` applies.
+//! non-suspect agents are combined by the pool's quorum policy. A verdict
+//! counts only while its fingerprint matches the backend's current address
+//! and check. With no counted verdict, the backend keeps its last decided
+//! state (a `decisions/` fact for the same fingerprint), marked stale: the
+//! evidence is missing for reasons not about the backend (agents' sessions
+//! lapsed, no live agent, a new agent not yet reporting). Only a backend
+//! never decided for its current spec takes the pool's `initial_state`.
 //!
 //! A *suspect* agent is a partitioned checker: it has at least
 //! [`SUSPECT_MIN_BACKENDS`] assigned backends, says DOWN for at least 90% of
@@ -16,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use trackwire_core::convert::{encode_check, fingerprint_with, target_fingerprint};
 use trackwire_core::map::PoolMap;
 use trackwire_core::{AdminState, CheckSpec, Endpoint, HealthMap, HealthState, PoolSpec, Quorum};
 
@@ -34,6 +40,8 @@ pub struct Target {
     pub backend: String,
     pub address: String,
     pub check: CheckSpec,
+    /// [`trackwire_core::convert::target_fingerprint`] of address and check.
+    pub fingerprint: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +61,13 @@ pub struct BackendDetail {
     pub undamped: Option<(HealthState, u64)>,
     /// Held DOWN by flap damping.
     pub suppressed: bool,
+    /// The backend's current target fingerprint (checked backends only).
+    pub fingerprint: u64,
+    /// What the counted live verdicts decide (state, when), if any: what the
+    /// decision recorder writes as the backend's last decided state.
+    pub live: Option<(HealthState, u64)>,
+    /// The state is the last decided one, kept without live evidence.
+    pub stale: bool,
 }
 
 /// What is derived for one pool. Shared (`Arc`) between revisions while the
@@ -119,6 +134,7 @@ impl Dirty {
                 KeyKind::Pool(p)
                 | KeyKind::Damping { pool: p, .. }
                 | KeyKind::Admin { pool: p, .. }
+                | KeyKind::Decision { pool: p, .. }
                 | KeyKind::Verdict { pool: p, .. } => {
                     dirty.pools.insert(p.to_string());
                 }
@@ -154,18 +170,21 @@ pub fn decide(quorum: Quorum, votes: &[&VerdictFact]) -> Option<HealthState> {
 /// Assignment and raw votes of one backend (before suspicion).
 struct Raw {
     backend: String,
+    fingerprint: u64,
     assigned: Vec<String>,
     votes: Vec<(String, VerdictFact)>,
 }
 
 fn raw_pool(facts: &Facts, pool: &PoolSpec, agents: &[(&str, &str)]) -> Vec<Raw> {
-    if pool.check.is_none() {
+    let Some(check) = &pool.check else {
         return Vec::new();
-    }
+    };
+    let encoded = encode_check(check);
     pool.backends
         .iter()
         .filter(|b| facts.admin_state(&pool.name, b) != AdminState::Maint)
         .map(|b| {
+            let fingerprint = fingerprint_with(&b.address, &encoded);
             let assigned: Vec<String> =
                 assign_zoned(&pool.name, &b.name, agents, pool.replicas, pool.zone_spread)
                     .into_iter()
@@ -177,11 +196,14 @@ fn raw_pool(facts: &Facts, pool: &PoolSpec, agents: &[(&str, &str)]) -> Vec<Raw>
                     facts
                         .verdicts
                         .get(&(a.clone(), pool.name.clone(), b.name.clone()))
+                        // A verdict about another address or check is not evidence.
+                        .filter(|v| v.fingerprint == fingerprint)
                         .map(|v| (a.clone(), v.clone()))
                 })
                 .collect();
             Raw {
                 backend: b.name.clone(),
+                fingerprint,
                 assigned,
                 votes,
             }
@@ -196,6 +218,7 @@ fn raw_from(prev: &PoolDerived) -> Vec<Raw> {
         .filter(|(_, d)| !d.assigned.is_empty() || !d.votes.is_empty())
         .map(|(b, d)| Raw {
             backend: b.clone(),
+            fingerprint: d.fingerprint,
             assigned: d.assigned.clone(),
             votes: d
                 .votes
@@ -259,13 +282,18 @@ fn decide_pool(
             (None, _) => (HealthState::Up, 0, 0, 0),
             (Some(check), _) => {
                 let raw = raws.remove(&b.name);
-                let (assigned, raw_votes) = raw.map(|r| (r.assigned, r.votes)).unwrap_or_default();
+                let (fingerprint, assigned, raw_votes) = match raw {
+                    Some(r) => (r.fingerprint, r.assigned, r.votes),
+                    None => (target_fingerprint(&b.address, check), Vec::new(), Vec::new()),
+                };
+                detail.fingerprint = fingerprint;
                 for a in &assigned {
                     out.targets.entry(a.clone()).or_default().push(Target {
                         pool: pool.name.clone(),
                         backend: b.name.clone(),
                         address: b.address.clone(),
                         check: check.clone(),
+                        fingerprint,
                     });
                 }
                 let mut counted: Vec<VerdictFact> = Vec::new();
@@ -287,7 +315,19 @@ fn decide_pool(
                     .filter(|v| v.state == HealthState::Up)
                     .count();
                 let mut result = match decide(pool.quorum, &refs) {
-                    None => (pool.initial_state, 0, 0, 0),
+                    None => match facts
+                        .decisions
+                        .get(&(pool.name.clone(), b.name.clone()))
+                        .filter(|d| d.fingerprint == fingerprint)
+                    {
+                        // Absence of evidence is not failure: keep the last
+                        // decided state, marked stale.
+                        Some(d) => {
+                            detail.stale = true;
+                            (d.state, d.at_ms, 0, 0)
+                        }
+                        None => (pool.initial_state, 0, 0, 0),
+                    },
                     Some(state) => {
                         let at = counted
                             .iter()
@@ -295,6 +335,7 @@ fn decide_pool(
                             .map(|v| v.since_ms)
                             .max()
                             .unwrap_or(0);
+                        detail.live = Some((state, at));
                         (state, at, counted.len() as u32, up as u32)
                     }
                 };
@@ -323,6 +364,7 @@ fn decide_pool(
                 votes,
                 votes_up,
                 backup: b.backup,
+                stale: detail.stale,
             },
         );
         out.details.insert(b.name.clone(), detail);
@@ -440,19 +482,27 @@ mod tests {
                 AgentFact {
                     zone: String::new(),
                     address: String::new(),
+                    instance_id: String::new(),
+                    mod_revision: 0,
                 },
             );
         }
         f
     }
 
+    /// A verdict about `backend`'s current spec in pool `p`.
     fn vote(f: &mut Facts, agent: &str, backend: &str, state: HealthState) {
+        let p = &f.pools["p"];
+        let b = p.backends.iter().find(|b| b.name == backend).expect("backend");
+        let fingerprint =
+            target_fingerprint(&b.address, p.check.as_ref().expect("checked pool"));
         f.verdicts.insert(
             (agent.into(), "p".into(), backend.into()),
             VerdictFact {
                 state,
                 since_ms: 7,
                 reason: String::new(),
+                fingerprint,
             },
         );
     }
@@ -518,6 +568,64 @@ mod tests {
         vote(&mut f, "a1", "b0", Up);
         vote(&mut f, "gone", "b0", Down);
         assert_eq!(state(&derive(&f, None, &Dirty::all()), "b0"), Up);
+    }
+
+    #[test]
+    fn verdicts_about_another_address_do_not_count() {
+        use HealthState::*;
+        let mut f = facts(pool("p", 1, true, Quorum::Majority), &["a1"]);
+        vote(&mut f, "a1", "b0", Up);
+        assert_eq!(state(&derive(&f, None, &Dirty::all()), "b0"), Up);
+        // The backend moves; the verdict was about the old address.
+        Arc::make_mut(&mut f.pools)
+            .get_mut("p")
+            .expect("pool")
+            .backends[0]
+            .address = "10.9.9.9:80".into();
+        let d = derive(&f, None, &Dirty::all());
+        assert_eq!(state(&d, "b0"), Down, "initial_state: never decided for this address");
+        assert_eq!(d.map.pools["p"]["b0"].votes, 0);
+        assert!(!d.map.pools["p"]["b0"].stale);
+        // The assignment carries the new fingerprint.
+        let t = &d.targets_for("a1")[0];
+        assert_eq!(t.fingerprint, target_fingerprint("10.9.9.9:80", &t.check));
+    }
+
+    #[test]
+    fn decided_backend_keeps_its_state_stale_when_verdicts_vanish() {
+        use crate::facts::DecisionFact;
+        use HealthState::*;
+        let mut f = facts(pool("p", 2, true, Quorum::Majority), &[]);
+        let check = CheckSpec::http_default();
+        let record = |address: &str| DecisionFact {
+            state: Up,
+            fingerprint: target_fingerprint(address, &check),
+            at_ms: 42,
+            mod_revision: 1,
+        };
+        Arc::make_mut(&mut f.decisions).insert(("p".into(), "b0".into()), record("10.0.0.0:80"));
+        // A record about another address is not this backend's decision.
+        Arc::make_mut(&mut f.decisions).insert(("p".into(), "b1".into()), record("10.7.7.7:80"));
+        let d = derive(&f, None, &Dirty::all());
+        let b0 = &d.map.pools["p"]["b0"];
+        assert_eq!((b0.state, b0.stale, b0.decided_at_ms), (Up, true, 42));
+        let b1 = &d.map.pools["p"]["b1"];
+        assert_eq!((b1.state, b1.stale), (Down, false));
+        // Live verdicts win over the record and clear the stale mark.
+        Arc::make_mut(&mut f.agents).insert(
+            "a1".into(),
+            AgentFact {
+                zone: String::new(),
+                address: String::new(),
+                instance_id: String::new(),
+                mod_revision: 0,
+            },
+        );
+        vote(&mut f, "a1", "b0", Down);
+        let d = derive(&f, None, &Dirty::all());
+        let b0 = &d.map.pools["p"]["b0"];
+        assert_eq!((b0.state, b0.stale), (Down, false));
+        assert_eq!(d.detail("p", "b0").and_then(|x| x.live.map(|l| l.0)), Some(Down));
     }
 
     #[test]

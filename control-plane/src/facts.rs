@@ -19,6 +19,11 @@ use crate::store::{KeyValue, WatchEvent};
 pub struct AgentFact {
     pub zone: String,
     pub address: String,
+    /// The agent process holding the session (`AgentHello.instance_id`).
+    pub instance_id: String,
+    /// The agent key's revision: a session owns the agent's keys while the
+    /// key is still at the revision its hello wrote.
+    pub mod_revision: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +31,17 @@ pub struct VerdictFact {
     pub state: HealthState,
     pub since_ms: u64,
     pub reason: String,
+    /// The target fingerprint the verdict was made against.
+    pub fingerprint: u64,
+}
+
+/// The last state quorum decided for a backend from live verdicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionFact {
+    pub state: HealthState,
+    pub fingerprint: u64,
+    pub at_ms: u64,
+    pub mod_revision: u64,
 }
 
 /// (agent, pool, backend)
@@ -47,6 +63,8 @@ pub struct Facts {
     pub damping: Arc<BTreeMap<(String, String), DampFact>>,
     /// (pool, backend) → operator's admin-state override.
     pub admin: Arc<BTreeMap<(String, String), AdminOverride>>,
+    /// (pool, backend) → the last decided state.
+    pub decisions: Arc<BTreeMap<(String, String), DecisionFact>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +94,7 @@ pub struct SharedFacts {
     pub agents: Arc<BTreeMap<String, AgentFact>>,
     pub damping: Arc<BTreeMap<(String, String), DampFact>>,
     pub admin: Arc<BTreeMap<(String, String), AdminOverride>>,
+    pub decisions: Arc<BTreeMap<(String, String), DecisionFact>>,
 }
 
 /// A damping record and the revision it was written at (for compare-and-set).
@@ -94,6 +113,7 @@ impl Facts {
             agents: Arc::clone(&self.agents),
             damping: Arc::clone(&self.damping),
             admin: Arc::clone(&self.admin),
+            decisions: Arc::clone(&self.decisions),
         }
     }
 
@@ -134,6 +154,10 @@ impl Facts {
                 KeyKind::Admin { pool, backend } => {
                     Arc::make_mut(&mut self.admin).remove(&(pool.to_string(), backend.to_string()));
                 }
+                KeyKind::Decision { pool, backend } => {
+                    Arc::make_mut(&mut self.decisions)
+                        .remove(&(pool.to_string(), backend.to_string()));
+                }
                 KeyKind::Other => {}
             },
         }
@@ -162,6 +186,8 @@ impl Facts {
                         AgentFact {
                             zone: a.zone,
                             address: a.address,
+                            instance_id: a.instance_id,
+                            mod_revision: kv.mod_revision,
                         },
                     );
                 }
@@ -184,6 +210,7 @@ impl Facts {
                             state,
                             since_ms: v.since_ms,
                             reason: v.reason,
+                            fingerprint: v.fingerprint,
                         },
                     );
                 }
@@ -218,6 +245,25 @@ impl Facts {
                     );
                 }
                 Err(e) => warn!(key = %kv.key, error = %e, "undecodable admin override; skipped"),
+            },
+            KeyKind::Decision { pool, backend } => match keys::decode_decision(&kv.value)
+                .and_then(|d| {
+                    health_from_pb(d.state, "state")
+                        .map(|state| (state, d))
+                        .map_err(|e| e.to_string())
+                }) {
+                Ok((state, d)) => {
+                    Arc::make_mut(&mut self.decisions).insert(
+                        (pool.to_string(), backend.to_string()),
+                        DecisionFact {
+                            state,
+                            fingerprint: d.fingerprint,
+                            at_ms: d.at_ms,
+                            mod_revision: kv.mod_revision,
+                        },
+                    );
+                }
+                Err(e) => warn!(key = %kv.key, error = %e, "undecodable decision; skipped"),
             },
             KeyKind::Other => {}
         }
@@ -290,6 +336,10 @@ mod tests {
                     }),
                     since_ms: 1000 + (*a as u64) * 10 + *b as u64,
                     reason: String::new(),
+                    fingerprint: trackwire_core::convert::target_fingerprint(
+                        &format!("h{b}:80"),
+                        &CheckSpec::http_default(),
+                    ),
                 }),
             ));
         }

@@ -1,5 +1,5 @@
 //! The control plane's HTTP port: `/healthz` (process alive), `/readyz`
-//! (facts loaded, map served), `/metrics` (Prometheus text) and `/` (a status
+//! (facts loaded, map served, and the store answering), `/metrics` (Prometheus text) and `/` (a status
 //! page listing every backend's derived state).
 
 use std::fmt::Write;
@@ -36,7 +36,13 @@ pub fn router(state: StateRx, metrics: Arc<Metrics>, subscribers: Arc<Subscriber
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
-    if ctx.state.borrow().is_some() {
+    use std::sync::atomic::Ordering::Relaxed;
+    if ctx.metrics.store_up.load(Relaxed) == 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store unreachable (serving the last map)\n",
+        )
+    } else if ctx.state.borrow().is_some() {
         (StatusCode::OK, "ready\n")
     } else {
         (

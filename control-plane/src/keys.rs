@@ -6,6 +6,7 @@
 //! {prefix}verdicts/{agent_id}/{pool}/{backend} StoredVerdict (same lease)
 //! {prefix}damping/{pool}/{backend}           StoredDamping (no lease; damped pools only)
 //! {prefix}admin/{pool}/{backend}             StoredAdmin   (no lease; operator overrides)
+//! {prefix}decisions/{pool}/{backend}         StoredDecision (no lease; last decided state)
 //! ```
 //!
 //! Values are protobuf messages with a `schema` number; readers skip values
@@ -39,6 +40,10 @@ pub enum KeyKind<'a> {
         backend: &'a str,
     },
     Admin {
+        pool: &'a str,
+        backend: &'a str,
+    },
+    Decision {
         pool: &'a str,
         backend: &'a str,
     },
@@ -94,6 +99,19 @@ impl Keys {
         format!("{}admin/{pool}/", self.prefix)
     }
 
+    pub fn decision(&self, pool: &str, backend: &str) -> String {
+        format!("{}decisions/{pool}/{backend}", self.prefix)
+    }
+
+    pub fn decision_prefix(&self, pool: &str) -> String {
+        format!("{}decisions/{pool}/", self.prefix)
+    }
+
+    /// Every verdict key of one agent.
+    pub fn agent_verdicts(&self, agent: &str) -> String {
+        format!("{}verdicts/{agent}/", self.prefix)
+    }
+
     pub fn parse<'a>(&self, key: &'a str) -> KeyKind<'a> {
         let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
             return KeyKind::Other;
@@ -124,6 +142,12 @@ impl Keys {
         }
         if let Some((pool, backend)) = rest.strip_prefix("admin/").and_then(|r| r.split_once('/')) {
             return KeyKind::Admin { pool, backend };
+        }
+        if let Some((pool, backend)) = rest
+            .strip_prefix("decisions/")
+            .and_then(|r| r.split_once('/'))
+        {
+            return KeyKind::Decision { pool, backend };
         }
         KeyKind::Other
     }
@@ -234,6 +258,25 @@ pub fn decode_admin(bytes: &[u8]) -> Result<pb::StoredAdmin, String> {
     Ok(a)
 }
 
+pub fn encode_decision(d: pb::StoredDecision) -> Vec<u8> {
+    pb::StoredDecision {
+        schema: SCHEMA,
+        ..d
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_decision(bytes: &[u8]) -> Result<pb::StoredDecision, String> {
+    let d = pb::StoredDecision::decode(bytes).map_err(|e| e.to_string())?;
+    if d.schema > SCHEMA {
+        return Err(format!(
+            "schema {} is newer than this build's {SCHEMA}",
+            d.schema
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +304,13 @@ mod tests {
         assert_eq!(
             k.parse(&k.admin("p", "b")),
             KeyKind::Admin {
+                pool: "p",
+                backend: "b"
+            }
+        );
+        assert_eq!(
+            k.parse(&k.decision("p", "b")),
+            KeyKind::Decision {
                 pool: "p",
                 backend: "b"
             }

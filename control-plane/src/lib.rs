@@ -20,6 +20,8 @@ pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod pools;
+pub mod recorder;
 pub mod results;
 pub mod state;
 pub mod store;
@@ -47,6 +49,9 @@ pub struct Config {
     /// Lease TTL of an agent session: its verdicts stop counting this long
     /// after the agent was last heard from.
     pub agent_ttl: Duration,
+    /// How long a stale backend state is trusted (`None`: without bound);
+    /// see [`recorder`].
+    pub stale_max: Option<Duration>,
 }
 
 impl Default for Config {
@@ -54,6 +59,7 @@ impl Default for Config {
         Config {
             prefix: "/trackwire/".into(),
             agent_ttl: Duration::from_secs(10),
+            stale_max: Some(recorder::DEFAULT_STALE_MAX),
         }
     }
 }
@@ -96,6 +102,8 @@ pub async fn run(
     config.validate()?;
     let keys = Keys::new(&config.prefix).map_err(Error::Config)?;
     let metrics = Arc::new(Metrics::default());
+    // Up until the probe says otherwise: nothing is ready before facts load anyway.
+    metrics.store_up.store(1, std::sync::atomic::Ordering::Relaxed);
     let history = Arc::new(state::MapHistory::default());
     let results = Arc::new(results::Results::default());
     let subscribers = Arc::new(subscribers::Subscribers::default());
@@ -111,6 +119,31 @@ pub async fn run(
             shutdown.clone(),
         )
         .instrument(info_span!("store_sync")),
+    );
+
+    let stale = Arc::new(recorder::StaleClock::new(config.stale_max));
+    metrics.stale_max_seconds.store(
+        config.stale_max.map_or(0, |d| d.as_secs()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let recorder = tokio::spawn(
+        recorder::run(
+            Arc::clone(&store),
+            keys.clone(),
+            state.clone(),
+            Arc::clone(&stale),
+            shutdown.clone(),
+        )
+        .instrument(info_span!("recorder")),
+    );
+    let store_probe = tokio::spawn(
+        probe_store(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            Arc::clone(&stale),
+            shutdown.clone(),
+        )
+        .instrument(info_span!("store_probe")),
     );
 
     let damper = tokio::spawn(
@@ -181,6 +214,7 @@ pub async fn run(
         subscribers: Arc::clone(&subscribers),
         history,
         results,
+        stale,
         shutdown: shutdown.clone(),
     };
 
@@ -224,7 +258,51 @@ pub async fn run(
     shutdown.cancel();
     let _ = sync.await;
     let _ = damper.await;
+    let _ = recorder.await;
+    let _ = store_probe.await;
     g?;
     h?;
     Ok(())
+}
+
+/// Asks the store for its revision every 2 s: `/readyz` and `trackwire_store_up`
+/// say whether it answers. Also refreshes the stale-state gauges.
+async fn probe_store(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    stale: Arc<recorder::StaleClock>,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let up = matches!(
+            tokio::time::timeout(Duration::from_secs(3), store.revision()).await,
+            Ok(Ok(_))
+        );
+        if up != was_up {
+            if up {
+                info!("store answers again");
+            } else {
+                tracing::warn!("store unreachable; /readyz answers 503, the last map is still served");
+            }
+            was_up = up;
+        }
+        metrics.store_up.store(u64::from(up), Relaxed);
+        let (n, oldest) = stale.summary();
+        metrics.backends_stale.store(n as u64, Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        metrics
+            .stale_oldest_seconds
+            .store(oldest.map_or(0, |o| now.saturating_sub(o) / 1000), Relaxed);
+    }
 }

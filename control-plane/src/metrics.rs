@@ -23,6 +23,16 @@ pub struct Metrics {
     pub verdict_writes: AtomicU64,
     pub map_updates_sent: AtomicU64,
     pub map_bytes_sent: AtomicU64,
+    /// 1 while the store answers (probed every 2 s), else 0.
+    pub store_up: AtomicU64,
+    /// Backends whose state is the last decided one, without live verdicts.
+    pub backends_stale: AtomicU64,
+    /// Age of the oldest stale state, in seconds.
+    pub stale_oldest_seconds: AtomicU64,
+    /// How long a stale state is trusted, in seconds (0: without bound).
+    pub stale_max_seconds: AtomicU64,
+    /// Verdicts an agent sent about backends not assigned to it (dropped).
+    pub verdicts_rejected: AtomicU64,
 }
 
 impl Metrics {
@@ -46,7 +56,37 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 11] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
+            (
+                "trackwire_store_up",
+                "gauge",
+                "1 while the store answers this replica, else 0",
+                &self.store_up,
+            ),
+            (
+                "trackwire_backends_stale",
+                "gauge",
+                "backends kept at their last decided state without live verdicts",
+                &self.backends_stale,
+            ),
+            (
+                "trackwire_stale_oldest_seconds",
+                "gauge",
+                "age of the oldest stale backend state",
+                &self.stale_oldest_seconds,
+            ),
+            (
+                "trackwire_stale_max_seconds",
+                "gauge",
+                "how long a stale state is trusted (0: without bound)",
+                &self.stale_max_seconds,
+            ),
+            (
+                "trackwire_verdicts_rejected_total",
+                "counter",
+                "verdicts dropped because they were not about the sending agent's assignment",
+                &self.verdicts_rejected,
+            ),
             (
                 "trackwire_store_revision",
                 "gauge",

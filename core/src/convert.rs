@@ -316,7 +316,27 @@ pub fn endpoint_to_pb(e: &Endpoint) -> pb::Endpoint {
         votes: e.votes,
         votes_up: e.votes_up,
         backup: e.backup,
+        stale: e.stale,
     }
+}
+
+/// Identifies what a verdict is about: the backend's address and the check
+/// run against it. A verdict counts only while its fingerprint matches the
+/// backend's current spec, so changing an address or a check discards the
+/// verdicts made before. Never 0 (0 marks "no fingerprint").
+pub fn target_fingerprint(address: &str, check: &CheckSpec) -> u64 {
+    fingerprint_with(address, &encode_check(check))
+}
+
+/// The encoded check, for [`fingerprint_with`] (encode once per pool).
+pub fn encode_check(check: &CheckSpec) -> Vec<u8> {
+    use prost::Message;
+    check_to_pb(check).encode_to_vec()
+}
+
+/// [`target_fingerprint`] from an already encoded check.
+pub fn fingerprint_with(address: &str, encoded_check: &[u8]) -> u64 {
+    crate::hash::stable_hash(&[b"target-v1", address.as_bytes(), encoded_check]).max(1)
 }
 
 impl TryFrom<&pb::Endpoint> for Endpoint {
@@ -334,6 +354,7 @@ impl TryFrom<&pb::Endpoint> for Endpoint {
             votes: e.votes,
             votes_up: e.votes_up,
             backup: e.backup,
+            stale: e.stale,
         })
     }
 }

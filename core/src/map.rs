@@ -19,6 +19,9 @@ pub struct Endpoint {
     pub votes: u32,
     pub votes_up: u32,
     pub backup: bool,
+    /// No live verdict backs `state`: it is the last decided state, kept
+    /// while the evidence is missing for reasons not about the backend.
+    pub stale: bool,
 }
 
 impl Endpoint {
@@ -160,6 +163,7 @@ mod tests {
             votes: 0,
             votes_up: 0,
             backup: false,
+            stale: false,
         }
     }
 

@@ -177,6 +177,7 @@ mod tests {
             votes: 0,
             votes_up: 0,
             backup: false,
+            stale: false,
         }
     }
 

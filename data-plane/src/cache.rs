@@ -86,6 +86,7 @@ mod tests {
                 votes: 3,
                 votes_up: 3,
                 backup: false,
+                stale: false,
             },
         );
         let map = HealthMap {

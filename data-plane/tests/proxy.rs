@@ -47,6 +47,7 @@ fn ep(name: &str, addr: SocketAddr, weight: u32) -> Endpoint {
         votes: 1,
         votes_up: 1,
         backup: false,
+        stale: false,
     }
 }
 

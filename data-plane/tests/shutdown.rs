@@ -47,6 +47,7 @@ fn state_dir(backend: SocketAddr) -> tempfile::TempDir {
         votes: 1,
         votes_up: 1,
         backup: false,
+        stale: false,
     };
     let map = HealthMap {
         epoch: 1,

@@ -110,6 +110,7 @@ pub async fn run(
             session::SessionConfig {
                 endpoints: config.control_plane.clone(),
                 agent_id: agent_id.clone(),
+                instance_id: uuid::Uuid::new_v4().to_string(),
                 zone: config.zone.clone(),
                 heartbeat: config.heartbeat,
             },

@@ -28,6 +28,9 @@ pub type TargetKey = (String, String);
 pub struct TargetSpec {
     pub address: String,
     pub check: CheckSpec,
+    /// The control plane's fingerprint of (address, check), echoed in
+    /// verdicts so they count only for the spec they were made against.
+    pub fingerprint: u64,
 }
 
 /// State shared between check tasks, the session and the HTTP port.
@@ -64,7 +67,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn set_verdict(&self, key: &TargetKey, state: HealthState, at_ms: u64, reason: String) {
+    fn set_verdict(
+        &self,
+        key: &TargetKey,
+        fingerprint: u64,
+        state: HealthState,
+        at_ms: u64,
+        reason: String,
+    ) {
         let mut v = lock(&self.verdicts);
         v.current.insert(
             key.clone(),
@@ -74,6 +84,7 @@ impl Shared {
                 state: health_to_pb(state),
                 since_ms: at_ms,
                 reason,
+                fingerprint,
             },
         );
         v.pending.insert(key.clone());
@@ -236,7 +247,7 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
         }
         if let Some(t) = rf.observe(result.passed(), now_ms()) {
             info!(to = %t.to, outcome = %result.outcome, reason = %result.reason, "verdict changed");
-            shared.set_verdict(&key, t.to, t.at_ms, result.summary());
+            shared.set_verdict(&key, spec.fingerprint, t.to, t.at_ms, result.summary());
         }
         let changed = lock(&shared.last_results)
             .insert(key.clone(), result.clone())

@@ -25,6 +25,9 @@ use crate::runner::{Runner, Shared, TargetKey, TargetSpec};
 pub struct SessionConfig {
     pub endpoints: Vec<String>,
     pub agent_id: String,
+    /// Random per process: tells the control plane this process from
+    /// another one using the same agent id.
+    pub instance_id: String,
     pub zone: String,
     pub heartbeat: Duration,
 }
@@ -75,6 +78,7 @@ async fn session(
         zone: cfg.zone.clone(),
         verdicts: shared.all_verdicts(),
         version: env!("CARGO_PKG_VERSION").into(),
+        instance_id: cfg.instance_id.clone(),
     };
     let sent = hello.verdicts.len();
     tx.send(pb::AgentMessage {
@@ -85,7 +89,13 @@ async fn session(
     let mut inbound = ProbeServiceClient::new(channel)
         .connect(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .map_err(|s| {
+            if s.code() == tonic::Code::FailedPrecondition {
+                // Loud: two processes share this agent id (a cloned state dir).
+                tracing::error!(agent = %cfg.agent_id, message = s.message(), "the control plane refused this agent's session: another process holds this agent id");
+            }
+            format!("{}: {}", s.code(), s.message())
+        })?
         .into_inner();
     info!(endpoint = %url, verdicts = sent, "connected to control plane");
     shared.connected.store(1, Relaxed);
@@ -145,6 +155,7 @@ fn targets(a: &pb::Assignment) -> HashMap<TargetKey, TargetSpec> {
             TargetSpec {
                 address: t.address.clone(),
                 check,
+                fingerprint: t.fingerprint,
             },
         );
     }

@@ -53,6 +53,7 @@ async fn first_checks_spread_over_one_interval() {
                 TargetSpec {
                     address: server.address(),
                     check: check(&format!("/status/200?t={i}"), Duration::from_secs(1), 2),
+                    fingerprint: 1,
                 },
             )
         })
@@ -98,6 +99,7 @@ async fn assignment_changes_apply_live() {
     let t = |path: &str| TargetSpec {
         address: server.address(),
         check: check(path, Duration::from_millis(50), 1),
+        fingerprint: 1,
     };
     runner.apply(HashMap::from([
         (key("a"), t("/status/200?a")),

@@ -242,6 +242,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             votes: 1,
             votes_up: 1,
             backup: false,
+            stale: false,
         },
     );
     let map = HealthMap {

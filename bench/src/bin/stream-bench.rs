@@ -135,6 +135,19 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             Some(lease),
         )
         .await?;
+    // Verdicts count only with the fingerprint of the spec they are about.
+    let fingerprints: std::collections::HashMap<(String, String), u64> = pools
+        .iter()
+        .flat_map(|p| {
+            let check = p.check.clone().unwrap_or_else(CheckSpec::http_default);
+            p.backends.iter().map(move |b| {
+                (
+                    (p.name.clone(), b.name.clone()),
+                    trackwire_core::convert::target_fingerprint(&b.address, &check),
+                )
+            })
+        })
+        .collect();
     let verdict = |pool: &str, backend: &str, state: HealthState| Op::Put {
         key: keys.verdict(agent, pool, backend),
         value: keys::encode_verdict(pb::Verdict {
@@ -143,6 +156,10 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             state: health_to_pb(state),
             since_ms: now_ms(),
             reason: "bench".into(),
+            fingerprint: fingerprints
+                .get(&(pool.to_string(), backend.to_string()))
+                .copied()
+                .unwrap_or(0),
         }),
         lease: Some(lease),
     };

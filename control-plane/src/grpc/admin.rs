@@ -1,9 +1,8 @@
 //! `AdminService`: apply and list pools, read derived health.
 //!
-//! `ApplyPools` validates the whole request first, then writes every pool in
-//! one store transaction guarded by each key's revision: all pools are
-//! written or none, and a concurrent writer makes it fail rather than
-//! interleave.
+//! `ApplyPools` validates the whole request first, then writes through
+//! [`crate::pools`] (chunked within etcd's limits, each pool guarded by its
+//! key's revision); domain errors become statuses here, at the edge.
 
 use std::sync::Arc;
 
@@ -15,7 +14,8 @@ use trackwire_proto::v1::admin_service_server::AdminService;
 
 use crate::keys::{self, Keys};
 use crate::state::{StateRx, ready};
-use crate::store::{Compare, Op, Store};
+use crate::pools::WriteError;
+use crate::store::Store;
 use crate::subscribers::Subscribers;
 
 use super::probe::store_status;
@@ -27,6 +27,7 @@ pub struct AdminSvc {
     pub subscribers: Arc<Subscribers>,
     pub history: Arc<crate::state::MapHistory>,
     pub results: Arc<crate::results::Results>,
+    pub stale: Arc<crate::recorder::StaleClock>,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -54,8 +55,19 @@ pub fn validate_pools(pools: &[pb::PoolSpec]) -> Result<Vec<PoolSpec>, Status> {
     Ok(doc.pools)
 }
 
-/// Creates or replaces `specs` (already validated) in one transaction guarded
-/// by each pool key's revision. Pools not named are left as they are.
+/// Maps a write's domain error to its gRPC status.
+pub fn write_status(e: WriteError) -> Status {
+    match e {
+        WriteError::NotFound(m) => Status::not_found(m),
+        WriteError::Conflict(m) if m.starts_with("expected_revision") => {
+            Status::failed_precondition(m)
+        }
+        WriteError::Conflict(m) | WriteError::Partial(m) => Status::aborted(m),
+        WriteError::Store(e) => store_status(e),
+    }
+}
+
+/// [`crate::pools::apply`] with its answer as the wire response.
 pub async fn apply(
     store: &dyn Store,
     keys: &Keys,
@@ -63,58 +75,15 @@ pub async fn apply(
     expected_revision: u64,
     dry_run: bool,
 ) -> Result<pb::ApplyPoolsResponse, Status> {
-    let (existing, revision) = store.list(&keys.pools()).await.map_err(store_status)?;
-    if expected_revision != 0
-        && let Some(newer) = existing
-            .iter()
-            .find(|kv| kv.mod_revision > expected_revision)
-    {
-        return Err(Status::failed_precondition(format!(
-            "expected_revision: pools changed since revision {expected_revision} ({} at revision {})",
-            newer.key, newer.mod_revision
-        )));
-    }
-    let mut resp = pb::ApplyPoolsResponse {
-        revision,
-        ..Default::default()
-    };
-    let mut compares = Vec::new();
-    let mut ops = Vec::new();
-    for spec in specs {
-        let key = keys.pool(&spec.name);
-        let value = keys::encode_pool(pool_to_pb(spec));
-        match existing.iter().find(|kv| kv.key == key) {
-            Some(kv) if kv.value == value => resp.unchanged.push(spec.name.clone()),
-            Some(kv) => {
-                compares.push(Compare::ModRevision(key.clone(), kv.mod_revision));
-                ops.push(Op::Put {
-                    key,
-                    value,
-                    lease: None,
-                });
-                resp.updated.push(spec.name.clone());
-            }
-            None => {
-                compares.push(Compare::Absent(key.clone()));
-                ops.push(Op::Put {
-                    key,
-                    value,
-                    lease: None,
-                });
-                resp.created.push(spec.name.clone());
-            }
-        }
-    }
-    if !ops.is_empty() && !dry_run {
-        let r = store.txn(compares, ops).await.map_err(store_status)?;
-        if !r.succeeded {
-            return Err(Status::aborted(
-                "pools changed concurrently; nothing was written, apply again",
-            ));
-        }
-        resp.revision = r.revision;
-    }
-    Ok(resp)
+    let a = crate::pools::apply(store, keys, specs, expected_revision, dry_run)
+        .await
+        .map_err(write_status)?;
+    Ok(pb::ApplyPoolsResponse {
+        revision: a.revision,
+        created: a.created,
+        updated: a.updated,
+        unchanged: a.unchanged,
+    })
 }
 
 #[tonic::async_trait]
@@ -125,14 +94,22 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::ApplyPoolsResponse>, Status> {
         let req = request.into_inner();
         let specs = validate_pools(&req.pools)?;
-        let resp = apply(
-            self.store.as_ref(),
-            &self.keys,
-            &specs,
-            req.expected_revision,
-            req.dry_run,
-        )
-        .await?;
+        // Run to completion even if the client goes away: a large apply is
+        // several transactions, and stopping between them helps nobody.
+        let store = Arc::clone(&self.store);
+        let keys = self.keys.clone();
+        let resp = tokio::spawn(async move {
+            apply(
+                store.as_ref(),
+                &keys,
+                &specs,
+                req.expected_revision,
+                req.dry_run,
+            )
+            .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("apply task: {e}")))??;
         Ok(Response::new(resp))
     }
 
@@ -212,32 +189,14 @@ impl AdminService for AdminSvc {
         let name = request.into_inner().name;
         trackwire_core::model::validate_name(&name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
-        let key = self.keys.pool(&name);
-        let Some(kv) = self.store.get(&key).await.map_err(store_status)? else {
-            return Err(Status::not_found(format!("pool {name:?} does not exist")));
-        };
-        // The pool and everything kept about it, in one transaction.
-        let mut ops = vec![Op::Delete(key.clone())];
-        for prefix in [
-            self.keys.damping_prefix(&name),
-            self.keys.admin_prefix(&name),
-        ] {
-            let (kvs, _) = self.store.list(&prefix).await.map_err(store_status)?;
-            ops.extend(kvs.into_iter().map(|kv| Op::Delete(kv.key)));
-        }
-        let r = self
-            .store
-            .txn(vec![Compare::ModRevision(key, kv.mod_revision)], ops)
-            .await
-            .map_err(store_status)?;
-        if !r.succeeded {
-            return Err(Status::aborted(
-                "the pool changed concurrently; nothing was deleted",
-            ));
-        }
-        Ok(Response::new(pb::DeletePoolResponse {
-            revision: r.revision,
-        }))
+        let store = Arc::clone(&self.store);
+        let keys = self.keys.clone();
+        let revision =
+            tokio::spawn(async move { crate::pools::delete(store.as_ref(), &keys, &name).await })
+                .await
+                .map_err(|e| Status::internal(format!("delete task: {e}")))?
+                .map_err(write_status)?;
+        Ok(Response::new(pb::DeletePoolResponse { revision }))
     }
 
     async fn set_backend_state(
@@ -369,7 +328,14 @@ impl AdminService for AdminSvc {
             }
             for e in endpoints.values() {
                 let detail = snap.derived.detail(name, &e.backend);
+                let (stale_since_ms, stale_expires_ms) = if e.stale {
+                    self.stale.get(name, &e.backend).unwrap_or_default()
+                } else {
+                    (0, 0)
+                };
                 backends.push(pb::BackendHealth {
+                    stale_since_ms,
+                    stale_expires_ms,
                     pool: name.clone(),
                     endpoint: Some(endpoint_to_pb(e)),
                     assigned_agents: detail.map(|d| d.assigned.clone()).unwrap_or_default(),

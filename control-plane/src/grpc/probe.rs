@@ -1,12 +1,20 @@
 //! `ProbeService.Connect`: one bidirectional session per agent.
 //!
-//! The first message is `AgentHello`. The session grants a store lease, writes
-//! the agent key and every verdict the agent holds bound to that lease (one
-//! transaction), then: streams the agent's assignment whenever it changes,
-//! writes each reported verdict transition, and keeps the lease alive while
-//! heartbeats arrive. When the stream ends the lease is left to expire (TTL)
-//! rather than revoked, so an agent failing over to another replica keeps its
-//! votes counted throughout.
+//! The first message is `AgentHello`. The session claims the agent id (one
+//! live session per id: the same agent process may take its keys over when
+//! failing over between replicas, another process with that id is refused
+//! while the first one's registration lives), grants a store lease, and
+//! writes the agent key and every verdict the agent holds bound to that
+//! lease, in chunks within stock etcd's transaction limits. Then it streams
+//! the agent's assignment whenever it changes, removes the agent's verdict
+//! keys that are no longer about its assignment, writes each reported
+//! verdict transition, and keeps the lease alive while heartbeats arrive.
+//! Every write requires the agent key still at the revision the hello
+//! wrote, and a session whose registration vanished or was taken over ends,
+//! so its agent reconnects and re-registers instead of idling with no
+//! assignment. When the stream ends the lease is left to expire (TTL) rather
+//! than revoked, so an agent failing over to another replica keeps its votes
+//! counted throughout.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -28,8 +36,11 @@ use trackwire_proto::v1::probe_service_server::ProbeService;
 use crate::derive::{PoolDerived, Target};
 use crate::keys::{self, Keys};
 use crate::metrics::Metrics;
-use crate::state::{StateRx, ready};
-use crate::store::{LeaseId, Op, Store, StoreError};
+use crate::state::{Snapshot, StateRx, ready};
+use crate::store::{Compare, LeaseId, Op, Store, StoreError, batch};
+
+/// Verdicts one agent may hold (and send in one hello or report).
+pub const MAX_VERDICTS_PER_HELLO: usize = 10_000;
 
 pub struct ProbeSvc {
     pub store: Arc<dyn Store>,
@@ -68,6 +79,7 @@ fn target_to_pb(t: &Target) -> pb::CheckTarget {
         backend: t.backend.clone(),
         address: t.address.clone(),
         check: Some(check_to_pb(&t.check)),
+        fingerprint: t.fingerprint,
     }
 }
 
@@ -99,16 +111,48 @@ impl ProbeService for ProbeSvc {
         };
         uuid::Uuid::parse_str(&hello.agent_id)
             .map_err(|e| Status::invalid_argument(format!("hello.agent_id: not a UUID ({e})")))?;
+        if hello.instance_id.is_empty() || hello.instance_id.len() > 64 {
+            return Err(Status::invalid_argument(
+                "hello.instance_id: required, at most 64 bytes",
+            ));
+        }
         if hello.zone.len() > 63 {
             return Err(Status::invalid_argument("hello.zone: at most 63 bytes"));
+        }
+        if hello.verdicts.len() > MAX_VERDICTS_PER_HELLO {
+            return Err(Status::invalid_argument(format!(
+                "hello.verdicts: {} verdicts; at most {MAX_VERDICTS_PER_HELLO} per agent",
+                hello.verdicts.len()
+            )));
         }
         for (i, v) in hello.verdicts.iter().enumerate() {
             validate_verdict(v, &format!("hello.verdicts[{i}]"))?;
         }
         let mut state = self.state.clone();
-        ready(&mut state)
+        let snap = ready(&mut state)
             .await
             .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
+
+        let agent_key = self.keys.agent(&hello.agent_id);
+        // One live session per agent id: the same process (instance) may take
+        // its keys over (it is failing over between replicas); another
+        // process with the same id is refused while the session it would
+        // orphan is alive (its key exists until its lease lapses).
+        let claim = match self.store.get(&agent_key).await.map_err(store_status)? {
+            Some(kv) => {
+                let held = keys::decode_agent(&kv.value).unwrap_or_default();
+                if held.instance_id != hello.instance_id {
+                    warn!(agent = %hello.agent_id, %peer, holder = %held.address, "refused a second session for a live agent id");
+                    return Err(Status::failed_precondition(format!(
+                        "agent id {} has a live session from another process (instance {}, peer {}); \
+                         refusing a second one until it ends and its lease lapses (a cloned state dir?)",
+                        hello.agent_id, held.instance_id, held.address
+                    )));
+                }
+                Compare::ModRevision(agent_key.clone(), kv.mod_revision)
+            }
+            None => Compare::Absent(agent_key.clone()),
+        };
 
         let lease = self
             .store
@@ -116,28 +160,62 @@ impl ProbeService for ProbeSvc {
             .await
             .map_err(store_status)?;
         let mut ops = vec![Op::Put {
-            key: self.keys.agent(&hello.agent_id),
+            key: agent_key.clone(),
             value: keys::encode_agent(pb::StoredAgent {
                 schema: keys::SCHEMA,
                 agent_id: hello.agent_id.clone(),
                 zone: hello.zone.clone(),
                 address: peer.clone(),
                 connected_ms: now_ms(),
+                instance_id: hello.instance_id.clone(),
             }),
             lease: Some(lease),
         }];
+        // Only verdicts about backends that exist are stored.
+        let mut written: BTreeMap<(String, String), u64> = BTreeMap::new();
         for v in &hello.verdicts {
+            if !known_backend(&snap, &v.pool, &v.backend) {
+                continue;
+            }
+            written.insert((v.pool.clone(), v.backend.clone()), v.fingerprint);
             ops.push(Op::Put {
                 key: self.keys.verdict(&hello.agent_id, &v.pool, &v.backend),
                 value: keys::encode_verdict(v.clone()),
                 lease: Some(lease),
             });
         }
-        self.store.txn(vec![], ops).await.map_err(store_status)?;
+        // Within stock etcd's limits: the agent key and the first verdicts in
+        // one transaction (the claim), the rest in chunks that each still
+        // require the claim to hold.
+        let mut owner_rev = 0;
+        let result = batch::txn_chunked(self.store.as_ref(), ops, |i, rev| {
+            if i == 0 {
+                vec![claim.clone()]
+            } else {
+                if i == 1 {
+                    owner_rev = rev;
+                }
+                vec![Compare::ModRevision(agent_key.clone(), owner_rev)]
+            }
+        })
+        .await
+        .map_err(store_status)?;
+        if !result.succeeded {
+            let _ = self.store.revoke(lease).await;
+            return Err(Status::failed_precondition(format!(
+                "agent id {}: another session claimed it meanwhile",
+                hello.agent_id
+            )));
+        }
+        let owner_rev = if result.chunks == 1 {
+            result.revision
+        } else {
+            owner_rev
+        };
         self.metrics
             .verdict_writes
-            .fetch_add(hello.verdicts.len() as u64, Relaxed);
-        info!(agent = %hello.agent_id, zone = %hello.zone, %peer, verdicts = hello.verdicts.len(), "agent connected");
+            .fetch_add(written.len() as u64, Relaxed);
+        info!(agent = %hello.agent_id, instance = %hello.instance_id, zone = %hello.zone, %peer, verdicts = written.len(), "agent connected");
 
         let (tx, rx) = mpsc::channel(4);
         let session = Session {
@@ -145,9 +223,13 @@ impl ProbeService for ProbeSvc {
             keys: self.keys.clone(),
             metrics: Arc::clone(&self.metrics),
             agent: hello.agent_id.clone(),
+            agent_key,
+            owner_rev,
             lease,
             ttl: self.agent_ttl,
             results: Arc::clone(&self.results),
+            written,
+            assigned: None,
         };
         let span = info_span!("agent_session", agent = %hello.agent_id);
         let shutdown = self.shutdown.clone();
@@ -156,19 +238,108 @@ impl ProbeService for ProbeSvc {
     }
 }
 
+fn known_backend(snap: &Snapshot, pool: &str, backend: &str) -> bool {
+    snap.facts
+        .pools
+        .get(pool)
+        .is_some_and(|p| p.backends.iter().any(|b| b.name == backend))
+}
+
 struct Session {
     store: Arc<dyn Store>,
     keys: Keys,
     metrics: Arc<Metrics>,
     agent: String,
+    agent_key: String,
+    /// The agent key's revision written by this session's hello: every write
+    /// requires it unchanged, so a session that lost its claim writes nothing.
+    owner_rev: u64,
     lease: LeaseId,
     ttl: Duration,
     results: Arc<crate::results::Results>,
+    /// Verdict keys of this agent in the store → the fingerprint written.
+    written: BTreeMap<(String, String), u64>,
+    /// The last assignment sent: (pool, backend) → fingerprint.
+    assigned: Option<BTreeMap<(String, String), u64>>,
 }
 
 impl Session {
+    fn owner(&self) -> Vec<Compare> {
+        vec![Compare::ModRevision(self.agent_key.clone(), self.owner_rev)]
+    }
+
+    fn lost_claim(&self) -> Status {
+        Status::aborted(format!(
+            "agent {}: this session no longer holds the agent's registration \
+             (its lease lapsed or another session took it over); reconnect to re-register",
+            self.agent
+        ))
+    }
+
+    /// Writes `ops` in chunks while this session holds the agent's claim.
+    async fn write(&self, ops: Vec<Op>) -> Result<(), Status> {
+        let r = batch::txn_chunked(self.store.as_ref(), ops, |_, _| self.owner())
+            .await
+            .map_err(store_status)?;
+        if r.succeeded {
+            Ok(())
+        } else {
+            Err(self.lost_claim())
+        }
+    }
+
+    /// Learns the agent's verdict keys left by earlier sessions, so keys the
+    /// agent no longer holds are removed rather than left to a lease.
+    async fn load_written(&mut self) -> Result<(), Status> {
+        let prefix = self.keys.agent_verdicts(&self.agent);
+        let (kvs, _) = self.store.list(&prefix).await.map_err(store_status)?;
+        for kv in kvs {
+            let Some(rest) = kv.key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((pool, backend)) = rest.split_once('/') else {
+                continue;
+            };
+            let fp = keys::decode_verdict(&kv.value)
+                .map(|v| v.fingerprint)
+                .unwrap_or(0);
+            self.written
+                .entry((pool.to_string(), backend.to_string()))
+                .or_insert(fp);
+        }
+        Ok(())
+    }
+
+    /// Deletes this agent's verdict keys that are not about its assignment
+    /// as it stands (pool or backend gone, moved to another agent, or made
+    /// against an address or check that has since changed).
+    async fn prune(&mut self) -> Result<(), Status> {
+        let Some(assigned) = &self.assigned else {
+            return Ok(());
+        };
+        let stale: Vec<(String, String)> = self
+            .written
+            .iter()
+            .filter(|(k, fp)| assigned.get(*k) != Some(*fp))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let ops = stale
+            .iter()
+            .map(|(p, b)| Op::Delete(self.keys.verdict(&self.agent, p, b)))
+            .collect();
+        self.write(ops).await?;
+        debug!(removed = stale.len(), "removed verdicts no longer about the assignment");
+        for k in stale {
+            self.written.remove(&k);
+        }
+        Ok(())
+    }
+
     async fn run(
-        self,
+        mut self,
         mut inbound: Streaming<pb::AgentMessage>,
         mut state: StateRx,
         tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
@@ -183,7 +354,11 @@ impl Session {
         let mut last_pools: BTreeMap<String, Arc<PoolDerived>> = BTreeMap::new();
         // Mark the current state as unseen so the first assignment goes out at once.
         state.mark_changed();
+        let loaded = self.load_written().await;
         let end: Result<(), Status> = loop {
+            if let Err(e) = &loaded {
+                break Err(e.clone());
+            }
             tokio::select! {
                 msg = tokio::time::timeout(self.ttl, inbound.message()) => {
                     match msg {
@@ -208,6 +383,15 @@ impl Session {
                     }
                     let snap = state.borrow_and_update().clone();
                     let Some(snap) = snap else { continue };
+                    // The registration this session wrote must still be the
+                    // agent's: gone (lease lapsed) or rewritten (taken over)
+                    // means the agent would sit with no assignment; end the
+                    // session so it re-registers.
+                    if snap.facts.revision >= self.owner_rev
+                        && snap.facts.agents.get(&self.agent).is_none_or(|a| a.mod_revision != self.owner_rev)
+                    {
+                        break Err(self.lost_claim());
+                    }
                     let pools = &snap.derived.pools;
                     let mine_changed = last_sent.is_none()
                         || pools.len() != last_pools.len()
@@ -232,8 +416,19 @@ impl Session {
                     };
                     debug!(targets = targets.len(), "sending assignment");
                     match tokio::time::timeout(self.ttl, tx.send(Ok(msg))).await {
-                        Ok(Ok(())) => last_sent = Some(targets),
+                        Ok(Ok(())) => {
+                            self.assigned = Some(
+                                targets
+                                    .iter()
+                                    .map(|t| ((t.pool.clone(), t.backend.clone()), t.fingerprint))
+                                    .collect(),
+                            );
+                            last_sent = Some(targets);
+                        }
                         _ => break Err(Status::deadline_exceeded("agent not reading assignments")),
+                    }
+                    if let Err(e) = self.prune().await {
+                        break Err(e);
                     }
                 }
                 () = shutdown.cancelled() => break Err(Status::unavailable("control plane shutting down")),
@@ -250,28 +445,42 @@ impl Session {
         self.metrics.agent_sessions.fetch_sub(1, Relaxed);
     }
 
-    async fn handle(&self, m: pb::AgentMessage, state: &StateRx) -> Result<(), Status> {
+    async fn handle(&mut self, m: pb::AgentMessage, state: &StateRx) -> Result<(), Status> {
         match m.msg {
             Some(pb::agent_message::Msg::Report(r)) => {
+                if r.verdicts.len() > MAX_VERDICTS_PER_HELLO {
+                    return Err(Status::invalid_argument(format!(
+                        "report.verdicts: {} verdicts; at most {MAX_VERDICTS_PER_HELLO}",
+                        r.verdicts.len()
+                    )));
+                }
                 for (i, v) in r.verdicts.iter().enumerate() {
                     validate_verdict(v, &format!("report.verdicts[{i}]"))?;
                 }
-                // Only verdicts about backends that exist are stored, so a
-                // confused agent cannot fill the store with stray keys.
-                let known: Vec<&pb::Verdict> = {
+                // Only verdicts about this agent's assignment (or, before the
+                // first one is sent, about backends that exist) are stored,
+                // so a confused agent cannot fill the store with stray keys.
+                let sent = r.verdicts.len();
+                let known: Vec<pb::Verdict> = {
                     let snap = state.borrow();
                     r.verdicts
-                        .iter()
-                        .filter(|v| {
-                            snap.as_ref().is_some_and(|s| {
-                                s.facts
-                                    .pools
-                                    .get(&v.pool)
-                                    .is_some_and(|p| p.backends.iter().any(|b| b.name == v.backend))
-                            })
+                        .into_iter()
+                        .filter(|v| match &self.assigned {
+                            Some(a) => {
+                                a.get(&(v.pool.clone(), v.backend.clone())) == Some(&v.fingerprint)
+                            }
+                            None => snap
+                                .as_ref()
+                                .is_some_and(|s| known_backend(s, &v.pool, &v.backend)),
                         })
                         .collect()
                 };
+                if known.len() < sent {
+                    self.metrics
+                        .verdicts_rejected
+                        .fetch_add((sent - known.len()) as u64, Relaxed);
+                    debug!(dropped = sent - known.len(), "dropped verdicts not about this agent's assignment");
+                }
                 if known.is_empty() {
                     return Ok(());
                 }
@@ -279,11 +488,15 @@ impl Session {
                     .iter()
                     .map(|v| Op::Put {
                         key: self.keys.verdict(&self.agent, &v.pool, &v.backend),
-                        value: keys::encode_verdict((*v).clone()),
+                        value: keys::encode_verdict(v.clone()),
                         lease: Some(self.lease),
                     })
                     .collect();
-                self.store.txn(vec![], ops).await.map_err(store_status)?;
+                self.write(ops).await?;
+                for v in &known {
+                    self.written
+                        .insert((v.pool.clone(), v.backend.clone()), v.fingerprint);
+                }
                 self.metrics
                     .verdict_writes
                     .fetch_add(known.len() as u64, Relaxed);
@@ -295,14 +508,11 @@ impl Session {
                 let known: Vec<pb::ResultSummary> = h
                     .results
                     .into_iter()
+                    .take(MAX_VERDICTS_PER_HELLO)
                     .filter(|r| r.outcome.len() <= 8 && r.reason.len() <= 256)
                     .filter(|r| {
-                        snap.as_ref().is_some_and(|s| {
-                            s.facts
-                                .pools
-                                .get(&r.pool)
-                                .is_some_and(|p| p.backends.iter().any(|b| b.name == r.backend))
-                        })
+                        snap.as_ref()
+                            .is_some_and(|s| known_backend(s, &r.pool, &r.backend))
                     })
                     .collect();
                 self.results.update(&self.agent, known);

@@ -49,6 +49,13 @@ pub struct EtcdStore {
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
+    // etcd answers requests over its limits with InvalidArgument; retrying
+    // cannot help, so they are not "unavailable".
+    if let etcd_client::Error::GRpcStatus(s) = &e
+        && s.code() == tonic::Code::InvalidArgument
+    {
+        return StoreError::Invalid(s.message().to_string());
+    }
     StoreError::Unavailable(e.to_string())
 }
 
@@ -170,6 +177,7 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult> {
+        super::batch::check_limits(&compares, &ops)?;
         let when: Vec<EtcdCompare> = compares
             .iter()
             .map(|c| match c {

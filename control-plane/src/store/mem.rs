@@ -238,6 +238,7 @@ impl Store for MemStore {
             value,
             lease,
         };
+        super::batch::check_limits(&[], std::slice::from_ref(&op))?;
         let mut g = self.lock();
         g.check_leases(std::slice::from_ref(&op))?;
         Ok(g.commit(vec![op]))
@@ -248,6 +249,7 @@ impl Store for MemStore {
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult> {
+        super::batch::check_limits(&compares, &ops)?;
         let mut g = self.lock();
         if !compares.iter().all(|c| g.holds(c)) {
             return Ok(TxnResult {

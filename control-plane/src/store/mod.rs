@@ -6,6 +6,7 @@
 //! process, for one node and `trackwire dev`). Revisions are global and grow by
 //! one per write (a transaction or a lease expiry is one write), like etcd's.
 
+pub mod batch;
 mod etcd;
 mod mem;
 

@@ -1,0 +1,222 @@
+//! Records each backend's last decided state as a fact, and bounds how long
+//! a stale one is trusted.
+//!
+//! Runs on every replica, like the damper. When what the live verdicts
+//! decide for a backend differs from its `decisions/{pool}/{backend}` record
+//! (state or target fingerprint), it writes the record by compare-and-set;
+//! its content follows from the facts, so replicas racing each other write
+//! the same thing once. Derivation falls back to the record when a
+//! backend's verdicts vanish (agents' leases lapsing during a control-plane
+//! or store outage, no live agent), so absence of evidence is not failure.
+//!
+//! **The bound.** A replica notes when it first sees a backend stale. After
+//! `stale_max` (control-plane flag `--stale-max`, default 15 minutes; `0`
+//! trusts stale states without bound) it deletes the record, and the pool's
+//! `initial_state` applies from then on, as for a backend never decided.
+//! A replica restart restarts its count, so a stale state is trusted for at
+//! least `stale_max` after the last replica to start. Stale backends are
+//! exported (`trackwire_backends_stale`, `trackwire_stale_max_seconds`) and
+//! shown with their age by `trackwire get health` and `describe`.
+//!
+//! It also deletes records (decisions, admin overrides, damping) of
+//! backends that no longer exist, which an interrupted `apply` may leave.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use trackwire_core::convert::health_to_pb;
+use trackwire_proto::v1 as pb;
+
+use crate::keys::{self, Keys};
+use crate::state::{Snapshot, StateRx};
+use crate::store::{Compare, Op, Store, batch};
+
+/// Default trust for a stale state.
+pub const DEFAULT_STALE_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// When this replica first saw each stale backend, and the bound.
+#[derive(Debug, Default)]
+pub struct StaleClock {
+    since: Mutex<BTreeMap<(String, String), u64>>,
+    /// `None`: trusted without bound.
+    pub max: Option<Duration>,
+}
+
+impl StaleClock {
+    pub fn new(max: Option<Duration>) -> Self {
+        StaleClock {
+            since: Mutex::default(),
+            max,
+        }
+    }
+
+    /// (stale since, trusted until; 0 when unbounded) for a stale backend.
+    pub fn get(&self, pool: &str, backend: &str) -> Option<(u64, u64)> {
+        let since = *self
+            .lock()
+            .get(&(pool.to_string(), backend.to_string()))?;
+        let until = self
+            .max
+            .map_or(0, |m| since.saturating_add(m.as_millis() as u64));
+        Some((since, until))
+    }
+
+    /// How many backends are stale, and the oldest one's start (unix ms).
+    pub fn summary(&self) -> (usize, Option<u64>) {
+        let g = self.lock();
+        (g.len(), g.values().min().copied())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), u64>> {
+        self.since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub async fn run(
+    store: Arc<dyn Store>,
+    keys: Keys,
+    mut state: StateRx,
+    clock: Arc<StaleClock>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let snap = state.borrow_and_update().clone();
+        let next = match snap {
+            Some(snap) => step(store.as_ref(), &keys, &snap, &clock, now_ms()).await,
+            None => None,
+        };
+        let wait = next
+            .map(|t| Duration::from_millis(t.saturating_sub(now_ms()).max(1)))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            r = state.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Makes the writes one snapshot calls for; returns when the next stale
+/// state runs out of trust, if any.
+pub async fn step(
+    store: &dyn Store,
+    keys: &Keys,
+    snap: &Snapshot,
+    clock: &StaleClock,
+    now_ms: u64,
+) -> Option<u64> {
+    let facts = &snap.facts;
+    let mut writes: Vec<(Op, Compare)> = Vec::new();
+    let mut stale_now: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut next: Option<u64> = None;
+    let previous = clock.lock().clone();
+    for (pool, derived) in &snap.derived.pools {
+        for (backend, detail) in &derived.details {
+            let id = (pool.clone(), backend.clone());
+            let record = facts.decisions.get(&id);
+            let key = keys.decision(pool, backend);
+            let compare = match record {
+                Some(r) => Compare::ModRevision(key.clone(), r.mod_revision),
+                None => Compare::Absent(key.clone()),
+            };
+            if let Some((state, at)) = detail.live {
+                let same = record
+                    .is_some_and(|r| r.state == state && r.fingerprint == detail.fingerprint);
+                if !same {
+                    let value = keys::encode_decision(pb::StoredDecision {
+                        schema: keys::SCHEMA,
+                        state: health_to_pb(state),
+                        fingerprint: detail.fingerprint,
+                        at_ms: at,
+                    });
+                    writes.push((
+                        Op::Put {
+                            key,
+                            value,
+                            lease: None,
+                        },
+                        compare,
+                    ));
+                }
+                continue;
+            }
+            if !detail.stale {
+                continue;
+            }
+            let since = previous.get(&id).copied().unwrap_or(now_ms);
+            if since == now_ms && !previous.contains_key(&id) {
+                warn!(%pool, %backend, "no live verdict; keeping the last decided state (stale)");
+            }
+            if let Some(max) = clock.max {
+                let until = since.saturating_add(max.as_millis() as u64);
+                if now_ms >= until {
+                    warn!(%pool, %backend, stale_for_s = (now_ms - since) / 1000, "stale state no longer trusted; the pool's initial state applies");
+                    writes.push((Op::Delete(key), compare));
+                    continue;
+                }
+                next = Some(next.map_or(until, |n: u64| n.min(until)));
+            }
+            stale_now.insert(id, since);
+        }
+    }
+    *clock.lock() = stale_now;
+
+    // Records of backends that no longer exist (an interrupted apply).
+    let exists = |pool: &str, backend: &str| {
+        facts
+            .pools
+            .get(pool)
+            .is_some_and(|p| p.backends.iter().any(|b| b.name == backend))
+    };
+    let mut orphans: Vec<Op> = Vec::new();
+    for (pool, backend) in facts.decisions.keys() {
+        if !exists(pool, backend) {
+            orphans.push(Op::Delete(keys.decision(pool, backend)));
+        }
+    }
+    for (pool, backend) in facts.admin.keys() {
+        if !exists(pool, backend) {
+            orphans.push(Op::Delete(keys.admin(pool, backend)));
+        }
+    }
+    for (pool, backend) in facts.damping.keys() {
+        if !exists(pool, backend) {
+            orphans.push(Op::Delete(keys.damping(pool, backend)));
+        }
+    }
+
+    if !writes.is_empty() {
+        let n = writes.len();
+        for chunk in batch::chunks_by(writes, |(op, _)| batch::op_bytes(op)) {
+            let (ops, compares): (Vec<Op>, Vec<Compare>) = chunk.into_iter().unzip();
+            match store.txn(compares, ops).await {
+                Ok(r) if !r.succeeded => {
+                    debug!("decision records changed meanwhile (another replica wrote them)")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "writing decision records failed; retrying on the next change"),
+            }
+        }
+        debug!(records = n, "decision records written");
+    }
+    if !orphans.is_empty() {
+        info!(
+            records = orphans.len(),
+            "removing records of backends that no longer exist"
+        );
+        if let Err(e) = batch::txn_chunked(store, orphans, |_, _| Vec::new()).await {
+            warn!(error = %e, "removing orphaned records failed; retrying on the next change");
+        }
+    }
+    next
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
