@@ -218,8 +218,28 @@ async fn steady_state_writes_nothing_and_a_transition_costs_one_write_per_agent(
         m.pools["web"]["b2"].state == HealthState::Down && m.pools["web"]["b2"].votes_up == 0
     })
     .await;
+    // ... and the control plane records the new decision once.
+    let keys = Keys::new("/trackwire/").expect("prefix");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rec = store
+            .get(&keys.decision("web", "b2"))
+            .await
+            .expect("get")
+            .and_then(|kv| trackwire_control_plane::keys::decode_decision(&kv.value).ok());
+        if rec.is_some_and(|d| d.state == trackwire_core::convert::health_to_pb(HealthState::Down))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "decision record of b2 not written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r2 = store.revision().await.expect("revision");
-    assert_eq!(r2 - r1, 3, "one backend transition seen by 3 agents");
+    assert_eq!(
+        r2 - r1,
+        4,
+        "one backend transition seen by 3 agents, plus its decision record"
+    );
     println!(
         "etcd writes for one backend transition with 3 agents: {}",
         r2 - r1
