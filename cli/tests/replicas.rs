@@ -231,7 +231,10 @@ async fn steady_state_writes_nothing_and_a_transition_costs_one_write_per_agent(
         {
             break;
         }
-        assert!(Instant::now() < deadline, "decision record of b2 not written");
+        assert!(
+            Instant::now() < deadline,
+            "decision record of b2 not written"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r2 = store.revision().await.expect("revision");

@@ -284,7 +284,11 @@ fn decide_pool(
                 let raw = raws.remove(&b.name);
                 let (fingerprint, assigned, raw_votes) = match raw {
                     Some(r) => (r.fingerprint, r.assigned, r.votes),
-                    None => (target_fingerprint(&b.address, check), Vec::new(), Vec::new()),
+                    None => (
+                        target_fingerprint(&b.address, check),
+                        Vec::new(),
+                        Vec::new(),
+                    ),
                 };
                 detail.fingerprint = fingerprint;
                 for a in &assigned {
@@ -493,9 +497,12 @@ mod tests {
     /// A verdict about `backend`'s current spec in pool `p`.
     fn vote(f: &mut Facts, agent: &str, backend: &str, state: HealthState) {
         let p = &f.pools["p"];
-        let b = p.backends.iter().find(|b| b.name == backend).expect("backend");
-        let fingerprint =
-            target_fingerprint(&b.address, p.check.as_ref().expect("checked pool"));
+        let b = p
+            .backends
+            .iter()
+            .find(|b| b.name == backend)
+            .expect("backend");
+        let fingerprint = target_fingerprint(&b.address, p.check.as_ref().expect("checked pool"));
         f.verdicts.insert(
             (agent.into(), "p".into(), backend.into()),
             VerdictFact {
@@ -583,7 +590,11 @@ mod tests {
             .backends[0]
             .address = "10.9.9.9:80".into();
         let d = derive(&f, None, &Dirty::all());
-        assert_eq!(state(&d, "b0"), Down, "initial_state: never decided for this address");
+        assert_eq!(
+            state(&d, "b0"),
+            Down,
+            "initial_state: never decided for this address"
+        );
         assert_eq!(d.map.pools["p"]["b0"].votes, 0);
         assert!(!d.map.pools["p"]["b0"].stale);
         // The assignment carries the new fingerprint.
@@ -625,7 +636,10 @@ mod tests {
         let d = derive(&f, None, &Dirty::all());
         let b0 = &d.map.pools["p"]["b0"];
         assert_eq!((b0.state, b0.stale), (Down, false));
-        assert_eq!(d.detail("p", "b0").and_then(|x| x.live.map(|l| l.0)), Some(Down));
+        assert_eq!(
+            d.detail("p", "b0").and_then(|x| x.live.map(|l| l.0)),
+            Some(Down)
+        );
     }
 
     #[test]

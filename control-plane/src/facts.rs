@@ -246,25 +246,26 @@ impl Facts {
                 }
                 Err(e) => warn!(key = %kv.key, error = %e, "undecodable admin override; skipped"),
             },
-            KeyKind::Decision { pool, backend } => match keys::decode_decision(&kv.value)
-                .and_then(|d| {
+            KeyKind::Decision { pool, backend } => {
+                match keys::decode_decision(&kv.value).and_then(|d| {
                     health_from_pb(d.state, "state")
                         .map(|state| (state, d))
                         .map_err(|e| e.to_string())
                 }) {
-                Ok((state, d)) => {
-                    Arc::make_mut(&mut self.decisions).insert(
-                        (pool.to_string(), backend.to_string()),
-                        DecisionFact {
-                            state,
-                            fingerprint: d.fingerprint,
-                            at_ms: d.at_ms,
-                            mod_revision: kv.mod_revision,
-                        },
-                    );
+                    Ok((state, d)) => {
+                        Arc::make_mut(&mut self.decisions).insert(
+                            (pool.to_string(), backend.to_string()),
+                            DecisionFact {
+                                state,
+                                fingerprint: d.fingerprint,
+                                at_ms: d.at_ms,
+                                mod_revision: kv.mod_revision,
+                            },
+                        );
+                    }
+                    Err(e) => warn!(key = %kv.key, error = %e, "undecodable decision; skipped"),
                 }
-                Err(e) => warn!(key = %kv.key, error = %e, "undecodable decision; skipped"),
-            },
+            }
             KeyKind::Other => {}
         }
         self.revision = self.revision.max(kv.mod_revision);

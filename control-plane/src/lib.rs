@@ -103,7 +103,9 @@ pub async fn run(
     let keys = Keys::new(&config.prefix).map_err(Error::Config)?;
     let metrics = Arc::new(Metrics::default());
     // Up until the probe says otherwise: nothing is ready before facts load anyway.
-    metrics.store_up.store(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .store_up
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let history = Arc::new(state::MapHistory::default());
     let results = Arc::new(results::Results::default());
     let subscribers = Arc::new(subscribers::Subscribers::default());
@@ -290,7 +292,9 @@ async fn probe_store(
             if up {
                 info!("store answers again");
             } else {
-                tracing::warn!("store unreachable; /readyz answers 503, the last map is still served");
+                tracing::warn!(
+                    "store unreachable; /readyz answers 503, the last map is still served"
+                );
             }
             was_up = up;
         }

@@ -190,7 +190,9 @@ pub async fn apply(
 pub async fn delete(store: &dyn Store, keys: &Keys, name: &str) -> Result<u64, WriteError> {
     let key = keys.pool(name);
     let Some(kv) = store.get(&key).await? else {
-        return Err(WriteError::NotFound(format!("pool {name:?} does not exist")));
+        return Err(WriteError::NotFound(format!(
+            "pool {name:?} does not exist"
+        )));
     };
     let r = store
         .txn(

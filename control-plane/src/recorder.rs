@@ -55,9 +55,7 @@ impl StaleClock {
 
     /// (stale since, trusted until; 0 when unbounded) for a stale backend.
     pub fn get(&self, pool: &str, backend: &str) -> Option<(u64, u64)> {
-        let since = *self
-            .lock()
-            .get(&(pool.to_string(), backend.to_string()))?;
+        let since = *self.lock().get(&(pool.to_string(), backend.to_string()))?;
         let until = self
             .max
             .map_or(0, |m| since.saturating_add(m.as_millis() as u64));
@@ -123,8 +121,8 @@ pub async fn step(
                 None => Compare::Absent(key.clone()),
             };
             if let Some((state, at)) = detail.live {
-                let same = record
-                    .is_some_and(|r| r.state == state && r.fingerprint == detail.fingerprint);
+                let same =
+                    record.is_some_and(|r| r.state == state && r.fingerprint == detail.fingerprint);
                 if !same {
                     let value = keys::encode_decision(pb::StoredDecision {
                         schema: keys::SCHEMA,
@@ -197,7 +195,9 @@ pub async fn step(
                     debug!("decision records changed meanwhile (another replica wrote them)")
                 }
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, "writing decision records failed; retrying on the next change"),
+                Err(e) => {
+                    warn!(error = %e, "writing decision records failed; retrying on the next change")
+                }
             }
         }
         debug!(records = n, "decision records written");

@@ -52,6 +52,22 @@ impl MapHistory {
         }
     }
 
+    /// The oldest revision of `epoch` still kept.
+    pub fn oldest(&self, epoch: u64) -> Option<u64> {
+        let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().find(|h| h.epoch == epoch).map(|h| h.revision)
+    }
+
+    /// The map as of `revision` of `epoch` (the newest kept at or before
+    /// it), if the history reaches back that far.
+    pub fn as_of(&self, epoch: u64, revision: u64) -> Option<Arc<HealthMap>> {
+        let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter()
+            .filter(|h| h.epoch == epoch && h.revision <= revision)
+            .next_back()
+            .cloned()
+    }
+
     /// The map at exactly `revision` of `epoch`, if still kept.
     pub fn get(&self, epoch: u64, revision: u64) -> Option<Arc<HealthMap>> {
         let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());

@@ -54,7 +54,16 @@ impl EtcdCluster {
     /// `n` members in one cluster, with short heartbeat/election timers so
     /// failover tests run in well under a second.
     pub fn start_n(n: usize) -> EtcdCluster {
-        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        // On tmpfs when there is one: etcd fsyncs every write, and the tests
+        // measure trackwire, not the disk (a slow disk made etcd the
+        // bottleneck of fleet-sized tests).
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("temp dir for etcd");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()

@@ -13,8 +13,8 @@ use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_server::AdminService;
 
 use crate::keys::{self, Keys};
-use crate::state::{StateRx, ready};
 use crate::pools::WriteError;
+use crate::state::{StateRx, ready};
 use crate::store::Store;
 use crate::subscribers::Subscribers;
 
@@ -149,11 +149,29 @@ impl AdminService for AdminSvc {
         let snap = ready(&mut state)
             .await
             .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
-        // Resume: replay from the map at `from_revision` when it is still kept.
-        let mut last = (req.from_revision != 0)
-            .then(|| self.history.get(snap.derived.map.epoch, req.from_revision))
-            .flatten()
-            .unwrap_or_else(|| Arc::clone(&snap.derived.map));
+        // Resume: replay from the map at `from_revision`, which must still be kept.
+        let mut last = if req.from_revision == 0 || req.from_revision == snap.derived.map.revision {
+            Arc::clone(&snap.derived.map)
+        } else if req.from_revision > snap.derived.map.revision {
+            return Err(Status::out_of_range(format!(
+                "from_revision: {} is ahead of this replica's map (revision {})",
+                req.from_revision, snap.derived.map.revision
+            )));
+        } else {
+            self.history
+                .as_of(snap.derived.map.epoch, req.from_revision)
+                .ok_or_else(|| {
+                    Status::out_of_range(format!(
+                        "from_revision: revision {} is no longer kept (this replica keeps the last {} map revisions{}); watch without --from-revision to start from now",
+                        req.from_revision,
+                        crate::state::HISTORY_LEN,
+                        self.history
+                            .oldest(snap.derived.map.epoch)
+                            .map(|r| format!(", oldest {r}"))
+                            .unwrap_or_default()
+                    ))
+                })?
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -173,7 +173,11 @@ impl ProbeService for ProbeSvc {
         }];
         // Only verdicts about backends that exist are stored.
         let mut written: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut latest: BTreeMap<(&str, &str), &pb::Verdict> = BTreeMap::new();
         for v in &hello.verdicts {
+            latest.insert((&v.pool, &v.backend), v);
+        }
+        for v in latest.into_values() {
             if !known_backend(&snap, &v.pool, &v.backend) {
                 continue;
             }
@@ -331,7 +335,10 @@ impl Session {
             .map(|(p, b)| Op::Delete(self.keys.verdict(&self.agent, p, b)))
             .collect();
         self.write(ops).await?;
-        debug!(removed = stale.len(), "removed verdicts no longer about the assignment");
+        debug!(
+            removed = stale.len(),
+            "removed verdicts no longer about the assignment"
+        );
         for k in stale {
             self.written.remove(&k);
         }
@@ -366,8 +373,24 @@ impl Session {
                         Ok(Err(e)) => break Err(e),
                         Ok(Ok(None)) => break Ok(()),
                         Ok(Ok(Some(m))) => {
-                            if let Err(e) = self.handle(m, &state).await {
+                            // Coalesce what has already arrived: an agent with
+                            // thousands of transitions at once (after a blip)
+                            // costs a few transactions, not one per report.
+                            let mut msgs = vec![m];
+                            let mut end = None;
+                            while msgs.len() < 256 {
+                                match inbound.message().now_or_never() {
+                                    Some(Ok(Some(m))) => msgs.push(m),
+                                    Some(Ok(None)) => { end = Some(Ok(())); break }
+                                    Some(Err(e)) => { end = Some(Err(e)); break }
+                                    None => break,
+                                }
+                            }
+                            if let Err(e) = self.handle_all(msgs, &state).await {
                                 break Err(e);
+                            }
+                            if let Some(end) = end {
+                                break end;
                             }
                         }
                     }
@@ -445,18 +468,50 @@ impl Session {
         self.metrics.agent_sessions.fetch_sub(1, Relaxed);
     }
 
+    /// Handles messages in order, with all their reports merged into one.
+    async fn handle_all(
+        &mut self,
+        msgs: Vec<pb::AgentMessage>,
+        state: &StateRx,
+    ) -> Result<(), Status> {
+        let mut merged: Option<pb::VerdictReport> = None;
+        for m in msgs {
+            match m.msg {
+                Some(pb::agent_message::Msg::Report(r)) => match &mut merged {
+                    Some(all) => all.verdicts.extend(r.verdicts),
+                    None => merged = Some(r),
+                },
+                msg => self.handle(pb::AgentMessage { msg }, state).await?,
+            }
+        }
+        match merged {
+            Some(r) => {
+                self.handle(
+                    pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Report(r)),
+                    },
+                    state,
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn handle(&mut self, m: pb::AgentMessage, state: &StateRx) -> Result<(), Status> {
         match m.msg {
             Some(pb::agent_message::Msg::Report(r)) => {
-                if r.verdicts.len() > MAX_VERDICTS_PER_HELLO {
-                    return Err(Status::invalid_argument(format!(
-                        "report.verdicts: {} verdicts; at most {MAX_VERDICTS_PER_HELLO}",
-                        r.verdicts.len()
-                    )));
-                }
                 for (i, v) in r.verdicts.iter().enumerate() {
                     validate_verdict(v, &format!("report.verdicts[{i}]"))?;
                 }
+                // The latest verdict per backend (a transaction may name a key once).
+                let mut latest: BTreeMap<(String, String), pb::Verdict> = BTreeMap::new();
+                for v in r.verdicts {
+                    latest.insert((v.pool.clone(), v.backend.clone()), v);
+                }
+                let r = pb::VerdictReport {
+                    verdicts: latest.into_values().collect(),
+                };
                 // Only verdicts about this agent's assignment (or, before the
                 // first one is sent, about backends that exist) are stored,
                 // so a confused agent cannot fill the store with stray keys.
@@ -479,7 +534,10 @@ impl Session {
                     self.metrics
                         .verdicts_rejected
                         .fetch_add((sent - known.len()) as u64, Relaxed);
-                    debug!(dropped = sent - known.len(), "dropped verdicts not about this agent's assignment");
+                    debug!(
+                        dropped = sent - known.len(),
+                        "dropped verdicts not about this agent's assignment"
+                    );
                 }
                 if known.is_empty() {
                     return Ok(());

@@ -1,0 +1,205 @@
+//! A fleet in one test process: control planes on a store, real probe
+//! agents, a proxy's map subscription, and waits on conditions with deadlines.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use trackwire_control_plane::store::{EtcdOptions, EtcdStore, Store};
+use trackwire_core::HealthMap;
+use trackwire_proto::v1::admin_service_client::AdminServiceClient;
+
+/// Logs to the test's output (shown when it fails), filtered by `RUST_LOG`
+/// (default `info`).
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn etcd_store(endpoints: Vec<String>) -> Arc<dyn Store> {
+    Arc::new(
+        EtcdStore::connect(&EtcdOptions::new(endpoints))
+            .await
+            .expect("connect etcd"),
+    )
+}
+
+pub struct Cp {
+    pub url: String,
+    pub http: String,
+    pub token: CancellationToken,
+    pub done: tokio::task::JoinHandle<Result<(), trackwire_control_plane::Error>>,
+}
+
+impl Cp {
+    /// Stops the control plane and waits until it has let go of everything.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.done).await;
+    }
+}
+
+pub async fn start_cp(store: Arc<dyn Store>, config: trackwire_control_plane::Config) -> Cp {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    start_cp_on(store, config, grpc).await
+}
+
+/// Starts a control plane serving gRPC on `grpc` (e.g. a restarted one on
+/// the address of the one it replaces).
+pub async fn start_cp_on(
+    store: Arc<dyn Store>,
+    config: trackwire_control_plane::Config,
+    grpc: TcpListener,
+) -> Cp {
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", grpc.local_addr().expect("addr"));
+    let http_url = format!("http://{}", http.local_addr().expect("addr"));
+    let token = CancellationToken::new();
+    let done = tokio::spawn(trackwire_control_plane::run(
+        config,
+        store,
+        trackwire_control_plane::Listeners {
+            grpc,
+            http: Some(http),
+        },
+        token.clone(),
+    ));
+    Cp {
+        url,
+        http: http_url,
+        token,
+        done,
+    }
+}
+
+/// Starts a real probe agent whose state dir is `dir`; returns its stop
+/// token and its id (read from the state dir).
+pub async fn start_agent(
+    endpoints: Vec<String>,
+    zone: &str,
+    dir: &Path,
+) -> (CancellationToken, String) {
+    let token = CancellationToken::new();
+    tokio::spawn(trackwire_probe_agent::run(
+        trackwire_probe_agent::Config {
+            control_plane: endpoints,
+            zone: zone.into(),
+            state_dir: Some(dir.to_path_buf()),
+            heartbeat: Duration::from_millis(300),
+        },
+        None,
+        token.clone(),
+    ));
+    let path = dir.join("agent-id");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let id = loop {
+        if let Ok(s) = std::fs::read_to_string(&path)
+            && !s.trim().is_empty()
+        {
+            break s.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "agent-id not written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    (token, id)
+}
+
+/// Follows the health map as a proxy does.
+pub fn follow(endpoints: Vec<String>) -> (watch::Receiver<Arc<HealthMap>>, CancellationToken) {
+    let (tx, rx) = watch::channel(Arc::new(HealthMap::default()));
+    let metrics = Arc::new(trackwire_data_plane::metrics::Metrics::default());
+    let token = CancellationToken::new();
+    tokio::spawn(trackwire_data_plane::subscribe::run(
+        trackwire_data_plane::subscribe::SubscribeConfig {
+            endpoints,
+            pools: vec![],
+            proxy_id: "test".into(),
+            state_dir: None,
+        },
+        tx,
+        metrics,
+        token.clone(),
+    ));
+    (rx, token)
+}
+
+/// Polls `cond` every 20 ms until it holds; fails the test after `secs`.
+pub async fn wait_for<F, Fut>(what: &str, secs: u64, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the followed map satisfies `f`; returns that map.
+pub async fn wait_map(
+    rx: &watch::Receiver<Arc<HealthMap>>,
+    what: &str,
+    secs: u64,
+    f: impl Fn(&HealthMap) -> bool,
+) -> Arc<HealthMap> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let m = rx.borrow().clone();
+        if f(&m) {
+            return m;
+        }
+        if Instant::now() >= deadline {
+            let mut summary = std::collections::BTreeMap::new();
+            for e in m.pools.values().flat_map(|p| p.values()) {
+                *summary
+                    .entry(format!("{:?} votes={} stale={}", e.state, e.votes, e.stale))
+                    .or_insert(0) += 1;
+            }
+            panic!(
+                "timed out waiting for {what} (map at revision {}: {summary:?})",
+                m.revision
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn admin(url: &str) -> AdminServiceClient<tonic::transport::Channel> {
+    trackwire_cli::admin::connect(&[url.to_string()])
+        .await
+        .expect("connect admin")
+}
+
+/// GETs `path` from an HTTP port; (status, body).
+pub async fn http_get(base: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.expect("read");
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
