@@ -30,6 +30,15 @@ pub struct SubscribeConfig {
     pub state_dir: Option<PathBuf>,
 }
 
+/// What to say when the stream is lost, given the map held.
+pub fn stream_lost_message(held: &HealthMap) -> &'static str {
+    if held.received() {
+        "health-map stream lost; routing on the last map"
+    } else {
+        "control plane unreachable and no health map yet; not listening"
+    }
+}
+
 pub async fn run(
     cfg: SubscribeConfig,
     tx: watch::Sender<Arc<HealthMap>>,
@@ -46,7 +55,12 @@ pub async fn run(
         };
         metrics.stream_connected.store(0, Relaxed);
         let e = result.err().unwrap_or_else(|| "stream ended".into());
-        warn!(endpoint = %url, error = %e, revision = tx.borrow().revision, "health-map stream lost; routing on the last map");
+        let held = Arc::clone(&tx.borrow());
+        if held.received() {
+            warn!(endpoint = %url, error = %e, epoch = held.epoch, revision = held.revision, "{}", stream_lost_message(&held));
+        } else {
+            warn!(endpoint = %url, error = %e, "{}", stream_lost_message(&held));
+        }
         next += 1;
         let delay = backoff.next_delay(rand::rng().random_range(0.0..1.0));
         tokio::select! {
@@ -142,5 +156,28 @@ async fn stream(
                 warn!(error = %e, "persisting the health map failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losing_the_stream_without_a_map_says_there_is_none() {
+        let none = HealthMap::default();
+        assert_eq!(
+            stream_lost_message(&none),
+            "control plane unreachable and no health map yet; not listening"
+        );
+        let held = HealthMap {
+            epoch: 3,
+            revision: 9,
+            ..HealthMap::default()
+        };
+        assert_eq!(
+            stream_lost_message(&held),
+            "health-map stream lost; routing on the last map"
+        );
     }
 }
