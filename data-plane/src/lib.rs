@@ -27,7 +27,7 @@ pub mod proxy_protocol;
 pub mod splice;
 pub mod subscribe;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,18 +56,25 @@ pub struct Config {
 pub enum Error {
     #[error("invalid config: {0}")]
     Config(String),
-    #[error("bind {addr}: {source}")]
+    /// The state dir exists but cannot hold the cache.
+    #[error("state dir {}: {reason}", path.display())]
+    StateDir { path: PathBuf, reason: String },
+    // The io errors below are part of the message, not `source`s: callers
+    // printing the chain (anyhow's `{:#}`) would show them twice.
+    #[error("listener {listener:?}: bind {addr}: {error}")]
     Bind {
+        listener: String,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("listen on {addr}: {source}")]
+    #[error("listener {listener:?}: listen on {addr}: {error}")]
     Listen {
+        listener: String,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("http server: {0}")]
-    Http(#[from] std::io::Error),
+    Http(std::io::Error),
 }
 
 impl Config {
@@ -79,6 +86,9 @@ impl Config {
             return Err(Error::Config(
                 "listener: the config defines no [[listener]]".into(),
             ));
+        }
+        if let Some(dir) = &self.state_dir {
+            check_state_dir(dir)?;
         }
         Ok(())
     }
@@ -92,6 +102,22 @@ impl Config {
     }
 }
 
+/// A state dir must be a directory, or not exist yet (the first save
+/// creates it): a proxy that cannot keep its cache would lose fail static
+/// across restarts while looking fine, so it refuses to start instead.
+fn check_state_dir(dir: &Path) -> Result<(), Error> {
+    let reason = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "not a directory".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    Err(Error::StateDir {
+        path: dir.to_path_buf(),
+        reason,
+    })
+}
+
 /// Binds every listener's address (call before anything else starts, so a
 /// bind error exits early and cleanly). The sockets listen only once the
 /// proxy holds a health map; see [`proxy::Listener`].
@@ -99,9 +125,10 @@ pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<proxy::Listener>, Error>
     specs
         .iter()
         .map(|spec| {
-            proxy::Listener::bind(spec.clone()).map_err(|source| Error::Bind {
+            proxy::Listener::bind(spec.clone()).map_err(|error| Error::Bind {
+                listener: spec.name.clone(),
                 addr: spec.bind,
-                source,
+                error,
             })
         })
         .collect()
@@ -186,10 +213,11 @@ pub async fn run(
         )));
     }
     if let Some(l) = http {
-        info!(http_addr = %l.local_addr()?, "data plane HTTP listening");
+        info!(http_addr = %l.local_addr().map_err(Error::Http)?, "data plane HTTP listening");
         axum::serve(l, http::router(rx.clone(), Arc::clone(&metrics)))
             .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await?;
+            .await
+            .map_err(Error::Http)?;
     }
     stop.cancelled().await;
     let mut failed = None;

@@ -114,10 +114,14 @@ pub async fn serve(
     let spec = listener.spec.clone();
     let socket = match listener.listen() {
         Ok(s) => s,
-        Err(source) => {
-            tracing::error!(listener = %spec.name, %addr, error = %source, "listen failed; stopping");
+        Err(error) => {
+            tracing::error!(listener = %spec.name, %addr, %error, "listen failed; stopping");
             shutdown.cancel();
-            return Err(crate::Error::Listen { addr, source });
+            return Err(crate::Error::Listen {
+                listener: spec.name,
+                addr,
+                error,
+            });
         }
     };
     info!(listener = %spec.name, %addr, pool = %spec.pool, "proxy listening");
