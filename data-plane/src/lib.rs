@@ -3,10 +3,11 @@
 //!
 //! - [`subscribe`]: the `HealthMapService.Subscribe` task → `watch` channel.
 //! - [`cache`]: the fail-static cache of the last map on disk.
+//! - [`status`]: readiness (`/readyz`): missing pools.
 //! - [`balance`]: roundrobin, leastconn, random (p2c) and source hashing (sans IO).
 //! - [`passive`]: local ejection after consecutive connect failures (sans IO).
-//! - [`proxy`]: listen (once a map is held), accept, pick, connect with
-//!   redispatch, relay.
+//! - [`proxy`]: listen (once the map has the listener's pool), accept, pick,
+//!   connect with redispatch, relay.
 //! - `splice` (Linux): zero-copy relaying; the workspace's only `unsafe`.
 //!
 //! Fail static: losing the control plane never changes routing; the last map
@@ -25,6 +26,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod status;
 pub mod subscribe;
 
 use std::path::{Path, PathBuf};
@@ -175,6 +177,10 @@ pub async fn run(
         .map_revision
         .store(initial.revision, std::sync::atomic::Ordering::Relaxed);
     let (tx, rx) = watch::channel(Arc::new(initial));
+    let view = status::View {
+        map: rx.clone(),
+        listeners: config.listeners.clone().into(),
+    };
     // Cancelled by `shutdown`, or by a listener that cannot listen.
     let stop = shutdown.child_token();
     let sub = tokio::spawn(
@@ -190,6 +196,10 @@ pub async fn run(
             stop.clone(),
         )
         .instrument(info_span!("subscription")),
+    );
+    tokio::spawn(
+        status::watch_missing(view.clone(), Arc::clone(&metrics), stop.clone())
+            .instrument(info_span!("pools")),
     );
     if check_handover() == Some(false) {
         info!(
@@ -214,7 +224,7 @@ pub async fn run(
     }
     if let Some(l) = http {
         info!(http_addr = %l.local_addr().map_err(Error::Http)?, "data plane HTTP listening");
-        axum::serve(l, http::router(rx.clone(), Arc::clone(&metrics)))
+        axum::serve(l, http::router(view, Arc::clone(&metrics)))
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .await
             .map_err(Error::Http)?;
