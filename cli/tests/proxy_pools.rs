@@ -1,7 +1,10 @@
-//! A proxy's pools against a real control plane on MemStore: a listener
-//! naming a pool the map lacks keeps the proxy unready and does not listen
-//! until the pool is applied.
+//! A proxy's pools against real control planes on MemStore (two MemStores
+//! are two store epochs): a listener naming a pool the map lacks keeps the
+//! proxy unready and does not listen; a new epoch without a served pool
+//! keeps that pool, flagged stale, until the new store has it; a deletion
+//! within one epoch still removes it.
 
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::config::ListenerSpec;
 use trackwire_core::{AdminState, BackendSpec, HealthState, PoolSpec, Quorum};
+use trackwire_proto::v1 as pb;
 
 async fn local() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
@@ -198,6 +202,32 @@ async fn hit(addr: SocketAddr) -> Result<String, String> {
         .unwrap_or_else(|_| Err("timed out".into()))
 }
 
+/// The backends `n` connections reach; every one must succeed.
+async fn reached(addr: SocketAddr, n: usize) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for i in 0..n {
+        seen.insert(
+            hit(addr)
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} failed: {e}")),
+        );
+    }
+    seen
+}
+
+/// Like [`reached`], but `None` when a connection fails (not routing yet).
+async fn try_reached(addr: SocketAddr, n: usize) -> Option<HashSet<String>> {
+    let mut seen = HashSet::new();
+    for _ in 0..n {
+        seen.insert(hit(addr).await.ok()?);
+    }
+    Some(seen)
+}
+
+fn set(names: &[&str]) -> HashSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_for_a_missing_pool_is_unready_and_does_not_listen() {
     let stop = CancellationToken::new();
@@ -248,4 +278,88 @@ async fn a_listener_for_a_missing_pool_is_unready_and_does_not_listen() {
         gauge(p.http, "trackwire_proxy_pools_missing").await,
         Some(0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_without_a_served_pool_keeps_it_stale() {
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let b = backends(3, &stop).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Epoch A has pool "web"; epoch B (a rebuilt, empty store) has nothing.
+    let store_a: Arc<dyn Store> = Arc::new(MemStore::new());
+    apply(store_a.as_ref(), &[pool("web", &[&b[0], &b[1]])]).await;
+    let store_b: Arc<dyn Store> = Arc::new(MemStore::new());
+    assert_ne!(store_a.epoch(), store_b.epoch());
+    let (url_a, cp_a, task_a) = control_plane(Arc::clone(&store_a)).await;
+    let (url_b, cp_b, _) = control_plane(Arc::clone(&store_b)).await;
+    let _cp_b = cp_b.drop_guard();
+    let p = proxy(
+        vec![url_a, url_b.clone()],
+        &[("web", "web")],
+        Some(dir.path().to_path_buf()),
+    )
+    .await;
+    eventually(10, "both backends routed", || async {
+        (try_reached(p.addrs[0], 6).await? == set(&["b1", "b2"])).then_some(())
+    })
+    .await;
+
+    // The proxy fails over to the control plane of the new epoch.
+    cp_a.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task_a)
+        .await
+        .expect("control plane A stops")
+        .expect("join")
+        .expect("clean exit");
+    eventually(15, "pools_stale is 1", || async {
+        (gauge(p.http, "trackwire_proxy_pools_stale").await == Some(1)).then_some(())
+    })
+    .await;
+    // It still routes to both backends, is ready, and says the pool is stale.
+    assert_eq!(reached(p.addrs[0], 6).await, set(&["b1", "b2"]));
+    let (code, body) = get(p.http, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("pool \"web\" is stale"), "{body}");
+    // The cache says so too, so a restart keeps the pool stale.
+    let cached = trackwire_data_plane::cache::load(dir.path())
+        .expect("readable")
+        .expect("cached");
+    assert_eq!(cached.map.epoch, store_b.epoch());
+    assert_eq!(cached.stale, BTreeSet::from(["web".to_string()]));
+    assert_eq!(cached.map.pools["web"].len(), 2);
+
+    // The new epoch gets the pool (different backends): it replaces the
+    // stale copy entirely, and the flag is cleared.
+    apply(store_b.as_ref(), &[pool("web", &[&b[2]])]).await;
+    eventually(10, "only b3 routed", || async {
+        (reached(p.addrs[0], 6).await == set(&["b3"])).then_some(())
+    })
+    .await;
+    assert_eq!(gauge(p.http, "trackwire_proxy_pools_stale").await, Some(0));
+    let (code, body) = get(p.http, "/readyz").await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+
+    // Deleted by an operator within the epoch: it goes, as before.
+    let mut admin = trackwire_cli::admin::connect(&[url_b])
+        .await
+        .expect("admin");
+    admin
+        .delete_pool(pb::DeletePoolRequest { name: "web".into() })
+        .await
+        .expect("delete pool");
+    let (code, body) = eventually(10, "unready without web", || async {
+        let (code, body) = get(p.http, "/readyz").await;
+        (code == 503).then_some((code, body))
+    })
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            503,
+            "pool \"web\" (listener \"web\") is not in the health map\n"
+        )
+    );
+    assert_eq!(gauge(p.http, "trackwire_proxy_pools_stale").await, Some(0));
+    assert!(hit(p.addrs[0]).await.is_err(), "routed without a pool");
 }

@@ -2,8 +2,9 @@
 //!
 //! `/readyz` answers 200 once a health map is held (from the control plane
 //! or the cache) and it has every listener's pool; otherwise 503 with a
-//! body saying why (no map yet, or which pools are missing); see
-//! [`crate::status`].
+//! body saying why (no map yet, or which pools are missing). Stale pools
+//! (kept from a previous store epoch) are listed in the body either way;
+//! see [`crate::status`].
 
 use std::sync::Arc;
 

@@ -2,8 +2,9 @@
 //! health map says are UP, fed by a subscription to the control plane.
 //!
 //! - [`subscribe`]: the `HealthMapService.Subscribe` task → `watch` channel.
+//! - [`assemble`]: stream messages → complete maps; stale pools (sans IO).
 //! - [`cache`]: the fail-static cache of the last map on disk.
-//! - [`status`]: readiness (`/readyz`): missing pools.
+//! - [`status`]: readiness (`/readyz`): missing and stale pools.
 //! - [`balance`]: roundrobin, leastconn, random (p2c) and source hashing (sans IO).
 //! - [`passive`]: local ejection after consecutive connect failures (sans IO).
 //! - [`proxy`]: listen (once the map has the listener's pool), accept, pick,
@@ -11,12 +12,15 @@
 //! - `splice` (Linux): zero-copy relaying; the workspace's only `unsafe`.
 //!
 //! Fail static: losing the control plane never changes routing; the last map
-//! stays in force and is loaded from the state dir after a restart.
+//! stays in force and is loaded from the state dir after a restart. A new
+//! store epoch that lacks a served pool does not empty it either: the pool
+//! is kept, flagged stale (see [`assemble`]).
 //!
 //! Restarts: listeners bind with SO_REUSEPORT, so a new process serves the
 //! same addresses beside the old one; on shutdown the old one closes its
 //! listeners, waits up to the drain grace for open sessions, then cuts them.
 
+pub mod assemble;
 pub mod balance;
 pub mod cache;
 pub mod http;
@@ -29,6 +33,7 @@ pub mod splice;
 pub mod status;
 pub mod subscribe;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +43,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use trackwire_core::HealthMap;
 use trackwire_core::config::ListenerSpec;
 
 use crate::metrics::Metrics;
@@ -157,28 +161,46 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let initial = match &config.state_dir {
         Some(dir) => match cache::load(dir) {
-            Ok(Some(map)) => {
+            Ok(Some(mut cached)) => {
+                // Only the pools served now (the config may have changed).
+                let pools = config.pools();
+                cached.map.retain(&pools);
+                cached.stale.retain(|p| cached.map.pools.contains_key(p));
                 info!(
-                    revision = map.revision,
-                    pools = map.pools.len(),
+                    epoch = cached.map.epoch,
+                    revision = cached.map.revision,
+                    pools = cached.map.pools.len(),
                     "loaded the last health map from the state dir"
                 );
-                map
+                if !cached.stale.is_empty() {
+                    warn!(
+                        pools = ?cached.stale,
+                        "the cached map has stale pools (kept from before the control plane's \
+                         store changed epoch); routing on their last known backends"
+                    );
+                }
+                cached
             }
-            Ok(None) => HealthMap::default(),
+            Ok(None) => cache::Cached::default(),
             Err(e) => {
                 warn!(error = %e, "ignoring unreadable health-map cache");
-                HealthMap::default()
+                cache::Cached::default()
             }
         },
-        None => HealthMap::default(),
+        None => cache::Cached::default(),
     };
     metrics
         .map_revision
-        .store(initial.revision, std::sync::atomic::Ordering::Relaxed);
-    let (tx, rx) = watch::channel(Arc::new(initial));
+        .store(initial.map.revision, std::sync::atomic::Ordering::Relaxed);
+    metrics.pools_stale.store(
+        initial.stale.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let (tx, rx) = watch::channel(Arc::new(initial.map));
+    let (stale_tx, stale_rx) = watch::channel::<BTreeSet<String>>(initial.stale);
     let view = status::View {
         map: rx.clone(),
+        stale: stale_rx,
         listeners: config.listeners.clone().into(),
     };
     // Cancelled by `shutdown`, or by a listener that cannot listen.
@@ -191,7 +213,10 @@ pub async fn run(
                 proxy_id: config.proxy_id.clone(),
                 state_dir: config.state_dir.clone(),
             },
-            tx,
+            subscribe::Publish {
+                map: tx,
+                stale: stale_tx,
+            },
             Arc::clone(&metrics),
             stop.clone(),
         )

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub map_revision: AtomicU64,
     /// Pools named by a listener that the held map lacks.
     pub pools_missing: AtomicU64,
+    /// Pools kept from a previous store epoch (see `assemble`).
+    pub pools_stale: AtomicU64,
     pub propagation: Histogram,
 }
 
@@ -95,6 +97,12 @@ impl Metrics {
                 "gauge",
                 "pools named by a listener that the health map lacks (their listeners do not listen; /readyz answers 503)",
                 &self.pools_missing,
+            ),
+            (
+                "trackwire_proxy_pools_stale",
+                "gauge",
+                "pools kept from a previous store epoch because the control plane's current store lacks them",
+                &self.pools_stale,
             ),
         ] {
             let _ = writeln!(

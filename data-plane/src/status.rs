@@ -1,5 +1,5 @@
 //! What the proxy reports about its pools: `/readyz` and the missing-pool
-//! warnings are derived here from the held map.
+//! warnings are derived here from the held map and the stale set.
 //!
 //! - **Missing**: a listener names a pool the held map lacks (a typo, or a
 //!   pool not applied yet). Such a listener does not listen (see
@@ -8,6 +8,10 @@
 //!   `/readyz` never replaces a working proxy with one that can only
 //!   refuse. One warning per pool when it goes missing, not one log line
 //!   per connection.
+//! - **Stale**: a pool kept from a previous store epoch (see
+//!   [`crate::assemble`]). The proxy routes on it and stays ready — it is
+//!   fail static, like a lost stream — but says so in `/readyz`'s body, in
+//!   `trackwire_proxy_pools_stale` and in a warning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -29,10 +33,12 @@ pub struct Readiness {
     pub has_map: bool,
     /// Pools named by listeners that the map lacks → those listeners' names.
     pub missing: BTreeMap<String, Vec<String>>,
+    /// Pools kept from a previous store epoch.
+    pub stale: BTreeSet<String>,
 }
 
 impl Readiness {
-    pub fn of(map: &HealthMap, listeners: &[ListenerSpec]) -> Self {
+    pub fn of(map: &HealthMap, stale: &BTreeSet<String>, listeners: &[ListenerSpec]) -> Self {
         let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
         if map.received() {
             for l in listeners {
@@ -47,6 +53,7 @@ impl Readiness {
         Readiness {
             has_map: map.received(),
             missing,
+            stale: stale.clone(),
         }
     }
 
@@ -55,7 +62,7 @@ impl Readiness {
         self.has_map && self.missing.is_empty()
     }
 
-    /// `/readyz`'s body: why not ready.
+    /// `/readyz`'s body: why not ready, and which pools are stale.
     pub fn body(&self) -> String {
         let mut out = String::new();
         if !self.has_map {
@@ -70,6 +77,12 @@ impl Readiness {
         }
         if self.ready() {
             out.push_str("ready\n");
+        }
+        for pool in &self.stale {
+            let _ = writeln!(
+                out,
+                "pool {pool:?} is stale: kept from before the control plane's store changed epoch"
+            );
         }
         out
     }
@@ -127,13 +140,14 @@ impl MissingLog {
 #[derive(Clone)]
 pub struct View {
     pub map: watch::Receiver<Arc<HealthMap>>,
+    pub stale: watch::Receiver<BTreeSet<String>>,
     pub listeners: Arc<[ListenerSpec]>,
 }
 
 impl View {
     pub fn readiness(&self) -> Readiness {
         let map = Arc::clone(&self.map.borrow());
-        Readiness::of(&map, &self.listeners)
+        Readiness::of(&map, &self.stale.borrow(), &self.listeners)
     }
 }
 
@@ -188,40 +202,46 @@ mod tests {
     }
 
     #[test]
-    fn readiness_names_missing_pools() {
+    fn readiness_names_missing_pools_and_stale_ones() {
         let listeners = [
             listener("web", "web"),
             listener("typo", "wbe"),
             listener("typo2", "wbe"),
         ];
-        let r = Readiness::of(&HealthMap::default(), &listeners);
+        let none = BTreeSet::new();
+        let r = Readiness::of(&HealthMap::default(), &none, &listeners);
         assert!(!r.ready() && r.missing.is_empty());
         assert_eq!(r.body(), "no health map yet\n");
 
-        let r = Readiness::of(&map_with(&["web"]), &listeners);
+        let r = Readiness::of(&map_with(&["web"]), &none, &listeners);
         assert!(!r.ready());
         assert_eq!(
             r.body(),
             "pool \"wbe\" (listener \"typo\", \"typo2\") is not in the health map\n"
         );
 
-        let r = Readiness::of(&map_with(&["web", "wbe"]), &listeners);
+        let stale = BTreeSet::from(["web".to_string()]);
+        let r = Readiness::of(&map_with(&["web", "wbe"]), &stale, &listeners);
         assert!(r.ready());
-        assert_eq!(r.body(), "ready\n");
+        assert_eq!(
+            r.body(),
+            "ready\npool \"web\" is stale: kept from before the control plane's store changed epoch\n"
+        );
     }
 
     #[test]
     fn each_missing_pool_is_logged_once() {
         let listeners = [listener("a", "p"), listener("b", "q")];
+        let none = BTreeSet::new();
         let mut log = MissingLog::default();
-        let r = Readiness::of(&map_with(&[]), &listeners);
+        let r = Readiness::of(&map_with(&[]), &none, &listeners);
         assert_eq!(log.observe(&r).len(), 2);
         // Every further map with the same pools missing: nothing new to say.
         assert!(log.observe(&r).is_empty());
         assert!(log.observe(&r).is_empty());
-        let r = Readiness::of(&map_with(&["q"]), &listeners);
+        let r = Readiness::of(&map_with(&["q"]), &none, &listeners);
         assert_eq!(log.observe(&r), [MissingChange::Found { pool: "q".into() }]);
-        let r = Readiness::of(&map_with(&[]), &listeners);
+        let r = Readiness::of(&map_with(&[]), &none, &listeners);
         assert_eq!(
             log.observe(&r),
             [MissingChange::Missing {
