@@ -147,9 +147,13 @@ pub async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         drain_grace: args.drain_grace,
     };
-    config
-        .validate()
-        .map_err(|e| Invalid(format!("{}: {e}", args.config.display())))?;
+    config.validate().map_err(|e| match e {
+        // A flag, not the config file.
+        trackwire_data_plane::Error::StateDir { path, reason } => {
+            Invalid(format!("--state-dir {}: {reason}", path.display()))
+        }
+        e => Invalid(format!("{}: {e}", args.config.display())),
+    })?;
     let listeners = trackwire_data_plane::bind(&config.listeners).await?;
     let http = bind(args.http_bind, "--http-bind").await?;
     let shutdown = CancellationToken::new();

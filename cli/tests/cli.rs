@@ -1,6 +1,7 @@
 //! The `trackwire` binary as users run it: `dev` end to end (demo backends,
 //! flipping one to 503, apply/get against it, clean exit on SIGTERM), and
-//! exit code 2 with the failing field named for invalid configs.
+//! exit code 2 with the failing field named for invalid configs; a proxy
+//! refusing to start on a port in use (1) or a state dir that is a file (2).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -394,6 +395,104 @@ fn unreachable_control_plane_exits_1() {
     let (code, _, err) = run(&["get", "pools", "--control-plane", "http://127.0.0.1:1"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no control-plane endpoint reachable"), "{err}");
+}
+
+/// Runs trackwire and waits up to 10 s for it to exit: `None` if it still
+/// runs then (it is killed).
+fn run_exiting(args: &[&str]) -> Option<(i32, String)> {
+    let child = Command::new(BIN)
+        .args(args)
+        .env("TRACKWIRE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run trackwire");
+    let mut running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = running.0.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = running.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    Some((status.code().unwrap_or(-1), err))
+}
+
+/// A data-plane config with one listener, `name` on `bind`.
+fn listener_config(dir: &std::path::Path, name: &str, bind: &str) -> String {
+    let file = dir.join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!("[[listener]]\nname = \"{name}\"\nbind = \"{bind}\"\npool = \"k\"\n"),
+    )
+    .expect("write");
+    file.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_listener_port_in_use_exits_1_naming_the_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Held without SO_REUSEPORT, so the proxy cannot share it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let config = listener_config(dir.path(), "kube-api", &addr);
+    let (code, err) = run_exiting(&[
+        "data-plane",
+        "--config",
+        &config,
+        "--control-plane",
+        "http://127.0.0.1:1",
+        "--http-bind",
+        "127.0.0.1:0",
+    ])
+    .expect("exits at once");
+    assert_eq!(code, 1, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(
+        line.starts_with(&format!("error: listener \"kube-api\": bind {addr}: ")),
+        "{line}"
+    );
+    assert_eq!(
+        line.to_lowercase().matches("in use").count(),
+        1,
+        "the cause once: {line}"
+    );
+}
+
+#[test]
+fn a_state_dir_that_is_a_file_exits_2_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    let file = file.to_string_lossy().into_owned();
+    let config = listener_config(dir.path(), "web", "127.0.0.1:0");
+    let (code, err) = run_exiting(&[
+        "data-plane",
+        "--config",
+        &config,
+        "--control-plane",
+        "http://127.0.0.1:1",
+        "--http-bind",
+        "127.0.0.1:0",
+        "--state-dir",
+        &file,
+    ])
+    .expect("refuses to start (it ran on without a usable cache)");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("error: --state-dir {file}: not a directory")),
+        "{err}"
+    );
 }
 
 /// Waits until `addr` accepts TCP connections.

@@ -329,8 +329,9 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
     loop {
         let cached = trackwire_data_plane::cache::load(dir.path()).expect("readable cache");
         let up = cached
-            .and_then(|m| {
-                m.pools
+            .and_then(|c| {
+                c.map
+                    .pools
                     .get("web")
                     .map(|p| p.values().filter(|e| e.routable()).count())
             })

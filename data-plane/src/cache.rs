@@ -3,7 +3,13 @@
 //! restarted while the control plane is unreachable routes as before. The
 //! old and the new process of a zero-downtime restart may share the dir
 //! (each writes its own temp file; the rename is atomic).
+//!
+//! The file is a `HealthMapUpdate` snapshot followed by the stale pools
+//! (see [`crate::assemble`]) as field 1000, a number the proto does not use:
+//! protobuf reads concatenated encodings as one message, so an older binary
+//! skips the field as unknown and a file without it has no stale pools.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -13,11 +19,25 @@ use trackwire_proto::v1 as pb;
 
 const FILE: &str = "healthmap.pb";
 
+/// What the cache holds: the map and which of its pools are stale.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cached {
+    pub map: HealthMap,
+    pub stale: BTreeSet<String>,
+}
+
+/// The stale pools, encoded after the map (field 1000 of the same message).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StalePools {
+    #[prost(string, repeated, tag = "1000")]
+    stale_pools: Vec<String>,
+}
+
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
-pub fn save(dir: &Path, map: &HealthMap) -> std::io::Result<()> {
+pub fn save(dir: &Path, map: &HealthMap, stale: &BTreeSet<String>) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let msg = pb::HealthMapUpdate {
         epoch: map.epoch,
@@ -26,19 +46,25 @@ pub fn save(dir: &Path, map: &HealthMap) -> std::io::Result<()> {
         pools: map.snapshot(&[]).iter().map(pool_update_to_pb).collect(),
         more: false,
     };
+    let mut bytes = msg.encode_to_vec();
+    StalePools {
+        stale_pools: stale.iter().cloned().collect(),
+    }
+    .encode(&mut bytes)
+    .map_err(std::io::Error::other)?;
     // Per process: the old and new proxy of a restart may share the dir.
     let tmp = dir.join(format!("{FILE}.{}.tmp", std::process::id()));
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&msg.encode_to_vec())?;
+        f.write_all(&bytes)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path(dir))
 }
 
 /// `Ok(None)` when there is no cache yet; an error when it exists but cannot be read.
-pub fn load(dir: &Path) -> Result<Option<HealthMap>, String> {
+pub fn load(dir: &Path) -> Result<Option<Cached>, String> {
     let p = path(dir);
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
@@ -47,6 +73,11 @@ pub fn load(dir: &Path) -> Result<Option<HealthMap>, String> {
     };
     let msg = pb::HealthMapUpdate::decode(bytes.as_slice())
         .map_err(|e| format!("{}: {e}", p.display()))?;
+    let stale = StalePools::decode(bytes.as_slice())
+        .map_err(|e| format!("{}: {e}", p.display()))?
+        .stale_pools
+        .into_iter()
+        .collect();
     let updates = msg
         .pools
         .iter()
@@ -59,7 +90,7 @@ pub fn load(dir: &Path) -> Result<Option<HealthMap>, String> {
         ..HealthMap::default()
     };
     map.apply(&updates);
-    Ok(Some(map))
+    Ok(Some(Cached { map, stale }))
 }
 
 #[cfg(test)]
@@ -94,8 +125,29 @@ mod tests {
             revision: 42,
             pools: BTreeMap::from([("p".to_string(), Arc::new(pool))]),
         };
-        save(dir.path(), &map).expect("save");
-        assert_eq!(load(dir.path()), Ok(Some(map)));
+        let none = BTreeSet::new();
+        save(dir.path(), &map, &none).expect("save");
+        assert_eq!(
+            load(dir.path()),
+            Ok(Some(Cached {
+                map: map.clone(),
+                stale: none
+            }))
+        );
+        // Stale pools round-trip, and the file is still a HealthMapUpdate
+        // an older binary reads (it skips the unknown field).
+        let stale = BTreeSet::from(["p".to_string()]);
+        save(dir.path(), &map, &stale).expect("save");
+        assert_eq!(
+            load(dir.path()),
+            Ok(Some(Cached {
+                map: map.clone(),
+                stale
+            }))
+        );
+        let bytes = std::fs::read(path(dir.path())).expect("read");
+        let plain = pb::HealthMapUpdate::decode(bytes.as_slice()).expect("plain decode");
+        assert_eq!((plain.epoch, plain.revision, plain.pools.len()), (7, 42, 1));
         std::fs::write(path(dir.path()), b"\xff\xff garbage").expect("write");
         assert!(load(dir.path()).is_err());
     }

@@ -1,5 +1,10 @@
-//! The data plane's HTTP port: `/healthz`, `/readyz` (a health map is held,
-//! from the control plane or the cache), `/metrics`.
+//! The data plane's HTTP port: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! `/readyz` answers 200 once a health map is held (from the control plane
+//! or the cache) and it has every listener's pool; otherwise 503 with a
+//! body saying why (no map yet, or which pools are missing). Stale pools
+//! (kept from a previous store epoch) are listed in the body either way;
+//! see [`crate::status`].
 
 use std::sync::Arc;
 
@@ -8,31 +13,32 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::sync::watch;
-use trackwire_core::HealthMap;
 
 use crate::metrics::Metrics;
+use crate::status::View;
 
 #[derive(Clone)]
 struct Ctx {
-    map: watch::Receiver<Arc<HealthMap>>,
+    view: View,
     metrics: Arc<Metrics>,
 }
 
-pub fn router(map: watch::Receiver<Arc<HealthMap>>, metrics: Arc<Metrics>) -> Router {
+pub fn router(view: View, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Ctx { map, metrics })
+        .with_state(Ctx { view, metrics })
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
-    if ctx.map.borrow().received() {
-        (StatusCode::OK, "ready\n")
+    let r = ctx.view.readiness();
+    let code = if r.ready() {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no health map yet\n")
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, r.body())
 }
 
 async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {

@@ -2,20 +2,25 @@
 //! health map says are UP, fed by a subscription to the control plane.
 //!
 //! - [`subscribe`]: the `HealthMapService.Subscribe` task → `watch` channel.
+//! - [`assemble`]: stream messages → complete maps; stale pools (sans IO).
 //! - [`cache`]: the fail-static cache of the last map on disk.
+//! - [`status`]: readiness (`/readyz`): missing and stale pools.
 //! - [`balance`]: roundrobin, leastconn, random (p2c) and source hashing (sans IO).
 //! - [`passive`]: local ejection after consecutive connect failures (sans IO).
-//! - [`proxy`]: listen (once a map is held), accept, pick, connect with
-//!   redispatch, relay.
+//! - [`proxy`]: listen (once the map has the listener's pool), accept, pick,
+//!   connect with redispatch, relay.
 //! - `splice` (Linux): zero-copy relaying; the workspace's only `unsafe`.
 //!
 //! Fail static: losing the control plane never changes routing; the last map
-//! stays in force and is loaded from the state dir after a restart.
+//! stays in force and is loaded from the state dir after a restart. A new
+//! store epoch that lacks a served pool does not empty it either: the pool
+//! is kept, flagged stale (see [`assemble`]).
 //!
 //! Restarts: listeners bind with SO_REUSEPORT, so a new process serves the
 //! same addresses beside the old one; on shutdown the old one closes its
 //! listeners, waits up to the drain grace for open sessions, then cuts them.
 
+pub mod assemble;
 pub mod balance;
 pub mod cache;
 pub mod http;
@@ -25,9 +30,11 @@ pub mod proxy;
 pub mod proxy_protocol;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod status;
 pub mod subscribe;
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +43,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
-use trackwire_core::HealthMap;
 use trackwire_core::config::ListenerSpec;
 
 use crate::metrics::Metrics;
@@ -56,18 +62,25 @@ pub struct Config {
 pub enum Error {
     #[error("invalid config: {0}")]
     Config(String),
-    #[error("bind {addr}: {source}")]
+    /// The state dir exists but cannot hold the cache.
+    #[error("state dir {}: {reason}", path.display())]
+    StateDir { path: PathBuf, reason: String },
+    // The io errors below are part of the message, not `source`s: callers
+    // printing the chain (anyhow's `{:#}`) would show them twice.
+    #[error("listener {listener:?}: bind {addr}: {error}")]
     Bind {
+        listener: String,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("listen on {addr}: {source}")]
+    #[error("listener {listener:?}: listen on {addr}: {error}")]
     Listen {
+        listener: String,
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("http server: {0}")]
-    Http(#[from] std::io::Error),
+    Http(std::io::Error),
 }
 
 impl Config {
@@ -79,6 +92,9 @@ impl Config {
             return Err(Error::Config(
                 "listener: the config defines no [[listener]]".into(),
             ));
+        }
+        if let Some(dir) = &self.state_dir {
+            check_state_dir(dir)?;
         }
         Ok(())
     }
@@ -92,6 +108,22 @@ impl Config {
     }
 }
 
+/// A state dir must be a directory, or not exist yet (the first save
+/// creates it): a proxy that cannot keep its cache would lose fail static
+/// across restarts while looking fine, so it refuses to start instead.
+fn check_state_dir(dir: &Path) -> Result<(), Error> {
+    let reason = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "not a directory".to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    Err(Error::StateDir {
+        path: dir.to_path_buf(),
+        reason,
+    })
+}
+
 /// Binds every listener's address (call before anything else starts, so a
 /// bind error exits early and cleanly). The sockets listen only once the
 /// proxy holds a health map; see [`proxy::Listener`].
@@ -99,9 +131,10 @@ pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<proxy::Listener>, Error>
     specs
         .iter()
         .map(|spec| {
-            proxy::Listener::bind(spec.clone()).map_err(|source| Error::Bind {
+            proxy::Listener::bind(spec.clone()).map_err(|error| Error::Bind {
+                listener: spec.name.clone(),
                 addr: spec.bind,
-                source,
+                error,
             })
         })
         .collect()
@@ -128,26 +161,48 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let initial = match &config.state_dir {
         Some(dir) => match cache::load(dir) {
-            Ok(Some(map)) => {
+            Ok(Some(mut cached)) => {
+                // Only the pools served now (the config may have changed).
+                let pools = config.pools();
+                cached.map.retain(&pools);
+                cached.stale.retain(|p| cached.map.pools.contains_key(p));
                 info!(
-                    revision = map.revision,
-                    pools = map.pools.len(),
+                    epoch = cached.map.epoch,
+                    revision = cached.map.revision,
+                    pools = cached.map.pools.len(),
                     "loaded the last health map from the state dir"
                 );
-                map
+                if !cached.stale.is_empty() {
+                    warn!(
+                        pools = ?cached.stale,
+                        "the cached map has stale pools (kept from before the control plane's \
+                         store changed epoch); routing on their last known backends"
+                    );
+                }
+                cached
             }
-            Ok(None) => HealthMap::default(),
+            Ok(None) => cache::Cached::default(),
             Err(e) => {
                 warn!(error = %e, "ignoring unreadable health-map cache");
-                HealthMap::default()
+                cache::Cached::default()
             }
         },
-        None => HealthMap::default(),
+        None => cache::Cached::default(),
     };
     metrics
         .map_revision
-        .store(initial.revision, std::sync::atomic::Ordering::Relaxed);
-    let (tx, rx) = watch::channel(Arc::new(initial));
+        .store(initial.map.revision, std::sync::atomic::Ordering::Relaxed);
+    metrics.pools_stale.store(
+        initial.stale.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let (tx, rx) = watch::channel(Arc::new(initial.map));
+    let (stale_tx, stale_rx) = watch::channel::<BTreeSet<String>>(initial.stale);
+    let view = status::View {
+        map: rx.clone(),
+        stale: stale_rx,
+        listeners: config.listeners.clone().into(),
+    };
     // Cancelled by `shutdown`, or by a listener that cannot listen.
     let stop = shutdown.child_token();
     let sub = tokio::spawn(
@@ -158,11 +213,18 @@ pub async fn run(
                 proxy_id: config.proxy_id.clone(),
                 state_dir: config.state_dir.clone(),
             },
-            tx,
+            subscribe::Publish {
+                map: tx,
+                stale: stale_tx,
+            },
             Arc::clone(&metrics),
             stop.clone(),
         )
         .instrument(info_span!("subscription")),
+    );
+    tokio::spawn(
+        status::watch_missing(view.clone(), Arc::clone(&metrics), stop.clone())
+            .instrument(info_span!("pools")),
     );
     if check_handover() == Some(false) {
         info!(
@@ -186,10 +248,11 @@ pub async fn run(
         )));
     }
     if let Some(l) = http {
-        info!(http_addr = %l.local_addr()?, "data plane HTTP listening");
-        axum::serve(l, http::router(rx.clone(), Arc::clone(&metrics)))
+        info!(http_addr = %l.local_addr().map_err(Error::Http)?, "data plane HTTP listening");
+        axum::serve(l, http::router(view, Arc::clone(&metrics)))
             .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await?;
+            .await
+            .map_err(Error::Http)?;
     }
     stop.cancelled().await;
     let mut failed = None;

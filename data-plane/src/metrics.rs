@@ -18,6 +18,10 @@ pub struct Metrics {
     pub passive_ejections_total: AtomicU64,
     pub stream_connected: AtomicU64,
     pub map_revision: AtomicU64,
+    /// Pools named by a listener that the held map lacks.
+    pub pools_missing: AtomicU64,
+    /// Pools kept from a previous store epoch (see `assemble`).
+    pub pools_stale: AtomicU64,
     pub propagation: Histogram,
 }
 
@@ -87,6 +91,18 @@ impl Metrics {
                 "gauge",
                 "store revision of the health map in use",
                 &self.map_revision,
+            ),
+            (
+                "trackwire_proxy_pools_missing",
+                "gauge",
+                "pools named by a listener that the health map lacks (their listeners do not listen; /readyz answers 503)",
+                &self.pools_missing,
+            ),
+            (
+                "trackwire_proxy_pools_stale",
+                "gauge",
+                "pools kept from a previous store epoch because the control plane's current store lacks them",
+                &self.pools_stale,
             ),
         ] {
             let _ = writeln!(

@@ -31,10 +31,12 @@ use crate::passive::{Passive, PassiveConfig};
 use crate::proxy_protocol;
 
 /// A listener's socket: bound (so bind errors surface at start) but not
-/// listening until [`serve`] holds a health map, so the kernel hands a
-/// starting proxy no connection it could only refuse. With SO_REUSEPORT a
-/// replacement process joins the old one's listeners only once it can route
-/// (like Envoy's listener warming).
+/// listening until [`serve`] holds a health map that has the listener's
+/// pool, so the kernel hands a starting proxy no connection it could only
+/// refuse. With SO_REUSEPORT a replacement process joins the old one's
+/// listeners only once it can route (like Envoy's listener warming); a
+/// listener whose pool the map lacks (a typo, a pool not applied yet)
+/// leaves its connections to the old process.
 pub struct Listener {
     pub spec: ListenerSpec,
     socket: socket2::Socket,
@@ -90,10 +92,17 @@ struct Ctx {
     metrics: Arc<Metrics>,
 }
 
-/// Listens once `map` holds a health map, then accepts until `shutdown`;
-/// open sessions are tracked by `tracker` so the caller can wait for them to
-/// drain, and closed when `cut` is cancelled. A listen(2) failure cancels
-/// `shutdown` (the whole proxy stops) and is returned.
+/// Listens once `map` holds a health map with the listener's pool, then
+/// accepts until `shutdown`; open sessions are tracked by `tracker` so the
+/// caller can wait for them to drain, and closed when `cut` is cancelled. A
+/// listen(2) failure cancels `shutdown` (the whole proxy stops) and is
+/// returned.
+///
+/// Once listening, a listener keeps listening if its pool later leaves the
+/// map (an operator deleted it): it then refuses connections like a pool
+/// with no UP backend, `/readyz` answers 503 and the proxy warns once.
+/// Closing instead would reset the connections already queued, and
+/// listening again would need a new bind that could fail.
 pub async fn serve(
     listener: Listener,
     map: watch::Receiver<Arc<HealthMap>>,
@@ -103,21 +112,27 @@ pub async fn serve(
     cut: CancellationToken,
 ) -> Result<(), crate::Error> {
     let addr = listener.local_addr().unwrap_or(listener.spec.bind);
+    let pool = listener.spec.pool.clone();
     let mut ready = map.clone();
-    if !ready.borrow().received() {
-        info!(listener = %listener.spec.name, %addr, "waiting for a health map before listening");
+    let routable = |m: &Arc<HealthMap>| m.received() && m.pools.contains_key(&pool);
+    if !routable(&ready.borrow()) {
+        info!(listener = %listener.spec.name, %addr, %pool, "waiting for a health map with the listener's pool before listening");
         tokio::select! {
-            r = ready.wait_for(|m| m.received()) => if r.is_err() { return Ok(()) },
+            r = ready.wait_for(routable) => if r.is_err() { return Ok(()) },
             () = shutdown.cancelled() => return Ok(()),
         }
     }
     let spec = listener.spec.clone();
     let socket = match listener.listen() {
         Ok(s) => s,
-        Err(source) => {
-            tracing::error!(listener = %spec.name, %addr, error = %source, "listen failed; stopping");
+        Err(error) => {
+            tracing::error!(listener = %spec.name, %addr, %error, "listen failed; stopping");
             shutdown.cancel();
-            return Err(crate::Error::Listen { addr, source });
+            return Err(crate::Error::Listen {
+                listener: spec.name,
+                addr,
+                error,
+            });
         }
     };
     info!(listener = %spec.name, %addr, pool = %spec.pool, "proxy listening");
@@ -386,7 +401,12 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     }
     let Some((ep, mut server, _guard)) = upstream else {
         ctx.metrics.no_backend_total.fetch_add(1, Relaxed);
-        info!(pool = %ctx.spec.pool, candidates = eps.len(), "no backend available; closing connection");
+        if ctx.map.borrow().pools.contains_key(&ctx.spec.pool) {
+            info!(pool = %ctx.spec.pool, candidates = eps.len(), "no backend available; closing connection");
+        } else {
+            // Warned about once per pool (see `status`), not per connection.
+            debug!(pool = %ctx.spec.pool, "pool not in the health map; closing connection");
+        }
         return;
     };
     let _ = server.set_nodelay(true);

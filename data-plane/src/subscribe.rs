@@ -3,8 +3,10 @@
 //! backoff) and publishes each new map into a `watch` channel. Routing reads
 //! the channel and never waits on the network. When the stream is lost the
 //! last map stays published — fail static — until a new stream delivers a
-//! snapshot.
+//! snapshot. Messages are folded into maps by [`crate::assemble`], which
+//! also decides which pools are stale after a store epoch change.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,6 +22,7 @@ use trackwire_core::{HealthMap, PoolUpdate};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::health_map_service_client::HealthMapServiceClient;
 
+use crate::assemble::{Assembler, Held, Message};
 use crate::cache;
 use crate::metrics::Metrics;
 
@@ -30,23 +33,64 @@ pub struct SubscribeConfig {
     pub state_dir: Option<PathBuf>,
 }
 
+/// Where the subscription publishes: the map routing reads, and its stale
+/// pools (for `/readyz`).
+pub struct Publish {
+    pub map: watch::Sender<Arc<HealthMap>>,
+    pub stale: watch::Sender<BTreeSet<String>>,
+}
+
+/// Publishing the map alone (tests and tools that do not need the stale set).
+impl From<watch::Sender<Arc<HealthMap>>> for Publish {
+    fn from(map: watch::Sender<Arc<HealthMap>>) -> Self {
+        Publish {
+            map,
+            stale: watch::Sender::new(BTreeSet::new()),
+        }
+    }
+}
+
+impl Publish {
+    fn held(&self) -> Held {
+        Held {
+            map: Arc::clone(&self.map.borrow()),
+            stale: self.stale.borrow().clone(),
+        }
+    }
+}
+
+/// What to say when the stream is lost, given the map held.
+pub fn stream_lost_message(held: &HealthMap) -> &'static str {
+    if held.received() {
+        "health-map stream lost; routing on the last map"
+    } else {
+        "control plane unreachable and no health map yet; not listening"
+    }
+}
+
 pub async fn run(
     cfg: SubscribeConfig,
-    tx: watch::Sender<Arc<HealthMap>>,
+    publish: impl Into<Publish>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let publish = publish.into();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut next = 0usize;
     loop {
         let url = &cfg.endpoints[next % cfg.endpoints.len()];
         let result = tokio::select! {
-            r = stream(url, &cfg, &tx, &metrics, &mut backoff) => r,
+            r = stream(url, &cfg, &publish, &metrics, &mut backoff) => r,
             () = shutdown.cancelled() => return,
         };
         metrics.stream_connected.store(0, Relaxed);
         let e = result.err().unwrap_or_else(|| "stream ended".into());
-        warn!(endpoint = %url, error = %e, revision = tx.borrow().revision, "health-map stream lost; routing on the last map");
+        let held = Arc::clone(&publish.map.borrow());
+        if held.received() {
+            warn!(endpoint = %url, error = %e, epoch = held.epoch, revision = held.revision, "{}", stream_lost_message(&held));
+        } else {
+            warn!(endpoint = %url, error = %e, "{}", stream_lost_message(&held));
+        }
         next += 1;
         let delay = backoff.next_delay(rand::rng().random_range(0.0..1.0));
         tokio::select! {
@@ -59,7 +103,7 @@ pub async fn run(
 async fn stream(
     url: &str,
     cfg: &SubscribeConfig,
-    tx: &watch::Sender<Arc<HealthMap>>,
+    publish: &Publish,
     metrics: &Metrics,
     backoff: &mut Backoff,
 ) -> Result<(), String> {
@@ -75,7 +119,7 @@ async fn stream(
     // Offer the map held (from any replica of the same store, or the
     // cache): a replica that still has that revision answers with a delta.
     let (resume_epoch, resume_revision) = {
-        let held = tx.borrow();
+        let held = publish.map.borrow();
         (held.epoch, held.revision)
     };
     let mut updates = HealthMapServiceClient::new(channel)
@@ -90,8 +134,7 @@ async fn stream(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     let mut first = true;
-    // A chunked update is assembled here and published when complete.
-    let mut staging: Option<HealthMap> = None;
+    let mut assembler = Assembler::new(cfg.pools.clone());
     loop {
         let msg = updates
             .message()
@@ -109,38 +152,79 @@ async fn stream(
             metrics.stream_connected.store(1, Relaxed);
             backoff.reset();
             if msg.snapshot {
-                info!(endpoint = %url, revision = msg.revision, pools = pools.len(), "health-map snapshot received");
+                info!(endpoint = %url, epoch = msg.epoch, revision = msg.revision, pools = pools.len(), "health-map snapshot received");
             } else {
                 info!(endpoint = %url, from = resume_revision, revision = msg.revision, "health-map stream resumed with a delta");
             }
         }
-        let mut map = if msg.snapshot {
-            // A snapshot replaces everything held: the control plane only
-            // sends one once it has loaded all facts, so it is complete.
-            HealthMap::default()
-        } else {
-            staging.take().unwrap_or_else(|| (**tx.borrow()).clone())
-        };
-        map.apply(&pools);
-        map.retain(&cfg.pools);
-        map.revision = msg.revision;
-        map.epoch = msg.epoch;
-        if msg.more {
-            // Never route on half an update: wait for the rest.
-            staging = Some(map);
-            continue;
-        }
         metrics.observe_update(&pools);
-        metrics.map_revision.store(map.revision, Relaxed);
-        let map = Arc::new(map);
+        let held = publish.held();
+        let message = Message {
+            epoch: msg.epoch,
+            revision: msg.revision,
+            snapshot: msg.snapshot,
+            more: msg.more,
+            pools,
+        };
+        // Never route on half an update: `None` until it is complete.
+        let Some(new) = assembler.push(&held, message) else {
+            continue;
+        };
+        report_stale(&held, &new, metrics);
+        metrics.map_revision.store(new.map.revision, Relaxed);
         // Routing gets the new map first; persisting (with fsync) follows
         // off the runtime threads.
-        tx.send_replace(Arc::clone(&map));
+        publish.stale.send_replace(new.stale.clone());
+        publish.map.send_replace(Arc::clone(&new.map));
         if let Some(dir) = cfg.state_dir.clone() {
-            let saved = tokio::task::spawn_blocking(move || cache::save(&dir, &map)).await;
+            let saved =
+                tokio::task::spawn_blocking(move || cache::save(&dir, &new.map, &new.stale)).await;
             if let Ok(Err(e)) = saved {
                 warn!(error = %e, "persisting the health map failed");
             }
         }
+    }
+}
+
+/// Logs pools becoming stale (loudly) or fresh again, and sets the gauge.
+fn report_stale(old: &Held, new: &Held, metrics: &Metrics) {
+    metrics.pools_stale.store(new.stale.len() as u64, Relaxed);
+    let became: Vec<&String> = new.stale.difference(&old.stale).collect();
+    let fresh: Vec<&String> = old.stale.difference(&new.stale).collect();
+    if !became.is_empty() {
+        warn!(
+            pools = ?became,
+            old_epoch = old.map.epoch,
+            new_epoch = new.map.epoch,
+            "the control plane's store has a new epoch without pools this proxy serves: \
+             keeping their last known backends (flagged stale) instead of emptying them, \
+             until the store has them again"
+        );
+    }
+    if !fresh.is_empty() {
+        info!(pools = ?fresh, epoch = new.map.epoch, "stale pools replaced by the control plane's current state");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losing_the_stream_without_a_map_says_there_is_none() {
+        let none = HealthMap::default();
+        assert_eq!(
+            stream_lost_message(&none),
+            "control plane unreachable and no health map yet; not listening"
+        );
+        let held = HealthMap {
+            epoch: 3,
+            revision: 9,
+            ..HealthMap::default()
+        };
+        assert_eq!(
+            stream_lost_message(&held),
+            "health-map stream lost; routing on the last map"
+        );
     }
 }

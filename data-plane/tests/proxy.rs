@@ -1,6 +1,7 @@
 //! The proxy on real sockets, fed a health map directly through its watch
 //! channel: weights, backups, drain vs maint, redispatch on refused
-//! connects, leastconn, panic mode, the connection limit and idle timeout.
+//! connects, leastconn, panic mode, the connection limit and idle timeout,
+//! and listening only once the map has the listener's pool.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -517,4 +518,54 @@ async fn listens_only_once_it_holds_a_health_map() {
     let (name, _) = session(addr).await.expect("routed once the map arrived");
     assert_eq!(name, "a");
     assert_eq!(metrics.no_backend_total.load(Relaxed), 0);
+}
+
+/// A listener whose pool the map lacks (a typo, a pool not applied yet)
+/// does not listen — a replacement process must not take connections it
+/// can only refuse — while the proxy's other listeners serve; it listens
+/// once the pool appears.
+#[tokio::test]
+async fn listens_only_once_the_map_has_its_pool() {
+    let a = backend("a").await;
+    let other = map_of(&[ep("a", a, 1)]);
+    let (tx, rx) = watch::channel(Arc::new(HealthMap {
+        pools: BTreeMap::from([("other".to_string(), Arc::clone(&other.pools["web"]))]),
+        ..(*other).clone()
+    }));
+    let metrics = Arc::new(Metrics::default());
+    let token = CancellationToken::new();
+    let _stop = token.clone().drop_guard();
+    let mut addrs = Vec::new();
+    for pool in ["other", "web"] {
+        let spec = ListenerSpec::new(pool, "127.0.0.1:0".parse().expect("addr"), pool);
+        let listener = Listener::bind(spec).expect("bind");
+        addrs.push(listener.local_addr().expect("addr"));
+        tokio::spawn(proxy::serve(
+            listener,
+            rx.clone(),
+            Arc::clone(&metrics),
+            TaskTracker::new(),
+            token.clone(),
+            CancellationToken::new(),
+        ));
+    }
+    wait_listening(&metrics).await;
+    let (name, _) = session(addrs[0]).await.expect("the other listener routes");
+    assert_eq!(name, "a");
+    assert!(
+        TcpStream::connect(addrs[1]).await.is_err(),
+        "listening although the map has no pool \"web\""
+    );
+    assert_eq!(metrics.listeners_listening.load(Relaxed), 1);
+    assert_eq!(metrics.no_backend_total.load(Relaxed), 0);
+    tx.send_replace(map_of(&[ep("a", a, 1)]));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metrics.listeners_listening.load(Relaxed) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (name, _) = session(addrs[1])
+        .await
+        .expect("routed once the pool arrived");
+    assert_eq!(name, "a");
 }

@@ -57,7 +57,7 @@ fn state_dir(backend: SocketAddr) -> tempfile::TempDir {
             Arc::new(BTreeMap::from([("a".to_string(), ep)])),
         )]),
     };
-    cache::save(dir.path(), &map).expect("save map");
+    cache::save(dir.path(), &map, &Default::default()).expect("save map");
     dir
 }
 

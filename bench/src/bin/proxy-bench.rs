@@ -250,7 +250,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         revision: 1,
         pools: [("bench".to_string(), Arc::new(pool))].into(),
     };
-    trackwire_data_plane::cache::save(&dir, &map)?;
+    trackwire_data_plane::cache::save(&dir, &map, &Default::default())?;
     let trackwire = proxy_command(&args, &std::env::current_exe()?.to_string_lossy())
         .args([
             "--role",
