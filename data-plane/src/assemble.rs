@@ -141,6 +141,7 @@ mod tests {
             votes: 1,
             votes_up: 1,
             backup: false,
+            stale: false,
         }
     }
 
