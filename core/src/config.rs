@@ -33,9 +33,11 @@ use crate::model::{
     PoolSpec, Quorum, StatusSet, TlsSpec,
 };
 
-pub const MAX_POOLS: usize = 1_000;
+// Re-exported: their home is `limits`; these paths predate it.
+pub use crate::limits::{MAX_LISTENERS, MAX_POOLS};
+use crate::limits::{MAX_POOL_SPEC_BYTES, format_bytes};
+
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
-pub const MAX_LISTENERS: usize = 256;
 
 /// A parsed and validated config document.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -288,6 +290,20 @@ impl Document {
         let mut names = HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {
             p.validate().map_err(|e| e.within(&format!("pool[{i}]")))?;
+            // Every field is within its own limit, yet the whole may not fit
+            // in one store value. Checked here, where pools are written, and
+            // not when reading pools stored by an older version.
+            let size = crate::convert::pool_encoded_len(p);
+            if size > MAX_POOL_SPEC_BYTES {
+                return Err(FieldError::new(
+                    format!("pool[{i}]"),
+                    format!(
+                        "encoded pool spec is {}; at most {} (fewer backends or shorter names/addresses)",
+                        format_bytes(size),
+                        format_bytes(MAX_POOL_SPEC_BYTES)
+                    ),
+                ));
+            }
             if !names.insert(p.name.as_str()) {
                 return Err(FieldError::new(
                     format!("pool[{i}].name"),
@@ -822,6 +838,63 @@ pool = "myApp"
         assert!(
             err("[[pool]]\nname = \"a\"\n[pool.check]\ninterval = \"0s\"\n")
                 .starts_with("pool[0].check.interval:")
+        );
+    }
+
+    fn pool_of(n: usize, address_len: usize) -> PoolSpec {
+        let host = "h".repeat(address_len);
+        PoolSpec {
+            name: "big".into(),
+            backends: (0..n)
+                .map(|i| BackendSpec {
+                    name: format!("backend-{i:05}-{}", "n".repeat(40)),
+                    address: format!("{host}:{}", 1 + i % 60_000),
+                    weight: 1,
+                    admin_state: AdminState::Ready,
+                    backup: false,
+                })
+                .collect(),
+            check: Some(CheckSpec::http_default()),
+            quorum: Quorum::Majority,
+            initial_state: HealthState::Down,
+            replicas: 3,
+            zone_spread: false,
+            damping: None,
+        }
+    }
+
+    #[test]
+    fn a_pool_must_fit_in_one_store_value() {
+        // Every field within its own limit, the whole over 1 MiB encoded.
+        let small = pool_of(1_000, 200);
+        let doc = |pools: Vec<PoolSpec>| Document {
+            pools,
+            listeners: vec![],
+        };
+        assert!(doc(vec![small.clone()]).validate().is_ok());
+        let mut big = pool_of(6_000, 200);
+        assert!(big.validate().is_ok(), "each field is fine");
+        big.name = "big2".into();
+        let e = doc(vec![small, big]).validate().expect_err("too large");
+        assert_eq!(e.path, "pool[1]", "the pool itself: {e}");
+        assert!(
+            e.message.starts_with("encoded pool spec is 1.")
+                && e.message.contains(" MiB; at most 1 MiB (fewer backends"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_check_path_is_refused_by_parse() {
+        let text = format!(
+            "[[pool]]\nname = \"p\"\n[pool.check]\npath = \"/{}\"\n",
+            "a".repeat(3_000_000)
+        );
+        let e = err(&text);
+        assert!(
+            e.starts_with("pool[0].check.path: 2.9 MiB long; at most 8 KiB"),
+            "{}",
+            &e[..e.len().min(200)]
         );
     }
 }

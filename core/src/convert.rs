@@ -235,6 +235,11 @@ pub fn pool_to_pb(p: &PoolSpec) -> pb::PoolSpec {
     }
 }
 
+/// The protobuf-encoded size of a pool spec (see [`crate::limits::MAX_POOL_SPEC_BYTES`]).
+pub fn pool_encoded_len(p: &PoolSpec) -> usize {
+    prost::Message::encoded_len(&pool_to_pb(p))
+}
+
 impl TryFrom<&pb::PoolSpec> for PoolSpec {
     type Error = FieldError;
 

@@ -9,9 +9,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::FieldError;
-
-/// Largest number of bytes of a response body a check reads (HAProxy reads a bounded buffer too).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use crate::limits::{
+    MAX_FILE_PATH_BYTES, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
+    MAX_HOST_BYTES, MAX_HTTP_METHOD_BYTES, MAX_HTTP_PATH_BYTES, MAX_MATCH_BYTES, format_bytes,
+};
+// Re-exported: their home is `limits`; these paths predate it.
+pub use crate::limits::{MAX_BACKENDS_PER_POOL, MAX_BODY_BYTES, REGEX_SIZE_LIMIT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HealthState {
@@ -243,10 +246,6 @@ pub enum BodyMatch {
     Regex(String),
 }
 
-/// Compiled-size limit for body regexes: a pattern is data from the network
-/// or a config file and must not make the agent allocate without bound.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
 pub fn compile_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
     regex::bytes::RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
@@ -339,10 +338,26 @@ impl CheckSpec {
             return Err(FieldError::new("fall", "must be between 1 and 1000"));
         }
         if matches!(self.kind, CheckKind::Http | CheckKind::Https) {
-            if self.method.is_empty() || !self.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            if self.method.is_empty()
+                || self.method.len() > MAX_HTTP_METHOD_BYTES
+                || !self.method.bytes().all(|b| b.is_ascii_alphabetic())
+            {
                 return Err(FieldError::new(
                     "method",
-                    format!("invalid HTTP method {:?}", self.method),
+                    format!(
+                        "invalid HTTP method {:?}: 1-{MAX_HTTP_METHOD_BYTES} letters",
+                        self.method
+                    ),
+                ));
+            }
+            if self.path.len() > MAX_HTTP_PATH_BYTES {
+                return Err(FieldError::new(
+                    "path",
+                    format!(
+                        "{} long; at most {}",
+                        format_bytes(self.path.len()),
+                        format_bytes(MAX_HTTP_PATH_BYTES)
+                    ),
                 ));
             }
             if !self.path.starts_with('/') || self.path.chars().any(char::is_whitespace) {
@@ -355,14 +370,44 @@ impl CheckSpec {
                 ));
             }
         }
-        if self.headers.len() > 32 {
-            return Err(FieldError::new("headers", "at most 32 headers"));
+        if let Some(h) = &self.host
+            && h.len() > MAX_HEADER_VALUE_BYTES
+        {
+            return Err(FieldError::new(
+                "host",
+                format!(
+                    "{} long; at most {}",
+                    format_bytes(h.len()),
+                    format_bytes(MAX_HEADER_VALUE_BYTES)
+                ),
+            ));
+        }
+        if self.headers.len() > MAX_HEADERS {
+            return Err(FieldError::new(
+                "headers",
+                format!("at most {MAX_HEADERS} headers"),
+            ));
         }
         for (i, (name, value)) in self.headers.iter().enumerate() {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if name.is_empty()
+                || name.len() > MAX_HEADER_NAME_BYTES
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err(FieldError::new(
                     format!("headers[{i}].name"),
-                    format!("invalid header name {name:?}"),
+                    format!(
+                        "invalid header name {name:?}: 1-{MAX_HEADER_NAME_BYTES} letters, digits or '-'"
+                    ),
+                ));
+            }
+            if value.len() > MAX_HEADER_VALUE_BYTES {
+                return Err(FieldError::new(
+                    format!("headers[{i}].value"),
+                    format!(
+                        "{} long; at most {}",
+                        format_bytes(value.len()),
+                        format_bytes(MAX_HEADER_VALUE_BYTES)
+                    ),
                 ));
             }
             if value.bytes().any(|b| b == b'\r' || b == b'\n') {
@@ -373,12 +418,18 @@ impl CheckSpec {
             }
         }
         match &self.expect_body {
-            Some(BodyMatch::Substring(b)) if b.is_empty() || b.len() > 4096 => {
-                return Err(FieldError::new("expect_body", "must be 1 to 4096 bytes"));
+            Some(BodyMatch::Substring(b)) if b.is_empty() || b.len() > MAX_MATCH_BYTES => {
+                return Err(FieldError::new(
+                    "expect_body",
+                    format!("must be 1 to {MAX_MATCH_BYTES} bytes"),
+                ));
             }
             Some(BodyMatch::Regex(r)) => {
-                if r.len() > 4096 {
-                    return Err(FieldError::new("expect_body_regex", "at most 4096 bytes"));
+                if r.len() > MAX_MATCH_BYTES {
+                    return Err(FieldError::new(
+                        "expect_body_regex",
+                        format!("at most {MAX_MATCH_BYTES} bytes"),
+                    ));
                 }
                 compile_regex(r).map_err(|e| FieldError::new("expect_body_regex", e))?;
             }
@@ -401,12 +452,53 @@ impl CheckSpec {
             ("tcp_send", &self.tcp_send),
             ("tcp_expect", &self.tcp_expect),
         ] {
-            if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 4096) {
-                return Err(FieldError::new(name, "must be 1 to 4096 bytes"));
+            if v.as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > MAX_MATCH_BYTES)
+            {
+                return Err(FieldError::new(
+                    name,
+                    format!("must be 1 to {MAX_MATCH_BYTES} bytes"),
+                ));
             }
         }
         if self.kind != CheckKind::Grpc && self.grpc_service.is_some() {
             return Err(FieldError::new("grpc_service", "applies to grpc checks"));
+        }
+        if self
+            .grpc_service
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_MATCH_BYTES)
+        {
+            return Err(FieldError::new(
+                "grpc_service",
+                format!("at most {MAX_MATCH_BYTES} bytes"),
+            ));
+        }
+        if self
+            .tls
+            .server_name
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > MAX_HOST_BYTES)
+        {
+            return Err(FieldError::new(
+                "tls_server_name",
+                format!("must be 1 to {MAX_HOST_BYTES} bytes"),
+            ));
+        }
+        for (name, file) in [
+            ("tls_ca_file", &self.tls.ca_file),
+            ("tls_client_cert", &self.tls.client_cert),
+            ("tls_client_key", &self.tls.client_key),
+        ] {
+            if file
+                .as_ref()
+                .is_some_and(|f| f.as_os_str().len() > MAX_FILE_PATH_BYTES)
+            {
+                return Err(FieldError::new(
+                    name,
+                    format!("at most {MAX_FILE_PATH_BYTES} bytes"),
+                ));
+            }
         }
         if self.jitter_percent > 50 {
             return Err(FieldError::new(
@@ -478,7 +570,6 @@ pub struct PoolSpec {
 }
 
 pub const DEFAULT_REPLICAS: u32 = 3;
-pub const MAX_BACKENDS_PER_POOL: usize = 10_000;
 
 impl PoolSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -524,7 +615,7 @@ impl PoolSpec {
 /// Names of pools, backends and listeners: 1-63 characters of letters, digits,
 /// `-`, `_` and `.`, starting with a letter or digit. They appear in store keys.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok_len = (1..=63).contains(&name.len());
+    let ok_len = (1..=crate::limits::MAX_NAME_BYTES).contains(&name.len());
     let ok_first = name
         .bytes()
         .next()
@@ -632,5 +723,32 @@ mod tests {
         c = CheckSpec::http_default();
         c.interval = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().path, "interval");
+    }
+
+    #[test]
+    fn check_strings_are_bounded() {
+        let mut c = CheckSpec::http_default();
+        c.path = format!("/{}", "a".repeat(3 * 1024 * 1024));
+        let e = c.validate().expect_err("3 MB path");
+        assert_eq!(e.path, "path");
+        assert!(e.message.contains("at most 8 KiB"), "{e}");
+        c.path = format!("/{}", "a".repeat(MAX_HTTP_PATH_BYTES - 1));
+        assert!(c.validate().is_ok(), "exactly the limit is fine");
+
+        let mut c = CheckSpec::http_default();
+        c.headers = vec![("X-A".into(), "v".repeat(MAX_HEADER_VALUE_BYTES + 1))];
+        assert_eq!(
+            c.validate().expect_err("long value").path,
+            "headers[0].value"
+        );
+        let mut c = CheckSpec::http_default();
+        c.host = Some("h".repeat(MAX_HEADER_VALUE_BYTES + 1));
+        assert_eq!(c.validate().expect_err("long host").path, "host");
+        let mut c = CheckSpec::http_default();
+        c.method = "G".repeat(MAX_HTTP_METHOD_BYTES + 1);
+        assert_eq!(c.validate().expect_err("long method").path, "method");
+        let mut c = CheckSpec::http_default();
+        c.tls.server_name = Some("s".repeat(MAX_HOST_BYTES + 1));
+        assert_eq!(c.validate().expect_err("long SNI").path, "tls_server_name");
     }
 }
