@@ -361,6 +361,54 @@ fn invalid_config_exits_2_naming_the_field() {
 }
 
 #[test]
+fn check_reads_durations_as_documented() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, interval: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(
+            &file,
+            format!("[[pool]]\nname = \"p\"\n[pool.check]\ninterval = {interval}\n"),
+        )
+        .expect("write");
+        file.to_string_lossy().into_owned()
+    };
+    // A bare number is milliseconds, as a TOML integer too.
+    let (code, out, err) = run(&["check", &write("int.toml", "500")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid (1 pools"), "{out}");
+    // Not a whole number of milliseconds: refused, not stored as 2s or 1ms.
+    for (name, bad) in [("us.toml", "\"1us\""), ("frac.toml", "\"1500us\"")] {
+        let (code, _, err) = run(&["check", &write(name, bad)]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(
+            err.contains("pool[0].check.interval") && err.contains("whole milliseconds"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_refuses_oversized_inputs_up_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[pool]]\nname = \"p\"\n[pool.check]\npath = \"/{}\"\n",
+            "a".repeat(3_000_000)
+        ),
+    )
+    .expect("write");
+    let (code, _, err) = run(&["check", &file.to_string_lossy()]);
+    assert_eq!(code, 2, "{}", &err[..err.len().min(300)]);
+    assert!(
+        err.contains("pool[0].check.path: 2.9 MiB long; at most 8 KiB"),
+        "{}",
+        &err[..err.len().min(300)]
+    );
+}
+
+#[test]
 fn import_haproxy_output_is_accepted_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
     for cfg in ["seed.cfg", "kube-apiserver.cfg", "patroni.cfg"] {

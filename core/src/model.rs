@@ -330,6 +330,17 @@ impl CheckSpec {
             if d > Duration::from_secs(3600) {
                 return Err(FieldError::new(name, "must be at most 1h"));
             }
+            // The store and the wire carry milliseconds: anything else would
+            // come back as another value.
+            if !crate::duration::is_whole_millis(d) {
+                return Err(FieldError::new(
+                    name,
+                    format!(
+                        "{} is not a whole number of milliseconds",
+                        crate::duration::format(d)
+                    ),
+                ));
+            }
         }
         if self.rise == 0 || self.rise > 1000 {
             return Err(FieldError::new("rise", "must be between 1 and 1000"));
@@ -723,6 +734,11 @@ mod tests {
         c = CheckSpec::http_default();
         c.interval = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().path, "interval");
+        c = CheckSpec::http_default();
+        c.timeout = Duration::from_micros(1500);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.path, "timeout");
+        assert!(e.message.contains("1500us"), "{e}");
     }
 
     #[test]
