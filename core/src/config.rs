@@ -874,6 +874,17 @@ pool = "myApp"
         );
         assert!(err("[[pool]]\nname = \"a\"\nbogus = 1\n").contains("bogus"));
         assert!(
+            err("[[pool]]\nname = \"a\"\n[pool.check]\nhost = \"a\\r\\nb\"\n")
+                .starts_with("pool[0].check.host:")
+        );
+        let e = err(
+            "[[pool]]\nname = \"a\"\n[[pool.backend]]\nname = \"b\"\naddress = \"http://x:80\"\n",
+        );
+        assert!(
+            e.starts_with("pool[0].backend[0].address:") && e.contains("not a URL"),
+            "{e}"
+        );
+        assert!(
             err("[[pool]]\nname = \"a\"\n[pool.check]\ninterval = \"0s\"\n")
                 .starts_with("pool[0].check.interval:")
         );
@@ -920,7 +931,8 @@ pool = "myApp"
     }
 
     fn pool_of(n: usize, address_len: usize) -> PoolSpec {
-        let host = "h".repeat(address_len);
+        // Labels of a DNS name are at most 63 bytes.
+        let host = vec!["h".repeat(49); address_len / 50].join(".");
         PoolSpec {
             name: "big".into(),
             backends: (0..n)
