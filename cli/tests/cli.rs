@@ -438,6 +438,27 @@ fn import_haproxy_output_is_accepted_unchanged() {
 }
 
 #[test]
+fn corrupt_agent_id_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = dir.path().join("agent-id");
+    std::fs::write(&id, "not-a-uuid\n").expect("write");
+    let (code, _, err) = run(&[
+        "probe-agent",
+        "--control-plane",
+        "http://127.0.0.1:1",
+        "--http-bind",
+        "127.0.0.1:0",
+        "--state-dir",
+        &dir.path().to_string_lossy(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{}: not a valid agent id", id.display())),
+        "{err}"
+    );
+}
+
+#[test]
 fn unreachable_control_plane_exits_1() {
     let (code, _, err) = run(&["get", "pools", "--control-plane", "http://127.0.0.1:1"]);
     assert_eq!(code, 1, "{err}");
