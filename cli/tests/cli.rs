@@ -435,6 +435,20 @@ fn import_haproxy_output_is_accepted_unchanged() {
     let (code, out, err) = run(&["import", "haproxy", &bad.to_string_lossy()]);
     assert_eq!(code, 2, "{out}");
     assert!(err.contains("line 3:"), "{err}");
+    // Nothing routed: no empty document and exit 0, but the backends named.
+    let unrouted = dir.path().join("unrouted.cfg");
+    std::fs::write(
+        &unrouted,
+        "\u{feff}backend api\n  server s 127.0.0.1:1\nbackend db\n  server s 127.0.0.1:2\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(&["import", "haproxy", &unrouted.to_string_lossy()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("no frontend routes to backend api (line 1), db (line 3)"),
+        "{err}"
+    );
 }
 
 /// `apply --expected-revision`: a revision older than a stored pool's last
