@@ -52,11 +52,22 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let resp = client
         .apply_pools(pb::ApplyPoolsRequest {
             pools: doc.pools.iter().map(pool_to_pb).collect(),
-            expected_revision: 0,
+            expected_revision: args.expected_revision,
             dry_run: args.dry_run,
         })
         .await
-        .map_err(status_error)?
+        .map_err(|s| {
+            if s.code() == tonic::Code::FailedPrecondition && args.expected_revision != 0 {
+                Invalid(format!(
+                    "--expected-revision {} is stale, nothing was written: {}; review the change (apply --dry-run) and apply again",
+                    args.expected_revision,
+                    s.message()
+                ))
+                .into()
+            } else {
+                status_error(s)
+            }
+        })?
         .into_inner();
     let (would, suffix) = if args.dry_run {
         ("would be ", " (dry run: nothing written)")

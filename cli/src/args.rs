@@ -237,6 +237,11 @@ pub struct ApplyArgs {
     /// Validate on the control plane and print what would change; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Apply only if no stored pool changed after this revision (e.g. the one
+    /// a `--dry-run` printed); a stale revision writes nothing and exits 2.
+    /// 0: apply whatever is stored.
+    #[arg(long, env = "TRACKWIRE_EXPECTED_REVISION", default_value_t = 0)]
+    pub expected_revision: u64,
     /// Control-plane endpoints, comma-separated (http://host:port,...).
     #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
     pub control_plane: Urls,

@@ -128,12 +128,27 @@ pub async fn probe_agent(args: ProbeAgentArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir,
         heartbeat: args.heartbeat,
     };
-    config.validate().map_err(|e| Invalid(e.to_string()))?;
+    config.validate().map_err(agent_error)?;
+    // The identity is configuration too: check it before binding.
+    if let Some(dir) = &config.state_dir {
+        trackwire_probe_agent::load_or_create_agent_id(dir).map_err(agent_error)?;
+    }
     let http = bind(args.http_bind, "--http-bind").await?;
     let shutdown = CancellationToken::new();
     cancel_on_signal(&shutdown);
-    trackwire_probe_agent::run(config, Some(http), shutdown).await?;
+    trackwire_probe_agent::run(config, Some(http), shutdown)
+        .await
+        .map_err(agent_error)?;
     Ok(())
+}
+
+/// Configuration errors exit 2 ([`Invalid`]); the rest exit 1.
+fn agent_error(e: trackwire_probe_agent::Error) -> anyhow::Error {
+    if e.is_config() {
+        Invalid(e.to_string()).into()
+    } else {
+        e.into()
+    }
 }
 
 pub async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {

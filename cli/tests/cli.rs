@@ -362,6 +362,54 @@ fn invalid_config_exits_2_naming_the_field() {
 }
 
 #[test]
+fn check_reads_durations_as_documented() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, interval: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(
+            &file,
+            format!("[[pool]]\nname = \"p\"\n[pool.check]\ninterval = {interval}\n"),
+        )
+        .expect("write");
+        file.to_string_lossy().into_owned()
+    };
+    // A bare number is milliseconds, as a TOML integer too.
+    let (code, out, err) = run(&["check", &write("int.toml", "500")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("valid (1 pools"), "{out}");
+    // Not a whole number of milliseconds: refused, not stored as 2s or 1ms.
+    for (name, bad) in [("us.toml", "\"1us\""), ("frac.toml", "\"1500us\"")] {
+        let (code, _, err) = run(&["check", &write(name, bad)]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(
+            err.contains("pool[0].check.interval") && err.contains("whole milliseconds"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_refuses_oversized_inputs_up_front() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[pool]]\nname = \"p\"\n[pool.check]\npath = \"/{}\"\n",
+            "a".repeat(3_000_000)
+        ),
+    )
+    .expect("write");
+    let (code, _, err) = run(&["check", &file.to_string_lossy()]);
+    assert_eq!(code, 2, "{}", &err[..err.len().min(300)]);
+    assert!(
+        err.contains("pool[0].check.path: 2.9 MiB long; at most 8 KiB"),
+        "{}",
+        &err[..err.len().min(300)]
+    );
+}
+
+#[test]
 fn import_haproxy_output_is_accepted_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
     for cfg in ["seed.cfg", "kube-apiserver.cfg", "patroni.cfg"] {
@@ -388,6 +436,126 @@ fn import_haproxy_output_is_accepted_unchanged() {
     let (code, out, err) = run(&["import", "haproxy", &bad.to_string_lossy()]);
     assert_eq!(code, 2, "{out}");
     assert!(err.contains("line 3:"), "{err}");
+    // Nothing routed: no empty document and exit 0, but the backends named.
+    let unrouted = dir.path().join("unrouted.cfg");
+    std::fs::write(
+        &unrouted,
+        "\u{feff}backend api\n  server s 127.0.0.1:1\nbackend db\n  server s 127.0.0.1:2\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(&["import", "haproxy", &unrouted.to_string_lossy()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("no frontend routes to backend api (line 1), db (line 3)"),
+        "{err}"
+    );
+}
+
+/// `apply --expected-revision`: a revision older than a stored pool's last
+/// change is refused, writing nothing; the current one applies.
+#[test]
+fn apply_refuses_a_stale_expected_revision() {
+    let (grpc, http) = (free_addr(), free_addr());
+    let _cp = Running(
+        Command::new(BIN)
+            .args(["control-plane", "--grpc-bind", &grpc, "--http-bind", &http])
+            .env("TRACKWIRE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn control plane"),
+    );
+    wait_listening(&grpc);
+    let control = format!("http://{grpc}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, pool: &str, backends: usize| {
+        let path = dir.path().join(name);
+        let mut doc = format!("[[pool]]\nname = \"{pool}\"\n");
+        for i in 1..=backends {
+            doc.push_str(&format!(
+                "[[pool.backend]]\nname = \"b{i}\"\naddress = \"127.0.0.1:{i}\"\n"
+            ));
+        }
+        std::fs::write(&path, doc).expect("write");
+        path.to_string_lossy().into_owned()
+    };
+    let revision_of = |out: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix("revision "))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in {out:?}"))
+    };
+    let apply = |args: &[&str], envs: &[(&str, &str)]| {
+        let out = Command::new(BIN)
+            .arg("apply")
+            .args(args)
+            .args(["--control-plane", &control])
+            .envs(envs.iter().copied())
+            .output()
+            .expect("run apply");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = apply(&["-f", &file("web.toml", "web", 1)], &[]);
+    assert_eq!(code, 0, "{err}");
+    let read = revision_of(&out);
+    // Someone else changes another pool after `read`.
+    let (code, out, err) = apply(&["-f", &file("db.toml", "db", 1)], &[]);
+    assert_eq!(code, 0, "{err}");
+    let current = revision_of(&out);
+    assert!(current > read, "{read} -> {current}");
+
+    let web2 = file("web2.toml", "web", 2);
+    let stale = read.to_string();
+    let (code, out, err) = apply(&["-f", &web2, "--expected-revision", &stale], &[]);
+    assert_eq!(code, 2, "stale revision refused: {out}{err}");
+    assert!(
+        err.contains(&format!(
+            "--expected-revision {read} is stale, nothing was written"
+        )),
+        "{err}"
+    );
+    let (_, pools, _) = run(&["get", "pools", "--control-plane", &control]);
+    assert!(
+        pools
+            .lines()
+            .any(|l| l.starts_with("web ") && l.split_whitespace().nth(1) == Some("1")),
+        "web still has one backend: {pools}"
+    );
+    // The current revision (here from the environment) applies.
+    let current = current.to_string();
+    let (code, out, err) = apply(
+        &["-f", &web2],
+        &[("TRACKWIRE_EXPECTED_REVISION", current.as_str())],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pool/web updated"), "{out}");
+}
+
+#[test]
+fn corrupt_agent_id_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = dir.path().join("agent-id");
+    std::fs::write(&id, "not-a-uuid\n").expect("write");
+    let (code, _, err) = run(&[
+        "probe-agent",
+        "--control-plane",
+        "http://127.0.0.1:1",
+        "--http-bind",
+        "127.0.0.1:0",
+        "--state-dir",
+        &dir.path().to_string_lossy(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{}: not a valid agent id", id.display())),
+        "{err}"
+    );
 }
 
 #[test]

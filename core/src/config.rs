@@ -33,9 +33,11 @@ use crate::model::{
     PoolSpec, Quorum, StatusSet, TlsSpec,
 };
 
-pub const MAX_POOLS: usize = 1_000;
+// Re-exported: their home is `limits`; these paths predate it.
+pub use crate::limits::{MAX_LISTENERS, MAX_POOLS};
+use crate::limits::{MAX_POOL_SPEC_BYTES, format_bytes};
+
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
-pub const MAX_LISTENERS: usize = 256;
 
 /// A parsed and validated config document.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -172,23 +174,22 @@ struct RawPool {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDamping {
-    half_life: Option<String>,
+    half_life: Option<RawDuration>,
     penalty: Option<u32>,
     suppress: Option<u32>,
     reuse: Option<u32>,
-    max_suppress: Option<String>,
+    max_suppress: Option<RawDuration>,
 }
 
 impl RawDamping {
     fn into_spec(self) -> Result<DampingSpec, FieldError> {
         let d = DampingSpec::default();
         Ok(DampingSpec {
-            half_life: parse_duration(self.half_life.as_deref(), "half_life")?
-                .unwrap_or(d.half_life),
+            half_life: parse_duration(self.half_life.as_ref(), "half_life")?.unwrap_or(d.half_life),
             penalty: self.penalty.unwrap_or(d.penalty),
             suppress: self.suppress.unwrap_or(d.suppress),
             reuse: self.reuse.unwrap_or(d.reuse),
-            max_suppress: parse_duration(self.max_suppress.as_deref(), "max_suppress")?
+            max_suppress: parse_duration(self.max_suppress.as_ref(), "max_suppress")?
                 .unwrap_or(d.max_suppress),
         })
     }
@@ -215,10 +216,10 @@ struct RawCheck {
     headers: BTreeMap<String, String>,
     expect_status: Option<String>,
     expect_body: Option<String>,
-    interval: Option<String>,
-    fast_interval: Option<String>,
-    down_interval: Option<String>,
-    timeout: Option<String>,
+    interval: Option<RawDuration>,
+    fast_interval: Option<RawDuration>,
+    down_interval: Option<RawDuration>,
+    timeout: Option<RawDuration>,
     rise: Option<u32>,
     fall: Option<u32>,
     port: Option<u16>,
@@ -245,16 +246,16 @@ struct RawListener {
     bind: String,
     pool: String,
     balance: Option<String>,
-    connect_timeout: Option<String>,
+    connect_timeout: Option<RawDuration>,
     retries: Option<u32>,
     on_no_backend: Option<String>,
     max_connections: Option<u32>,
-    idle_timeout: Option<String>,
+    idle_timeout: Option<RawDuration>,
     max_connections_per_backend: Option<u32>,
     send_proxy: Option<String>,
-    tcp_keepalive: Option<String>,
+    tcp_keepalive: Option<RawDuration>,
     passive_failures: Option<u32>,
-    passive_ejection: Option<String>,
+    passive_ejection: Option<RawDuration>,
     passive_max_percent: Option<u32>,
     shutdown_sessions_on_down: Option<bool>,
 }
@@ -288,6 +289,20 @@ impl Document {
         let mut names = HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {
             p.validate().map_err(|e| e.within(&format!("pool[{i}]")))?;
+            // Every field is within its own limit, yet the whole may not fit
+            // in one store value. Checked here, where pools are written, and
+            // not when reading pools stored by an older version.
+            let size = crate::convert::pool_encoded_len(p);
+            if size > MAX_POOL_SPEC_BYTES {
+                return Err(FieldError::new(
+                    format!("pool[{i}]"),
+                    format!(
+                        "encoded pool spec is {}; at most {} (fewer backends or shorter names/addresses)",
+                        format_bytes(size),
+                        format_bytes(MAX_POOL_SPEC_BYTES)
+                    ),
+                ));
+            }
             if !names.insert(p.name.as_str()) {
                 return Err(FieldError::new(
                     format!("pool[{i}].name"),
@@ -488,10 +503,50 @@ fn parse_field<T: std::str::FromStr<Err = String>>(
     }
 }
 
-fn parse_duration(value: Option<&str>, path: &str) -> Result<Option<Duration>, FieldError> {
-    value
-        .map(|v| duration::parse(v).map_err(|e| FieldError::new(path, e)))
-        .transpose()
+/// A duration as written in the file: a string with a unit (`"500ms"`,
+/// `"2s"`) or a TOML integer, which is milliseconds (as a bare number is in
+/// HAProxy and in a duration string). Checked in `parse_duration`, so the
+/// error names the field.
+#[derive(Debug, Clone, PartialEq)]
+enum RawDuration {
+    Millis(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a duration such as \"500ms\" or \"2s\", or an integer number of milliseconds",
+                )
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Millis(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Millis(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn parse_duration(value: Option<&RawDuration>, path: &str) -> Result<Option<Duration>, FieldError> {
+    match value {
+        None => Ok(None),
+        Some(RawDuration::Millis(ms)) => u64::try_from(*ms)
+            .map(|ms| Some(Duration::from_millis(ms)))
+            .map_err(|_| FieldError::new(path, format!("negative duration {ms}"))),
+        Some(RawDuration::Text(v)) => duration::parse(v)
+            .map(Some)
+            .map_err(|e| FieldError::new(path, e)),
+    }
 }
 
 impl RawDocument {
@@ -563,7 +618,7 @@ impl RawCheck {
     fn into_spec(self) -> Result<CheckSpec, FieldError> {
         let d = CheckSpec::http_default();
         let kind = parse_field(self.kind.as_deref(), "kind", CheckKind::Http)?;
-        let interval = parse_duration(self.interval.as_deref(), "interval")?.unwrap_or(d.interval);
+        let interval = parse_duration(self.interval.as_ref(), "interval")?.unwrap_or(d.interval);
         let expect_status = match self.expect_status.as_deref() {
             None => StatusSet::default(),
             Some(s) => s.parse().map_err(|e| FieldError::new("expect_status", e))?,
@@ -595,11 +650,11 @@ impl RawCheck {
             jitter_percent: self.jitter_percent.unwrap_or(d.jitter_percent),
             interval,
             // HAProxy: fastinter and downinter default to inter, timeout check to inter.
-            fast_interval: parse_duration(self.fast_interval.as_deref(), "fast_interval")?
+            fast_interval: parse_duration(self.fast_interval.as_ref(), "fast_interval")?
                 .unwrap_or(interval),
-            down_interval: parse_duration(self.down_interval.as_deref(), "down_interval")?
+            down_interval: parse_duration(self.down_interval.as_ref(), "down_interval")?
                 .unwrap_or(interval),
-            timeout: parse_duration(self.timeout.as_deref(), "timeout")?.unwrap_or(interval),
+            timeout: parse_duration(self.timeout.as_ref(), "timeout")?.unwrap_or(interval),
             rise: self.rise.unwrap_or(d.rise),
             fall: self.fall.unwrap_or(d.fall),
             port: self.port,
@@ -646,7 +701,7 @@ impl RawListener {
                 ));
             }
         };
-        let connect_timeout = parse_duration(self.connect_timeout.as_deref(), "connect_timeout")?
+        let connect_timeout = parse_duration(self.connect_timeout.as_ref(), "connect_timeout")?
             .unwrap_or(Duration::from_secs(5));
         if connect_timeout.is_zero() {
             return Err(FieldError::new("connect_timeout", "must be greater than 0"));
@@ -662,7 +717,7 @@ impl RawListener {
                 "must be between 1 and 1000000",
             ));
         }
-        let idle_timeout = parse_duration(self.idle_timeout.as_deref(), "idle_timeout")?
+        let idle_timeout = parse_duration(self.idle_timeout.as_ref(), "idle_timeout")?
             .unwrap_or(Duration::from_secs(3600));
         if idle_timeout.is_zero() {
             return Err(FieldError::new("idle_timeout", "must be greater than 0"));
@@ -678,14 +733,13 @@ impl RawListener {
                 ));
             }
         };
-        let tcp_keepalive = match self.tcp_keepalive.as_deref() {
+        let tcp_keepalive = match &self.tcp_keepalive {
             None => Some(Duration::from_secs(60)),
-            Some("off") => None,
-            Some(v) => Some(duration::parse(v).map_err(|e| FieldError::new("tcp_keepalive", e))?),
+            Some(RawDuration::Text(off)) if off == "off" => None,
+            v => parse_duration(v.as_ref(), "tcp_keepalive")?,
         };
-        let passive_ejection =
-            parse_duration(self.passive_ejection.as_deref(), "passive_ejection")?
-                .unwrap_or(Duration::from_secs(30));
+        let passive_ejection = parse_duration(self.passive_ejection.as_ref(), "passive_ejection")?
+            .unwrap_or(Duration::from_secs(30));
         if passive_ejection.is_zero() {
             return Err(FieldError::new(
                 "passive_ejection",
@@ -820,8 +874,117 @@ pool = "myApp"
         );
         assert!(err("[[pool]]\nname = \"a\"\nbogus = 1\n").contains("bogus"));
         assert!(
+            err("[[pool]]\nname = \"a\"\n[pool.check]\nhost = \"a\\r\\nb\"\n")
+                .starts_with("pool[0].check.host:")
+        );
+        let e = err(
+            "[[pool]]\nname = \"a\"\n[[pool.backend]]\nname = \"b\"\naddress = \"http://x:80\"\n",
+        );
+        assert!(
+            e.starts_with("pool[0].backend[0].address:") && e.contains("not a URL"),
+            "{e}"
+        );
+        assert!(
             err("[[pool]]\nname = \"a\"\n[pool.check]\ninterval = \"0s\"\n")
                 .starts_with("pool[0].check.interval:")
+        );
+    }
+
+    #[test]
+    fn durations_parse_as_documented() {
+        let check = |line: &str| {
+            Document::parse(&format!("[[pool]]\nname = \"p\"\n[pool.check]\n{line}\n"))
+                .map(|d| d.pools[0].check.as_ref().map(|c| c.interval))
+        };
+        // A TOML integer is milliseconds, as a bare number in a string is.
+        assert_eq!(
+            check("interval = 500").expect("integer"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            check("interval = \"500\"").expect("string"),
+            Some(Duration::from_millis(500))
+        );
+        // What milliseconds cannot hold is refused, naming the field, never
+        // stored as something else (1us was stored as 2s, 1500us as 1ms).
+        for bad in ["\"1us\"", "\"1500us\"", "-5"] {
+            let e = check(&format!("interval = {bad}"))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.starts_with("pool[0].check.interval:"), "{bad}: {e}");
+        }
+        let e = check("interval = 1.5").expect_err("float").to_string();
+        assert!(e.contains("integer number of milliseconds"), "{e}");
+        let listener = Document::parse(
+            "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\nconnect_timeout = 250\nidle_timeout = 60000\ntcp_keepalive = 1000\n",
+        )
+        .expect("integers")
+        .listeners
+        .remove(0);
+        assert_eq!(listener.connect_timeout, Duration::from_millis(250));
+        assert_eq!(listener.idle_timeout, Duration::from_secs(60));
+        assert_eq!(listener.tcp_keepalive, Some(Duration::from_secs(1)));
+        assert!(
+            err("[[pool]]\nname = \"p\"\n[pool.damping]\nhalf_life = \"10us\"\n")
+                .starts_with("pool[0].damping.half_life:")
+        );
+    }
+
+    fn pool_of(n: usize, address_len: usize) -> PoolSpec {
+        // Labels of a DNS name are at most 63 bytes.
+        let host = vec!["h".repeat(49); address_len / 50].join(".");
+        PoolSpec {
+            name: "big".into(),
+            backends: (0..n)
+                .map(|i| BackendSpec {
+                    name: format!("backend-{i:05}-{}", "n".repeat(40)),
+                    address: format!("{host}:{}", 1 + i % 60_000),
+                    weight: 1,
+                    admin_state: AdminState::Ready,
+                    backup: false,
+                })
+                .collect(),
+            check: Some(CheckSpec::http_default()),
+            quorum: Quorum::Majority,
+            initial_state: HealthState::Down,
+            replicas: 3,
+            zone_spread: false,
+            damping: None,
+        }
+    }
+
+    #[test]
+    fn a_pool_must_fit_in_one_store_value() {
+        // Every field within its own limit, the whole over 1 MiB encoded.
+        let small = pool_of(1_000, 200);
+        let doc = |pools: Vec<PoolSpec>| Document {
+            pools,
+            listeners: vec![],
+        };
+        assert!(doc(vec![small.clone()]).validate().is_ok());
+        let mut big = pool_of(6_000, 200);
+        assert!(big.validate().is_ok(), "each field is fine");
+        big.name = "big2".into();
+        let e = doc(vec![small, big]).validate().expect_err("too large");
+        assert_eq!(e.path, "pool[1]", "the pool itself: {e}");
+        assert!(
+            e.message.starts_with("encoded pool spec is 1.")
+                && e.message.contains(" MiB; at most 1 MiB (fewer backends"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_check_path_is_refused_by_parse() {
+        let text = format!(
+            "[[pool]]\nname = \"p\"\n[pool.check]\npath = \"/{}\"\n",
+            "a".repeat(3_000_000)
+        );
+        let e = err(&text);
+        assert!(
+            e.starts_with("pool[0].check.path: 2.9 MiB long; at most 8 KiB"),
+            "{}",
+            &e[..e.len().min(200)]
         );
     }
 }

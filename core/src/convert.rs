@@ -127,16 +127,14 @@ impl TryFrom<&pb::CheckSpec> for CheckSpec {
             Ok(pb::CheckKind::Grpc) => CheckKind::Grpc,
             Err(_) => return Err(FieldError::new("kind", format!("invalid kind {}", c.kind))),
         };
-        let interval = if c.interval_ms == 0 {
-            d.interval
-        } else {
-            Duration::from_millis(c.interval_ms)
-        };
-        let or_interval = |v: u64| {
+        // No default for 0: a zero here was once a sub-millisecond duration
+        // truncated on the way out, and reading it as the default stored
+        // `1us` as 2 s. Every valid spec sends each duration as >= 1 ms.
+        let millis = |v: u64, field: &str| {
             if v == 0 {
-                interval
+                Err(FieldError::new(field, "must be greater than 0"))
             } else {
-                Duration::from_millis(v)
+                Ok(Duration::from_millis(v))
             }
         };
         let expect_status = if c.expect_status.is_empty() {
@@ -181,10 +179,10 @@ impl TryFrom<&pb::CheckSpec> for CheckSpec {
             tcp_expect: non_empty(&c.tcp_expect),
             grpc_service: non_empty(&c.grpc_service),
             jitter_percent: c.jitter_percent.unwrap_or(d.jitter_percent),
-            interval,
-            fast_interval: or_interval(c.fast_interval_ms),
-            down_interval: or_interval(c.down_interval_ms),
-            timeout: or_interval(c.timeout_ms),
+            interval: millis(c.interval_ms, "interval_ms")?,
+            fast_interval: millis(c.fast_interval_ms, "fast_interval_ms")?,
+            down_interval: millis(c.down_interval_ms, "down_interval_ms")?,
+            timeout: millis(c.timeout_ms, "timeout_ms")?,
             rise: if c.rise == 0 { d.rise } else { c.rise },
             fall: if c.fall == 0 { d.fall } else { c.fall },
             port,
@@ -233,6 +231,11 @@ pub fn pool_to_pb(p: &PoolSpec) -> pb::PoolSpec {
             max_suppress_ms: ms(d.max_suppress),
         }),
     }
+}
+
+/// The protobuf-encoded size of a pool spec (see [`crate::limits::MAX_POOL_SPEC_BYTES`]).
+pub fn pool_encoded_len(p: &PoolSpec) -> usize {
+    prost::Message::encoded_len(&pool_to_pb(p))
 }
 
 impl TryFrom<&pb::PoolSpec> for PoolSpec {
@@ -401,6 +404,41 @@ mod tests {
         let pool = &doc.pools[0];
         let back = PoolSpec::try_from(&pool_to_pb(pool)).expect("round trip");
         assert_eq!(&back, pool);
+    }
+
+    #[test]
+    fn durations_round_trip_exactly() {
+        let doc = Document::parse(
+            "[[pool]]\nname = \"p\"\n[pool.check]\ninterval = 1\nfast_interval = \"2000us\"\ndown_interval = 1500\ntimeout = \"1ms\"\n[pool.damping]\nhalf_life = 1\nmax_suppress = \"1s\"\n",
+        )
+        .expect("valid");
+        let pool = &doc.pools[0];
+        let c = pool.check.as_ref().expect("check");
+        assert_eq!(
+            (c.interval, c.fast_interval, c.down_interval, c.timeout),
+            (
+                Duration::from_millis(1),
+                Duration::from_millis(2),
+                Duration::from_millis(1500),
+                Duration::from_millis(1)
+            )
+        );
+        let back = PoolSpec::try_from(&pool_to_pb(pool)).expect("round trip");
+        assert_eq!(&back, pool);
+    }
+
+    #[test]
+    fn a_zero_duration_on_the_wire_is_refused_not_defaulted() {
+        let mut c = check_to_pb(&CheckSpec::http_default());
+        c.interval_ms = 0;
+        let e = CheckSpec::try_from(&c).expect_err("0 ms");
+        assert_eq!(e.path, "interval_ms");
+        let mut c = check_to_pb(&CheckSpec::http_default());
+        c.timeout_ms = 0;
+        assert_eq!(
+            CheckSpec::try_from(&c).expect_err("0 ms").path,
+            "timeout_ms"
+        );
     }
 
     #[test]

@@ -44,6 +44,17 @@ impl DampingSpec {
         if self.half_life.is_zero() || self.half_life > Duration::from_secs(3600) {
             return Err(FieldError::new("half_life", "must be between 1ms and 1h"));
         }
+        for (name, d) in [
+            ("half_life", self.half_life),
+            ("max_suppress", self.max_suppress),
+        ] {
+            if !crate::duration::is_whole_millis(d) {
+                return Err(FieldError::new(
+                    name,
+                    "must be a whole number of milliseconds",
+                ));
+            }
+        }
         if self.penalty == 0 {
             return Err(FieldError::new("penalty", "must be greater than 0"));
         }

@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod error;
 pub mod hash;
 pub mod histogram;
+pub mod limits;
 pub mod map;
 pub mod model;
 

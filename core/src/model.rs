@@ -9,9 +9,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::FieldError;
-
-/// Largest number of bytes of a response body a check reads (HAProxy reads a bounded buffer too).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use crate::limits::{
+    MAX_FILE_PATH_BYTES, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
+    MAX_HTTP_METHOD_BYTES, MAX_HTTP_PATH_BYTES, MAX_MATCH_BYTES, format_bytes,
+};
+// Re-exported: their home is `limits`; these paths predate it.
+pub use crate::limits::{MAX_BACKENDS_PER_POOL, MAX_BODY_BYTES, REGEX_SIZE_LIMIT};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HealthState {
@@ -243,10 +246,6 @@ pub enum BodyMatch {
     Regex(String),
 }
 
-/// Compiled-size limit for body regexes: a pattern is data from the network
-/// or a config file and must not make the agent allocate without bound.
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
 pub fn compile_regex(pattern: &str) -> Result<regex::bytes::Regex, String> {
     regex::bytes::RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
@@ -331,6 +330,17 @@ impl CheckSpec {
             if d > Duration::from_secs(3600) {
                 return Err(FieldError::new(name, "must be at most 1h"));
             }
+            // The store and the wire carry milliseconds: anything else would
+            // come back as another value.
+            if !crate::duration::is_whole_millis(d) {
+                return Err(FieldError::new(
+                    name,
+                    format!(
+                        "{} is not a whole number of milliseconds",
+                        crate::duration::format(d)
+                    ),
+                ));
+            }
         }
         if self.rise == 0 || self.rise > 1000 {
             return Err(FieldError::new("rise", "must be between 1 and 1000"));
@@ -339,46 +349,110 @@ impl CheckSpec {
             return Err(FieldError::new("fall", "must be between 1 and 1000"));
         }
         if matches!(self.kind, CheckKind::Http | CheckKind::Https) {
-            if self.method.is_empty() || !self.method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            if self.method.is_empty()
+                || self.method.len() > MAX_HTTP_METHOD_BYTES
+                || !self.method.bytes().all(|b| b.is_ascii_alphabetic())
+            {
                 return Err(FieldError::new(
                     "method",
-                    format!("invalid HTTP method {:?}", self.method),
+                    format!(
+                        "invalid HTTP method {:?}: 1-{MAX_HTTP_METHOD_BYTES} letters",
+                        self.method
+                    ),
                 ));
             }
-            if !self.path.starts_with('/') || self.path.chars().any(char::is_whitespace) {
+            if self.path.len() > MAX_HTTP_PATH_BYTES {
                 return Err(FieldError::new(
                     "path",
                     format!(
-                        "must start with / and contain no spaces, got {:?}",
+                        "{} long; at most {}",
+                        format_bytes(self.path.len()),
+                        format_bytes(MAX_HTTP_PATH_BYTES)
+                    ),
+                ));
+            }
+            if !self.path.starts_with('/') || !self.path.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(FieldError::new(
+                    "path",
+                    format!(
+                        "must start with / and contain no spaces or control characters (percent-encode them), got {:?}",
                         self.path
                     ),
                 ));
             }
         }
-        if self.headers.len() > 32 {
-            return Err(FieldError::new("headers", "at most 32 headers"));
-        }
-        for (i, (name, value)) in self.headers.iter().enumerate() {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if let Some(h) = &self.host {
+            if h.len() > MAX_HEADER_VALUE_BYTES {
                 return Err(FieldError::new(
-                    format!("headers[{i}].name"),
-                    format!("invalid header name {name:?}"),
+                    "host",
+                    format!(
+                        "{} long; at most {}",
+                        format_bytes(h.len()),
+                        format_bytes(MAX_HEADER_VALUE_BYTES)
+                    ),
                 ));
             }
-            if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+            if h.is_empty() || h.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(FieldError::new(
+                    "host",
+                    format!("must be non-empty with no spaces or control characters, got {h:?}"),
+                ));
+            }
+        }
+        if self.headers.len() > MAX_HEADERS {
+            return Err(FieldError::new(
+                "headers",
+                format!("at most {MAX_HEADERS} headers"),
+            ));
+        }
+        for (i, (name, value)) in self.headers.iter().enumerate() {
+            if name.is_empty()
+                || name.len() > MAX_HEADER_NAME_BYTES
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(FieldError::new(
+                    format!("headers[{i}].name"),
+                    format!(
+                        "invalid header name {name:?}: 1-{MAX_HEADER_NAME_BYTES} letters, digits or '-'"
+                    ),
+                ));
+            }
+            if value.len() > MAX_HEADER_VALUE_BYTES {
                 return Err(FieldError::new(
                     format!("headers[{i}].value"),
-                    "must not contain CR or LF",
+                    format!(
+                        "{} long; at most {}",
+                        format_bytes(value.len()),
+                        format_bytes(MAX_HEADER_VALUE_BYTES)
+                    ),
+                ));
+            }
+            if !is_field_value(value) {
+                return Err(FieldError::new(
+                    format!("headers[{i}].value"),
+                    format!("must not contain CR, LF or other control characters, got {value:?}"),
+                ));
+            }
+            if name.eq_ignore_ascii_case("host") {
+                return Err(FieldError::new(
+                    format!("headers[{i}].name"),
+                    "set the Host header with the check's `host`",
                 ));
             }
         }
         match &self.expect_body {
-            Some(BodyMatch::Substring(b)) if b.is_empty() || b.len() > 4096 => {
-                return Err(FieldError::new("expect_body", "must be 1 to 4096 bytes"));
+            Some(BodyMatch::Substring(b)) if b.is_empty() || b.len() > MAX_MATCH_BYTES => {
+                return Err(FieldError::new(
+                    "expect_body",
+                    format!("must be 1 to {MAX_MATCH_BYTES} bytes"),
+                ));
             }
             Some(BodyMatch::Regex(r)) => {
-                if r.len() > 4096 {
-                    return Err(FieldError::new("expect_body_regex", "at most 4096 bytes"));
+                if r.len() > MAX_MATCH_BYTES {
+                    return Err(FieldError::new(
+                        "expect_body_regex",
+                        format!("at most {MAX_MATCH_BYTES} bytes"),
+                    ));
                 }
                 compile_regex(r).map_err(|e| FieldError::new("expect_body_regex", e))?;
             }
@@ -401,12 +475,50 @@ impl CheckSpec {
             ("tcp_send", &self.tcp_send),
             ("tcp_expect", &self.tcp_expect),
         ] {
-            if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 4096) {
-                return Err(FieldError::new(name, "must be 1 to 4096 bytes"));
+            if v.as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > MAX_MATCH_BYTES)
+            {
+                return Err(FieldError::new(
+                    name,
+                    format!("must be 1 to {MAX_MATCH_BYTES} bytes"),
+                ));
             }
         }
         if self.kind != CheckKind::Grpc && self.grpc_service.is_some() {
             return Err(FieldError::new("grpc_service", "applies to grpc checks"));
+        }
+        if self
+            .grpc_service
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_MATCH_BYTES)
+        {
+            return Err(FieldError::new(
+                "grpc_service",
+                format!("at most {MAX_MATCH_BYTES} bytes"),
+            ));
+        }
+        if let Some(name) = &self.tls.server_name {
+            let valid = if name.contains(':') {
+                validate_ipv6(name)
+            } else {
+                validate_host(name)
+            };
+            valid.map_err(|e| FieldError::new("tls_server_name", e))?;
+        }
+        for (name, file) in [
+            ("tls_ca_file", &self.tls.ca_file),
+            ("tls_client_cert", &self.tls.client_cert),
+            ("tls_client_key", &self.tls.client_key),
+        ] {
+            if file
+                .as_ref()
+                .is_some_and(|f| f.as_os_str().len() > MAX_FILE_PATH_BYTES)
+            {
+                return Err(FieldError::new(
+                    name,
+                    format!("at most {MAX_FILE_PATH_BYTES} bytes"),
+                ));
+            }
         }
         if self.jitter_percent > 50 {
             return Err(FieldError::new(
@@ -415,13 +527,17 @@ impl CheckSpec {
             ));
         }
         if let Some(a) = &self.address {
+            // A host only (the port is `port`'s); IPv6 with or without brackets.
             let host = a
                 .strip_prefix('[')
                 .and_then(|h| h.strip_suffix(']'))
                 .unwrap_or(a);
-            if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
-                return Err(FieldError::new("address", format!("invalid host {a:?}")));
-            }
+            let valid = if host.contains(':') {
+                validate_ipv6(host)
+            } else {
+                validate_host(host)
+            };
+            valid.map_err(|e| FieldError::new("address", format!("invalid host {a:?}: {e}")))?;
         }
         if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
             return Err(FieldError::new(
@@ -478,7 +594,6 @@ pub struct PoolSpec {
 }
 
 pub const DEFAULT_REPLICAS: u32 = 3;
-pub const MAX_BACKENDS_PER_POOL: usize = 10_000;
 
 impl PoolSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -524,7 +639,7 @@ impl PoolSpec {
 /// Names of pools, backends and listeners: 1-63 characters of letters, digits,
 /// `-`, `_` and `.`, starting with a letter or digit. They appear in store keys.
 pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok_len = (1..=63).contains(&name.len());
+    let ok_len = (1..=crate::limits::MAX_NAME_BYTES).contains(&name.len());
     let ok_first = name
         .bytes()
         .next()
@@ -541,25 +656,33 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Splits `host:port` (`[v6]:port` for IPv6) and checks both parts.
+/// Splits `host:port` (`[v6]:port` for IPv6) and checks both parts: the
+/// host is a DNS name (letters, digits, `-`, `_`, `.`), a valid IPv4
+/// address, or a bracketed IPv6 address.
 pub fn split_address(addr: &str) -> Result<(&str, u16), String> {
+    if let Some((_, rest)) = addr.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or(rest);
+        return Err(format!(
+            "invalid address {addr:?}: expected host:port, not a URL (write {authority:?})"
+        ));
+    }
     let (host, port) = addr
         .rsplit_once(':')
         .ok_or_else(|| format!("invalid address {addr:?}: expected host:port"))?;
     let host = if let Some(inner) = host.strip_prefix('[') {
-        inner
+        let inner = inner
             .strip_suffix(']')
-            .ok_or_else(|| format!("invalid address {addr:?}: unclosed '['"))?
+            .ok_or_else(|| format!("invalid address {addr:?}: unclosed '['"))?;
+        validate_ipv6(inner).map_err(|e| format!("invalid address {addr:?}: {e}"))?;
+        inner
     } else if host.contains(':') {
         return Err(format!(
             "invalid address {addr:?}: put IPv6 addresses in brackets, e.g. [::1]:6443"
         ));
     } else {
+        validate_host(host).map_err(|e| format!("invalid address {addr:?}: {e}"))?;
         host
     };
-    if host.is_empty() {
-        return Err(format!("invalid address {addr:?}: empty host"));
-    }
     let port: u16 = port
         .parse()
         .map_err(|_| format!("invalid address {addr:?}: port {port:?} is not 1-65535"))?;
@@ -571,6 +694,67 @@ pub fn split_address(addr: &str) -> Result<(&str, u16), String> {
 
 pub fn validate_address(addr: &str) -> Result<(), String> {
     split_address(addr).map(|_| ())
+}
+
+/// A host name or IPv4 address (IPv6 goes through [`validate_ipv6`]).
+pub fn validate_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    if host.len() > crate::limits::MAX_HOST_BYTES {
+        return Err(format!(
+            "host is {} bytes; at most {}",
+            host.len(),
+            crate::limits::MAX_HOST_BYTES
+        ));
+    }
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "host {host:?} may contain only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    // Resolvers read an all-numeric name as an IPv4 address (`256.1.1.1`
+    // fails, `1.2.3` means 1.2.0.3): only the dotted-quad form is accepted.
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host
+            .parse::<std::net::Ipv4Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("{host:?} is not a valid IPv4 address"));
+    }
+    let labels = host.strip_suffix('.').unwrap_or(host);
+    if labels.split('.').any(|l| l.is_empty() || l.len() > 63) {
+        return Err(format!(
+            "host {host:?} has an empty or over-long (> 63) label"
+        ));
+    }
+    Ok(())
+}
+
+/// An IPv6 address, optionally with a zone (`fe80::1%eth0`).
+pub fn validate_ipv6(host: &str) -> Result<(), String> {
+    let (ip, zone) = match host.split_once('%') {
+        Some((ip, zone)) => (ip, Some(zone)),
+        None => (host, None),
+    };
+    let zone_ok = zone.is_none_or(|z| {
+        !z.is_empty()
+            && z.len() <= 16
+            && z.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if ip.parse::<std::net::Ipv6Addr>().is_err() || !zone_ok {
+        return Err(format!("{host:?} is not a valid IPv6 address"));
+    }
+    Ok(())
+}
+
+/// Whether `s` can be sent as an HTTP field value: no control characters
+/// (CR and LF would split the request) other than tab.
+fn is_field_value(s: &str) -> bool {
+    !s.chars().any(|c| c.is_control() && c != '\t')
 }
 
 #[cfg(test)]
@@ -608,6 +792,73 @@ mod tests {
         assert!(split_address("host:0").is_err());
         assert!(split_address(":80").is_err());
         assert!(split_address("h:99999").is_err());
+        assert_eq!(split_address("10.0.0.1:80"), Ok(("10.0.0.1", 80)));
+        assert_eq!(split_address("[fe80::1%eth0]:80"), Ok(("fe80::1%eth0", 80)));
+        assert_eq!(split_address("my_svc.local.:80"), Ok(("my_svc.local.", 80)));
+    }
+
+    #[test]
+    fn malformed_addresses_are_named() {
+        for (addr, want) in [
+            ("a b:80", "may contain only letters"),
+            ("a\tb:80", "may contain only letters"),
+            ("256.1.1.1:80", "\"256.1.1.1\" is not a valid IPv4 address"),
+            ("1.2.3:80", "not a valid IPv4 address"),
+            (
+                "http://x:80",
+                "expected host:port, not a URL (write \"x:80\")",
+            ),
+            ("https://x:80/healthz", "not a URL (write \"x:80\")"),
+            ("[zz::1]:80", "not a valid IPv6 address"),
+            ("a..b:80", "empty or over-long"),
+            ("bücher.example:80", "may contain only letters"),
+        ] {
+            let e = validate_address(addr).expect_err(addr);
+            assert!(
+                e.starts_with(&format!("invalid address {addr:?}: ")) && e.contains(want),
+                "{addr}: {e}"
+            );
+            assert!(!e.contains("brackets"), "no IPv6 hint for {addr}: {e}");
+        }
+        let long = format!("{}:80", "a.".repeat(127));
+        assert!(validate_address(&long).unwrap_err().contains("at most 253"));
+    }
+
+    #[test]
+    fn header_values_and_host_refuse_control_characters() {
+        let mut c = CheckSpec::http_default();
+        c.host = Some("a\r\nb".into());
+        let e = c.validate().expect_err("CRLF in host");
+        assert_eq!(e.path, "host", "{e}");
+        c.host = Some("api.example:8443".into());
+        assert!(c.validate().is_ok());
+        for bad in ["a\r\nb", "a\0b", "a\x7fb"] {
+            let mut c = CheckSpec::http_default();
+            c.headers = vec![("X-A".into(), bad.into())];
+            assert_eq!(
+                c.validate().expect_err(bad).path,
+                "headers[0].value",
+                "{bad:?}"
+            );
+        }
+        let mut c = CheckSpec::http_default();
+        c.headers = vec![("X-A".into(), "tab\tok".into())];
+        assert!(c.validate().is_ok());
+        c.headers = vec![("host".into(), "x".into())];
+        assert!(
+            c.validate()
+                .expect_err("Host header")
+                .message
+                .contains("`host`")
+        );
+        let mut c = CheckSpec::http_default();
+        c.path = "/a\0b".into();
+        assert_eq!(c.validate().expect_err("NUL in path").path, "path");
+        let mut c = CheckSpec::http_default();
+        c.address = Some("a b".into());
+        assert_eq!(c.validate().expect_err("space in address").path, "address");
+        c.address = Some("::1".into());
+        assert!(c.validate().is_ok());
     }
 
     #[test]
@@ -632,5 +883,37 @@ mod tests {
         c = CheckSpec::http_default();
         c.interval = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().path, "interval");
+        c = CheckSpec::http_default();
+        c.timeout = Duration::from_micros(1500);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.path, "timeout");
+        assert!(e.message.contains("1500us"), "{e}");
+    }
+
+    #[test]
+    fn check_strings_are_bounded() {
+        let mut c = CheckSpec::http_default();
+        c.path = format!("/{}", "a".repeat(3 * 1024 * 1024));
+        let e = c.validate().expect_err("3 MB path");
+        assert_eq!(e.path, "path");
+        assert!(e.message.contains("at most 8 KiB"), "{e}");
+        c.path = format!("/{}", "a".repeat(MAX_HTTP_PATH_BYTES - 1));
+        assert!(c.validate().is_ok(), "exactly the limit is fine");
+
+        let mut c = CheckSpec::http_default();
+        c.headers = vec![("X-A".into(), "v".repeat(MAX_HEADER_VALUE_BYTES + 1))];
+        assert_eq!(
+            c.validate().expect_err("long value").path,
+            "headers[0].value"
+        );
+        let mut c = CheckSpec::http_default();
+        c.host = Some("h".repeat(MAX_HEADER_VALUE_BYTES + 1));
+        assert_eq!(c.validate().expect_err("long host").path, "host");
+        let mut c = CheckSpec::http_default();
+        c.method = "G".repeat(MAX_HTTP_METHOD_BYTES + 1);
+        assert_eq!(c.validate().expect_err("long method").path, "method");
+        let mut c = CheckSpec::http_default();
+        c.tls.server_name = Some("s".repeat(crate::limits::MAX_HOST_BYTES + 1));
+        assert_eq!(c.validate().expect_err("long SNI").path, "tls_server_name");
     }
 }

@@ -36,6 +36,13 @@ pub struct Config {
 pub enum Error {
     #[error("invalid config: {0}")]
     Config(String),
+    /// The state dir's `agent-id` is not an agent id: a configuration error
+    /// (exit 2), not something a retry fixes.
+    #[error(
+        "{}: not a valid agent id ({reason}); restore it, or delete it to give this agent a new identity",
+        path.display()
+    )]
+    AgentId { path: PathBuf, reason: String },
     #[error("state dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -43,6 +50,14 @@ pub enum Error {
     },
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whether the operator's configuration is at fault (as opposed to the
+    /// environment): the CLI exits 2 for these, 1 for the rest.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::AgentId { .. })
+    }
 }
 
 impl Config {
@@ -73,10 +88,16 @@ pub fn load_or_create_agent_id(dir: &Path) -> Result<String, Error> {
     match std::fs::read_to_string(&path) {
         Ok(s) => {
             let id = s.trim();
-            uuid::Uuid::parse_str(id)
-                .map_err(|e| Error::Config(format!("{}: not a UUID ({e})", path.display())))?;
+            uuid::Uuid::parse_str(id).map_err(|e| Error::AgentId {
+                path: path.clone(),
+                reason: format!("not a UUID: {e}"),
+            })?;
             Ok(id.to_string())
         }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::AgentId {
+            path,
+            reason: "not UTF-8".into(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = uuid::Uuid::new_v4().to_string();
             let tmp = dir.join("agent-id.tmp");
@@ -142,6 +163,17 @@ mod tests {
         assert_eq!(load_or_create_agent_id(dir.path()).expect("load"), first);
         std::fs::write(dir.path().join("agent-id"), "not-a-uuid\n").expect("write");
         let err = load_or_create_agent_id(dir.path()).expect_err("corrupt id");
-        assert!(err.to_string().contains("not a UUID"), "{err}");
+        assert!(err.is_config(), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("agent-id: not a valid agent id (not a UUID"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("agent-id"), b"\xff\xfe").expect("write");
+        let err = load_or_create_agent_id(dir.path()).expect_err("binary id");
+        assert!(
+            err.is_config() && err.to_string().contains("not UTF-8"),
+            "{err}"
+        );
     }
 }

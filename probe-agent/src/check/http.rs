@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use trackwire_core::model::MAX_BODY_BYTES;
+use trackwire_core::limits::MAX_BODY_BYTES;
 
 use super::{CheckResult, Outcome, PreparedCheck};
 

@@ -4,7 +4,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use trackwire_core::model::MAX_BODY_BYTES;
+use trackwire_core::limits::MAX_BODY_BYTES;
 
 use super::{CheckResult, Outcome, PreparedCheck};
 
