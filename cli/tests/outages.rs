@@ -161,7 +161,7 @@ async fn agent_with_10000_verdicts_survives_a_control_plane_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (agent, id) = start_agent(vec![cp1.url.clone()], "z", dir.path()).await;
     let (map, follow_token) = follow(vec![cp1.url.clone()]);
-    wait_map(&map, "10,000 backends UP on the agent's vote", 90, |m| {
+    wait_map(&map, "10,000 backends UP on the agent's vote", 150, |m| {
         up_live(m) == 10_000
     })
     .await;

@@ -63,8 +63,7 @@ impl MapHistory {
     pub fn as_of(&self, epoch: u64, revision: u64) -> Option<Arc<HealthMap>> {
         let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         m.iter()
-            .filter(|h| h.epoch == epoch && h.revision <= revision)
-            .next_back()
+            .rfind(|h| h.epoch == epoch && h.revision <= revision)
             .cloned()
     }
 

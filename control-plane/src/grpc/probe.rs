@@ -38,9 +38,7 @@ use crate::keys::{self, Keys};
 use crate::metrics::Metrics;
 use crate::state::{Snapshot, StateRx, ready};
 use crate::store::{Compare, LeaseId, Op, Store, StoreError, batch};
-
-/// Verdicts one agent may hold (and send in one hello or report).
-pub const MAX_VERDICTS_PER_HELLO: usize = 10_000;
+use trackwire_core::limits::MAX_VERDICTS_PER_HELLO;
 
 pub struct ProbeSvc {
     pub store: Arc<dyn Store>,
