@@ -296,7 +296,7 @@ pub async fn get(args: GetArgs, output: Output) -> anyhow::Result<()> {
                     b.pool.clone(),
                     e.backend.clone(),
                     e.address.clone(),
-                    e.state.as_str().to_uppercase(),
+                    state_label(&e, b.stale_since_ms),
                     e.admin_state.as_str().into(),
                     format!("{}/{}", e.votes_up, e.votes),
                     reason,
@@ -347,6 +347,37 @@ pub async fn set_state(args: StateArgs, verb: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The STATE column: `UP`, or `UP (stale 4m2s)` for a state kept without
+/// live verdicts.
+fn state_label(e: &MapEndpoint, stale_since_ms: u64) -> String {
+    let state = e.state.as_str().to_uppercase();
+    match (e.stale, stale_since_ms) {
+        (false, _) => state,
+        (true, 0) => format!("{state} (stale)"),
+        (true, since) => format!(
+            "{state} (stale {})",
+            human_age(now_ms().saturating_sub(since))
+        ),
+    }
+}
+
+/// `4m2s`, `3h0m`, `12s`.
+fn human_age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// `describe backend POOL/NAME`.
 pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> {
     let (pool, backend) = args
@@ -395,6 +426,9 @@ pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> 
             "weight": e.weight,
             "backup": e.backup,
             "decided_at_ms": e.decided_at_ms,
+            "stale": e.stale,
+            "stale_since_ms": b.stale_since_ms,
+            "stale_expires_ms": b.stale_expires_ms,
             "votes": e.votes,
             "votes_up": e.votes_up,
             "assigned_agents": b.assigned_agents,
@@ -413,6 +447,27 @@ pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> 
         e.votes_up,
         e.votes
     );
+    if e.stale {
+        println!(
+            "Stale:        yes: no live verdict; the last decided state, kept {}{}",
+            if b.stale_since_ms > 0 {
+                format!(
+                    "for {}",
+                    human_age(now_ms().saturating_sub(b.stale_since_ms))
+                )
+            } else {
+                "(age unknown)".into()
+            },
+            if b.stale_expires_ms > 0 {
+                format!(
+                    "; the pool's initial state applies in {}",
+                    human_age(b.stale_expires_ms.saturating_sub(now_ms()))
+                )
+            } else {
+                "; trusted without bound".into()
+            }
+        );
+    }
     println!("Admin state:  {}", e.admin_state.as_str());
     println!(
         "Weight:       {}{}",

@@ -559,8 +559,33 @@ async fn decided_states_outlive_an_outage_stale_and_bounded() {
             "{b:?}"
         );
     }
-    let (_, metrics) = http_get(&cp2.http, "/metrics").await;
-    assert!(metrics.contains("trackwire_backends_stale 3"), "{metrics}");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackwire"))
+            .args(args)
+            .args(["--control-plane", &cp2.url])
+            .output()
+            .expect("run trackwire");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let table = cli(&["get", "backends"]);
+    assert_eq!(table.matches("UP (stale ").count(), 3, "{table}");
+    let json = cli(&["describe", "backend", "web/b0", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(json["stale"], true, "{json}");
+    assert!(
+        json["stale_since_ms"].as_u64().is_some_and(|s| s > 0),
+        "{json}"
+    );
+    let http = cp2.http.clone();
+    wait_for("the stale gauges", 2, || {
+        let http = http.clone();
+        async move {
+            let (_, m) = http_get(&http, "/metrics").await;
+            m.contains("trackwire_backends_stale 3") && m.contains("trackwire_stale_max_seconds 3")
+        }
+    })
+    .await;
     // The bound: the stale states stop being trusted, initial_state applies.
     wait_map(&map2, "stale states expired to initial_state", 15, |m| {
         m.pools["web"]

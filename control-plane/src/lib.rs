@@ -134,18 +134,14 @@ pub async fn run(
             keys.clone(),
             state.clone(),
             Arc::clone(&stale),
+            Arc::clone(&metrics),
             shutdown.clone(),
         )
         .instrument(info_span!("recorder")),
     );
     let store_probe = tokio::spawn(
-        probe_store(
-            Arc::clone(&store),
-            Arc::clone(&metrics),
-            Arc::clone(&stale),
-            shutdown.clone(),
-        )
-        .instrument(info_span!("store_probe")),
+        probe_store(Arc::clone(&store), Arc::clone(&metrics), shutdown.clone())
+            .instrument(info_span!("store_probe")),
     );
 
     let damper = tokio::spawn(
@@ -268,13 +264,8 @@ pub async fn run(
 }
 
 /// Asks the store for its revision every 2 s: `/readyz` and `trackwire_store_up`
-/// say whether it answers. Also refreshes the stale-state gauges.
-async fn probe_store(
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    stale: Arc<recorder::StaleClock>,
-    shutdown: CancellationToken,
-) {
+/// say whether it answers.
+async fn probe_store(store: Arc<dyn Store>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     use std::sync::atomic::Ordering::Relaxed;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -299,14 +290,5 @@ async fn probe_store(
             was_up = up;
         }
         metrics.store_up.store(u64::from(up), Relaxed);
-        let (n, oldest) = stale.summary();
-        metrics.backends_stale.store(n as u64, Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        metrics
-            .stale_oldest_seconds
-            .store(oldest.map_or(0, |o| now.saturating_sub(o) / 1000), Relaxed);
     }
 }

@@ -27,8 +27,8 @@ pub struct Metrics {
     pub store_up: AtomicU64,
     /// Backends whose state is the last decided one, without live verdicts.
     pub backends_stale: AtomicU64,
-    /// Age of the oldest stale state, in seconds.
-    pub stale_oldest_seconds: AtomicU64,
+    /// When the oldest stale state became stale (unix ms; 0: none).
+    pub stale_oldest_since_ms: AtomicU64,
     /// How long a stale state is trusted, in seconds (0: without bound).
     pub stale_max_seconds: AtomicU64,
     /// Verdicts an agent sent about backends not assigned to it (dropped).
@@ -56,6 +56,16 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let oldest = self.stale_oldest_since_ms.load(Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let stale_age = AtomicU64::new(if oldest == 0 {
+            0
+        } else {
+            now.saturating_sub(oldest) / 1000
+        });
         let rows: [(&str, &str, &str, &AtomicU64); 16] = [
             (
                 "trackwire_store_up",
@@ -73,7 +83,7 @@ impl Metrics {
                 "trackwire_stale_oldest_seconds",
                 "gauge",
                 "age of the oldest stale backend state",
-                &self.stale_oldest_seconds,
+                &stale_age,
             ),
             (
                 "trackwire_stale_max_seconds",

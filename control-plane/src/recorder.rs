@@ -78,14 +78,21 @@ pub async fn run(
     keys: Keys,
     mut state: StateRx,
     clock: Arc<StaleClock>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     loop {
         let snap = state.borrow_and_update().clone();
         let next = match snap {
             Some(snap) => step(store.as_ref(), &keys, &snap, &clock, now_ms()).await,
             None => None,
         };
+        let (n, oldest) = clock.summary();
+        metrics.backends_stale.store(n as u64, Relaxed);
+        metrics
+            .stale_oldest_since_ms
+            .store(oldest.unwrap_or(0), Relaxed);
         let wait = next
             .map(|t| Duration::from_millis(t.saturating_sub(now_ms()).max(1)))
             .unwrap_or(Duration::from_secs(3600));
