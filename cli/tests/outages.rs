@@ -743,3 +743,47 @@ async fn watch_from_a_revision_no_longer_kept_is_an_error() {
     );
     cp.stop().await;
 }
+
+/// Finding 6: a hello beyond the documented size is refused up front,
+/// naming the field, not failed later as "store unavailable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_hello_is_invalid_argument() {
+    let store: Arc<dyn Store> = Arc::new(trackwire_control_plane::store::MemStore::new());
+    let cp = start_cp(Arc::clone(&store), config(10)).await;
+    let channel = tonic::transport::Endpoint::from_shared(cp.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let hello = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::AgentHello {
+            agent_id: uuid::Uuid::new_v4().to_string(),
+            instance_id: "i".into(),
+            zone: "z".into(),
+            verdicts: (0..20_000)
+                .map(|i| pb::Verdict {
+                    pool: "web".into(),
+                    backend: format!("b{i}"),
+                    state: pb::HealthState::Up as i32,
+                    since_ms: 1,
+                    reason: String::new(),
+                    fingerprint: 1,
+                })
+                .collect(),
+            version: "test".into(),
+        })),
+    };
+    let err = ProbeServiceClient::new(channel)
+        .connect(tokio_stream::iter(vec![hello]))
+        .await
+        .expect_err("20,000 verdicts is beyond the limit");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("hello.verdicts"),
+        "{}",
+        err.message()
+    );
+    let (kvs, _) = store.list(keys().root()).await.expect("list");
+    assert!(kvs.is_empty(), "something was written: {kvs:?}");
+    cp.stop().await;
+}
