@@ -2,6 +2,7 @@
 //! tries each control-plane endpoint in turn until one answers.
 
 use std::time::Duration;
+use trackwire_core::time::now_ms;
 
 use anyhow::{Context, anyhow};
 use tonic::transport::{Channel, Endpoint};
@@ -369,13 +370,6 @@ fn human_age(ms: u64) -> String {
         60..3600 => format!("{}m{}s", s / 60, s % 60),
         _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// `describe backend POOL/NAME`.

@@ -142,7 +142,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Urls(pub Vec<String>);
 
 fn parse_urls(s: &str) -> Result<Urls, String> {
-    trackwire_core::endpoints::parse_urls(s).map(Urls)
+    trackwire_core::urls::parse_urls(s).map(Urls)
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use trackwire_control_plane::pools::WriteError;
+use trackwire_control_plane::store::StoreError;
+use trackwire_core::backoff::Backoff;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -40,25 +43,26 @@ pub async fn apply_at_start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let keys = Keys::new(prefix).map_err(Invalid)?;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0, false)
-            .await
-        {
+        match trackwire_control_plane::pools::apply(store.as_ref(), &keys, &pools, 0, false).await {
             Ok(r) => {
                 info!(revision = r.revision, created = ?r.created, updated = ?r.updated, "applied pools from the config file");
                 return Ok(());
             }
-            Err(s) if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Aborted => {
-                warn!(error = %s.message(), "applying config pools failed; retrying");
+            Err(
+                e @ (WriteError::Store(StoreError::Unavailable(_))
+                | WriteError::Conflict(_)
+                | WriteError::Partial(_)),
+            ) => {
+                warn!(error = %e, "applying config pools failed; retrying");
             }
-            Err(s) => return Err(crate::admin::status_error(s)),
+            Err(e) => return Err(Invalid(format!("applying the config's pools: {e}")).into()),
         }
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next()) => {}
             () = shutdown.cancelled() => return Ok(()),
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use trackwire_core::time::now_ms;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -122,11 +123,4 @@ async fn cas(store: &dyn Store, key: String, rev: u64, value: Option<Vec<u8>>) {
             warn!(%key, error = %e, "writing damping record failed; retrying on the next change")
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -57,10 +57,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let oldest = self.stale_oldest_since_ms.load(Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = trackwire_core::time::now_ms();
         let stale_age = AtomicU64::new(if oldest == 0 {
             0
         } else {

@@ -22,7 +22,10 @@
 //! backends that no longer exist, which an interrupted `apply` may leave.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use trackwire_core::time::now_ms;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -68,8 +71,8 @@ impl StaleClock {
         (g.len(), g.values().min().copied())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), u64>> {
-        self.since.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<(String, String), u64>> {
+        self.since.lock()
     }
 }
 
@@ -219,11 +222,4 @@ pub async fn step(
         }
     }
     next
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

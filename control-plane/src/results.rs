@@ -3,8 +3,8 @@
 //! session, never in the store: results change with every check, facts only
 //! with transitions. Shown by `GetHealth` and `trackwire describe`.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 
 use trackwire_proto::v1 as pb;
 
@@ -18,7 +18,7 @@ pub struct Results {
 
 impl Results {
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, pb::ResultSummary>> {
-        self.latest.lock().unwrap_or_else(|p| p.into_inner())
+        self.latest.lock()
     }
 
     pub fn update(&self, agent: &str, summaries: Vec<pb::ResultSummary>) {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use trackwire_core::HealthMap;
+use trackwire_core::backoff::Backoff;
 
 use crate::derive::{Derived, Dirty, derive};
 use crate::facts::{Facts, SharedFacts};
@@ -34,7 +35,7 @@ pub type StateTx = watch::Sender<Option<Arc<Snapshot>>>;
 /// Pools are shared `Arc`s, so a revision that changed one pool costs one pool.
 #[derive(Debug, Default)]
 pub struct MapHistory {
-    maps: std::sync::Mutex<std::collections::VecDeque<Arc<HealthMap>>>,
+    maps: parking_lot::Mutex<std::collections::VecDeque<Arc<HealthMap>>>,
 }
 
 /// Revisions kept in [`MapHistory`].
@@ -42,7 +43,7 @@ pub const HISTORY_LEN: usize = 256;
 
 impl MapHistory {
     fn push(&self, map: &Arc<HealthMap>) {
-        let mut m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.maps.lock();
         if m.back().is_some_and(|last| last.revision == map.revision) {
             m.pop_back();
         }
@@ -54,14 +55,14 @@ impl MapHistory {
 
     /// The oldest revision of `epoch` still kept.
     pub fn oldest(&self, epoch: u64) -> Option<u64> {
-        let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.maps.lock();
         m.iter().find(|h| h.epoch == epoch).map(|h| h.revision)
     }
 
     /// The map as of `revision` of `epoch` (the newest kept at or before
     /// it), if the history reaches back that far.
     pub fn as_of(&self, epoch: u64, revision: u64) -> Option<Arc<HealthMap>> {
-        let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.maps.lock();
         m.iter()
             .rfind(|h| h.epoch == epoch && h.revision <= revision)
             .cloned()
@@ -69,7 +70,7 @@ impl MapHistory {
 
     /// The map at exactly `revision` of `epoch`, if still kept.
     pub fn get(&self, epoch: u64, revision: u64) -> Option<Arc<HealthMap>> {
-        let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.maps.lock();
         m.iter()
             .find(|h| h.epoch == epoch && h.revision == revision)
             .cloned()
@@ -84,7 +85,7 @@ pub async fn sync(
     history: Arc<MapHistory>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut previous: Option<Arc<Snapshot>> = None;
     loop {
         let listed = tokio::select! {
@@ -96,10 +97,9 @@ pub async fn sync(
             Err(e) => {
                 warn!(error = %e, "listing store failed; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next()) => {}
                     () = shutdown.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -119,12 +119,11 @@ pub async fn sync(
             Ok(w) => w,
             Err(e) => {
                 warn!(error = %e, "watch failed; re-listing");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next()).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         loop {
             let batch = tokio::select! {
                 b = events.recv() => b,

@@ -3,8 +3,8 @@
 //! stream task updates its own entry after every send; nothing here is on
 //! the path that produces or sends maps.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use trackwire_proto::v1 as pb;
@@ -53,7 +53,7 @@ impl Subscribers {
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, pb::SubscriberInfo>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<u64, pb::SubscriberInfo>> {
+        self.entries.lock()
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+use trackwire_core::time::now_ms;
 
 use trackwire_core::PoolUpdate;
 use trackwire_core::histogram::Histogram;
@@ -118,11 +119,4 @@ impl Metrics {
         );
         out
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

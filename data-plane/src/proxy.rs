@@ -10,8 +10,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rand::Rng;
@@ -231,7 +233,7 @@ async fn shut_down_sessions_of_down_backends(ctx: Arc<Ctx>, shutdown: Cancellati
             })
             .unwrap_or_default();
         {
-            let mut kill = ctx.kill.lock().unwrap_or_else(|p| p.into_inner());
+            let mut kill = ctx.kill.lock();
             for b in down {
                 if let Some(t) = kill.remove(&b) {
                     info!(backend = %b, "backend marked DOWN: closing its sessions");
@@ -250,7 +252,7 @@ async fn shut_down_sessions_of_down_backends(ctx: Arc<Ctx>, shutdown: Cancellati
 /// connection.
 fn current_candidates(ctx: &Ctx) -> Arc<Vec<Endpoint>> {
     let map = Arc::clone(&ctx.map.borrow());
-    let mut cached = ctx.routable.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cached = ctx.routable.lock();
     if !Arc::ptr_eq(&cached.0, &map) {
         let eps = candidates(&map, &ctx.spec.pool, ctx.spec.on_no_backend);
         *cached = (map, Arc::new(eps));
@@ -294,11 +296,7 @@ struct ActiveGuard<'a> {
 
 impl<'a> ActiveGuard<'a> {
     fn new(ctx: &'a Ctx, backend: &str) -> Self {
-        *ctx.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(backend.to_string())
-            .or_insert(0) += 1;
+        *ctx.active.lock().entry(backend.to_string()).or_insert(0) += 1;
         ActiveGuard {
             ctx,
             backend: backend.to_string(),
@@ -308,7 +306,7 @@ impl<'a> ActiveGuard<'a> {
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        let mut a = self.ctx.active.lock().unwrap_or_else(|p| p.into_inner());
+        let mut a = self.ctx.active.lock();
         if let Some(n) = a.get_mut(&self.backend) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -335,7 +333,7 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     let eps = current_candidates(&ctx);
     // Backends at their session limit are skipped like failed ones.
     let mut tried: Vec<String> = if ctx.spec.max_connections_per_backend > 0 {
-        let active = ctx.active.lock().unwrap_or_else(|p| p.into_inner());
+        let active = ctx.active.lock();
         active
             .iter()
             .filter(|(_, n)| **n >= ctx.spec.max_connections_per_backend)
@@ -345,12 +343,7 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
         Vec::new()
     };
     // Backends this proxy ejected after failed connects (passive health).
-    tried.extend(
-        ctx.passive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .ejected(Instant::now()),
-    );
+    tried.extend(ctx.passive.lock().ejected(Instant::now()));
     let mut upstream = None;
     for _ in 0..=ctx.spec.retries {
         let pick = {
@@ -361,8 +354,8 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
             };
             // Read the counts under the lock instead of copying the map on
             // every connection (lock order: active, then balancer).
-            let active = ctx.active.lock().unwrap_or_else(|p| p.into_inner());
-            let mut b = ctx.balancer.lock().unwrap_or_else(|p| p.into_inner());
+            let active = ctx.active.lock();
+            let mut b = ctx.balancer.lock();
             b.pick(
                 &eps,
                 &exclude,
@@ -375,7 +368,7 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
         let guard = ActiveGuard::new(&ctx, &ep.backend);
         let connected =
             tokio::time::timeout(ctx.spec.connect_timeout, TcpStream::connect(&ep.address)).await;
-        let mut passive = ctx.passive.lock().unwrap_or_else(|p| p.into_inner());
+        let mut passive = ctx.passive.lock();
         match connected {
             Ok(Ok(s)) => {
                 passive.on_success(&ep.backend);
@@ -429,7 +422,6 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     let kill = if ctx.spec.shutdown_sessions_on_down {
         ctx.kill
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(ep.backend.clone())
             .or_default()
             .clone()

@@ -17,9 +17,9 @@
 //! reactor and the pumps are ordinary async code.
 #![allow(unsafe_code)]
 
+use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::io::Interest;
@@ -40,7 +40,7 @@ struct Pipe {
 
 /// An empty pipe from the pool, or a new one.
 fn take() -> io::Result<Pipe> {
-    let pooled = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let pooled = POOL.lock().pop();
     match pooled {
         Some(p) => Ok(p),
         None => pipe(),
@@ -49,7 +49,7 @@ fn take() -> io::Result<Pipe> {
 
 /// Returns an **empty** pipe to the pool.
 fn give(p: Pipe) {
-    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut pool = POOL.lock();
     if pool.len() < POOL_MAX {
         pool.push(p);
     }
@@ -242,7 +242,7 @@ mod tests {
     use super::*;
 
     fn pooled() -> usize {
-        POOL.lock().unwrap_or_else(|p| p.into_inner()).len()
+        POOL.lock().len()
     }
 
     /// A transfer returns its pipe; an idle session holds none.

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
-use trackwire_core::endpoints::Backoff;
+use trackwire_core::backoff::Backoff;
 use trackwire_core::{HealthMap, PoolUpdate};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::health_map_service_client::HealthMapServiceClient;

@@ -4,8 +4,11 @@
 //! the others keep their schedule and state.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use trackwire_core::time::now_ms;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rand::Rng;
@@ -62,10 +65,6 @@ struct Verdicts {
     pending: BTreeSet<TargetKey>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     fn set_verdict(
         &self,
@@ -75,7 +74,7 @@ impl Shared {
         at_ms: u64,
         reason: String,
     ) {
-        let mut v = lock(&self.verdicts);
+        let mut v = self.verdicts.lock();
         v.current.insert(
             key.clone(),
             pb::Verdict {
@@ -94,22 +93,22 @@ impl Shared {
     }
 
     fn forget(&self, key: &TargetKey) {
-        let mut v = lock(&self.verdicts);
+        let mut v = self.verdicts.lock();
         v.current.remove(key);
         v.pending.remove(key);
-        lock(&self.last_results).remove(key);
+        self.last_results.lock().remove(key);
     }
 
     /// Every verdict held, for the hello of a new session; nothing stays pending.
     pub fn all_verdicts(&self) -> Vec<pb::Verdict> {
-        let mut v = lock(&self.verdicts);
+        let mut v = self.verdicts.lock();
         v.pending.clear();
         v.current.values().cloned().collect()
     }
 
     /// Verdicts changed since the last call.
     pub fn take_pending(&self) -> Vec<pb::Verdict> {
-        let mut v = lock(&self.verdicts);
+        let mut v = self.verdicts.lock();
         let keys = std::mem::take(&mut v.pending);
         keys.iter()
             .filter_map(|k| v.current.get(k).cloned())
@@ -118,8 +117,8 @@ impl Shared {
 
     /// Result summaries for the next heartbeat: changed ones, or all when `full`.
     pub fn take_results(&self, full: bool) -> Vec<pb::ResultSummary> {
-        let changed = std::mem::take(&mut *lock(&self.results_changed));
-        let results = lock(&self.last_results);
+        let changed = std::mem::take(&mut *self.results_changed.lock());
+        let results = self.last_results.lock();
         let summary = |k: &TargetKey, r: &CheckResult| pb::ResultSummary {
             pool: k.0.clone(),
             backend: k.1.clone(),
@@ -140,7 +139,7 @@ impl Shared {
     }
 
     pub fn verdict(&self, key: &TargetKey) -> Option<pb::Verdict> {
-        lock(&self.verdicts).current.get(key).cloned()
+        self.verdicts.lock().current.get(key).cloned()
     }
 }
 
@@ -249,11 +248,13 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
             info!(to = %t.to, outcome = %result.outcome, reason = %result.reason, "verdict changed");
             shared.set_verdict(&key, spec.fingerprint, t.to, t.at_ms, result.summary());
         }
-        let changed = lock(&shared.last_results)
+        let changed = shared
+            .last_results
+            .lock()
             .insert(key.clone(), result.clone())
             .is_none_or(|old| old.outcome != result.outcome || old.status != result.status);
         if changed {
-            lock(&shared.results_changed).insert(key.clone());
+            shared.results_changed.lock().insert(key.clone());
         }
         let base = match rf.cadence() {
             Cadence::Normal => spec.check.interval,
@@ -271,13 +272,6 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
             next = now;
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
 use trackwire_core::CheckSpec;
-use trackwire_core::endpoints::Backoff;
+use trackwire_core::backoff::Backoff;
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::probe_service_client::ProbeServiceClient;
 
@@ -128,7 +128,7 @@ async fn session(
             _ = heartbeat.tick() => {
                 let results = shared.take_results(beats.is_multiple_of(15));
                 beats += 1;
-                let m = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_ms: crate::runner::now_ms(), results })) };
+                let m = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_ms: trackwire_core::time::now_ms(), results })) };
                 tx.send(m).await.map_err(|_| "stream closed".to_string())?;
             }
         }

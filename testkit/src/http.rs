@@ -13,8 +13,10 @@
 //! query) and arrival time is recorded.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -65,10 +67,7 @@ impl TestHttp {
 
     /// (path, arrival) of every request so far.
     pub fn requests(&self) -> Vec<(String, Instant)> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.requests.lock().clone()
     }
 
     async fn serve_plain(&self, sock: TcpStream) {
@@ -91,10 +90,7 @@ impl TestHttp {
         }
         let head = String::from_utf8_lossy(&buf).into_owned();
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((path.clone(), Instant::now()));
+        self.requests.lock().push((path.clone(), Instant::now()));
         let respond = |status: u16, body: &str| {
             format!(
                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

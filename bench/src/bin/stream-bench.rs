@@ -17,9 +17,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use trackwire_core::time::now_ms;
 
 use clap::Parser;
-use std::sync::RwLock;
+use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -244,11 +245,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         };
         // Flip to DOWN, then back UP on the same backend.
         let (pool, backend) = if i % 2 == 1 {
-            let w = shared
-                .want
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let w = shared.want.read().clone();
             w.map(|(p, b, _)| (p, b)).unwrap_or((pool, backend))
         } else {
             (pool, backend)
@@ -256,8 +253,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         shared.received.store(0, Relaxed);
         shared.flip_bytes.store(0, Relaxed);
         shared.first_receive_ns.store(u64::MAX, Relaxed);
-        *shared.want.write().unwrap_or_else(|p| p.into_inner()) =
-            Some((pool.clone(), backend.clone(), health_to_pb(state)));
+        *shared.want.write() = Some((pool.clone(), backend.clone(), health_to_pb(state)));
         store
             .txn(vec![], vec![verdict(&pool, &backend, state)])
             .await?;
@@ -370,7 +366,7 @@ async fn subscriber(channel: Channel, id: String, shared: Arc<Shared>, token: Ca
                 continue;
             }
             let hit = {
-                let want = shared.want.read().unwrap_or_else(|p| p.into_inner());
+                let want = shared.want.read();
                 let Some((pool, backend, state)) = want.as_ref() else {
                     continue;
                 };
@@ -393,11 +389,4 @@ async fn subscriber(channel: Channel, id: String, shared: Arc<Shared>, token: Ca
         }
         tokio::time::sleep(Duration::from_millis(rand::random_range(50..150))).await;
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

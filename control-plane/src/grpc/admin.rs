@@ -255,7 +255,7 @@ impl AdminService for AdminSvc {
                 state: state as i32,
                 reason: req.reason,
                 set_by: req.set_by,
-                at_ms: crate::grpc::probe::now_ms(),
+                at_ms: trackwire_core::time::now_ms(),
             });
             self.store
                 .put(&key, value, None)

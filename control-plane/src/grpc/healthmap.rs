@@ -23,10 +23,10 @@ use trackwire_core::model::validate_name;
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::health_map_service_server::HealthMapService;
 
-use crate::grpc::probe::now_ms;
 use crate::metrics::Metrics;
 use crate::state::{MapHistory, StateRx, ready};
 use crate::subscribers::Subscribers;
+use trackwire_core::time::now_ms;
 
 pub struct HealthMapSvc {
     pub state: StateRx,

@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use trackwire_core::time::now_ms;
 
 use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
@@ -580,11 +581,4 @@ impl Session {
             None => Err(Status::invalid_argument("empty AgentMessage")),
         }
     }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

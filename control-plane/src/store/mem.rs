@@ -4,7 +4,9 @@
 //! expire on tokio time (so tests can pause the clock).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -72,9 +74,7 @@ impl MemStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the map half-written
-        // (every write is built first, then committed), so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 }
 
@@ -84,7 +84,7 @@ async fn reap_leases(inner: Weak<Mutex<Inner>>) {
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = inner.lock();
         let now = Instant::now();
         let expired: Vec<LeaseId> = g
             .leases

@@ -2,7 +2,7 @@
 //! the connection already made (so connect failures stay L4 outcomes).
 //! SERVING passes; NOT_SERVING, SERVICE_UNKNOWN or an RPC error fail.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -33,7 +33,7 @@ pub(super) async fn check(
     // Hand tonic the connection we already made, exactly once.
     let slot = std::sync::Arc::new(Mutex::new(Some(stream)));
     let connector = tower::service_fn(move |_| {
-        let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let taken = slot.lock().take();
         async move {
             taken
                 .map(TokioIo::new)
