@@ -60,7 +60,7 @@ pub async fn apply_at_start(
             Err(e) => return Err(Invalid(format!("applying the config's pools: {e}")).into()),
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff.next()) => {}
+            () = tokio::time::sleep(backoff.next_jittered()) => {}
             () = shutdown.cancelled() => return Ok(()),
         }
     }

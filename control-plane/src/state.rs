@@ -97,7 +97,7 @@ pub async fn sync(
             Err(e) => {
                 warn!(error = %e, "listing store failed; retrying");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff.next()) => {}
+                    () = tokio::time::sleep(backoff.next_jittered()) => {}
                     () = shutdown.cancelled() => return,
                 }
                 continue;
@@ -119,7 +119,7 @@ pub async fn sync(
             Ok(w) => w,
             Err(e) => {
                 warn!(error = %e, "watch failed; re-listing");
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(backoff.next_jittered()).await;
                 continue;
             }
         };

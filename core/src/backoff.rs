@@ -30,7 +30,7 @@ impl Backoff {
     }
 
     /// [`Backoff::next_delay`] with a random jitter.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_jittered(&mut self) -> Duration {
         self.next_delay(rand::random::<f64>())
     }
 
