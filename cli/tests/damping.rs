@@ -96,7 +96,7 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
     let (tx, map) = watch::channel(Arc::new(HealthMap::default()));
     tokio::spawn(trackwire_data_plane::subscribe::run(
         trackwire_data_plane::subscribe::SubscribeConfig {
-            endpoints: vec![url],
+            control_plane: vec![url],
             pools: vec![],
             proxy_id: "t".into(),
             state_dir: None,

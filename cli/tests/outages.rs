@@ -184,7 +184,7 @@ async fn agent_with_10000_verdicts_survives_a_control_plane_restart() {
     // the old lease's expiry deletes nothing.
     wait_for(
         "all 10,000 verdicts bound to the new session's lease",
-        60,
+        120,
         || {
             let store = Arc::clone(&store);
             let id = id.clone();
@@ -407,11 +407,7 @@ async fn a_second_session_for_a_live_agent_id_is_refused_and_a_lost_one_re_regis
         .expect("agent key");
 
     // The same id from another process, claiming every backend DOWN.
-    let channel = tonic::transport::Endpoint::from_shared(cp.url.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = trackwire_connect::channel(&cp.url).await.expect("connect");
     let hello = pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::AgentHello {
             agent_id: id.clone(),
@@ -750,11 +746,7 @@ async fn watch_from_a_revision_no_longer_kept_is_an_error() {
 async fn an_oversized_hello_is_invalid_argument() {
     let store: Arc<dyn Store> = Arc::new(trackwire_control_plane::store::MemStore::new());
     let cp = start_cp(Arc::clone(&store), config(10)).await;
-    let channel = tonic::transport::Endpoint::from_shared(cp.url.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = trackwire_connect::channel(&cp.url).await.expect("connect");
     let hello = pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::AgentHello {
             agent_id: uuid::Uuid::new_v4().to_string(),

@@ -93,7 +93,7 @@ fn follow(
     let token = CancellationToken::new();
     tokio::spawn(trackwire_data_plane::subscribe::run(
         trackwire_data_plane::subscribe::SubscribeConfig {
-            endpoints,
+            control_plane: endpoints,
             pools: vec![],
             proxy_id: "test".into(),
             state_dir: None,

@@ -360,10 +360,22 @@ pool = "web"
     );
 
     // The new proxy carries everything now.
+    // (Polled: the load script reports its counts in periodic progress
+    // events, so its `ok` lags what the proxy has already counted.)
     let before = load.metric("127.0.0.1:7404", "trackwire_proxy_connections_total");
-    load.wait_ok(load.ok + 300, Duration::from_secs(30));
-    let after = load.metric("127.0.0.1:7404", "trackwire_proxy_connections_total");
-    assert!(after >= before + 300, "new proxy: {before} → {after}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = load.metric("127.0.0.1:7404", "trackwire_proxy_connections_total");
+        if after >= before + 300 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new proxy took only {} connections since the old one left",
+            after - before
+        );
+        load.next("progress", Duration::from_secs(5));
+    }
 
     let summary = load.ask("stop", "summary");
     assert_eq!(

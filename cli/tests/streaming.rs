@@ -278,7 +278,7 @@ async fn reconnect_under_churn_never_empties_a_pool() {
     let follow = CancellationToken::new();
     tokio::spawn(trackwire_data_plane::subscribe::run(
         trackwire_data_plane::subscribe::SubscribeConfig {
-            endpoints: vec![a, b],
+            control_plane: vec![a, b],
             pools: vec!["web".into()],
             proxy_id: "churn".into(),
             state_dir: None,
@@ -370,7 +370,7 @@ async fn large_snapshots_are_chunked_and_published_whole() {
     let follow = CancellationToken::new();
     tokio::spawn(trackwire_data_plane::subscribe::run(
         trackwire_data_plane::subscribe::SubscribeConfig {
-            endpoints: vec![url],
+            control_plane: vec![url],
             pools: (0..30).map(|i| format!("p{i}")).collect(),
             proxy_id: "big".into(),
             state_dir: None,

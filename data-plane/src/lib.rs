@@ -208,7 +208,7 @@ pub async fn run(
     let sub = tokio::spawn(
         subscribe::run(
             subscribe::SubscribeConfig {
-                endpoints: config.control_plane.clone(),
+                control_plane: config.control_plane.clone(),
                 pools: config.pools(),
                 proxy_id: config.proxy_id.clone(),
                 state_dir: config.state_dir.clone(),

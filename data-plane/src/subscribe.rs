@@ -10,14 +10,11 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
-use trackwire_core::backoff::Backoff;
+use trackwire_connect::Failover;
 use trackwire_core::{HealthMap, PoolUpdate};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::health_map_service_client::HealthMapServiceClient;
@@ -27,7 +24,8 @@ use crate::cache;
 use crate::metrics::Metrics;
 
 pub struct SubscribeConfig {
-    pub endpoints: Vec<String>,
+    /// Control-plane URLs, tried in turn.
+    pub control_plane: Vec<String>,
     pub pools: Vec<String>,
     pub proxy_id: String,
     pub state_dir: Option<PathBuf>,
@@ -75,12 +73,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let publish = publish.into();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut next = 0usize;
+    let mut failover = Failover::new(&cfg.control_plane);
     loop {
-        let url = &cfg.endpoints[next % cfg.endpoints.len()];
+        let url = failover.next_url();
+        let mut established = false;
         let result = tokio::select! {
-            r = stream(url, &cfg, &publish, &metrics, &mut backoff) => r,
+            r = stream(&url, &cfg, &publish, &metrics, &mut established) => r,
             () = shutdown.cancelled() => return,
         };
         metrics.stream_connected.store(0, Relaxed);
@@ -91,11 +89,8 @@ pub async fn run(
         } else {
             warn!(endpoint = %url, error = %e, "{}", stream_lost_message(&held));
         }
-        next += 1;
-        let delay = backoff.next_delay(rand::rng().random_range(0.0..1.0));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return,
+        if !failover.pause(established.into(), &shutdown).await {
+            return;
         }
     }
 }
@@ -105,17 +100,9 @@ async fn stream(
     cfg: &SubscribeConfig,
     publish: &Publish,
     metrics: &Metrics,
-    backoff: &mut Backoff,
+    established: &mut bool,
 ) -> Result<(), String> {
-    let channel = Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let channel = trackwire_connect::channel(url).await?;
     // Offer the map held (from any replica of the same store, or the
     // cache): a replica that still has that revision answers with a delta.
     let (resume_epoch, resume_revision) = {
@@ -150,7 +137,7 @@ async fn stream(
         if first {
             first = false;
             metrics.stream_connected.store(1, Relaxed);
-            backoff.reset();
+            *established = true;
             if msg.snapshot {
                 info!(endpoint = %url, epoch = msg.epoch, revision = msg.revision, pools = pools.len(), "health-map snapshot received");
             } else {

@@ -129,7 +129,7 @@ pub async fn run(
     let session = tokio::spawn(
         session::run(
             session::SessionConfig {
-                endpoints: config.control_plane.clone(),
+                control_plane: config.control_plane.clone(),
                 agent_id: agent_id.clone(),
                 instance_id: uuid::Uuid::new_v4().to_string(),
                 zone: config.zone.clone(),

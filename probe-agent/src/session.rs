@@ -9,21 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
+use trackwire_connect::Failover;
 use trackwire_core::CheckSpec;
-use trackwire_core::backoff::Backoff;
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::probe_service_client::ProbeServiceClient;
 
 use crate::runner::{Runner, Shared, TargetKey, TargetSpec};
 
 pub struct SessionConfig {
-    pub endpoints: Vec<String>,
+    /// Control-plane URLs, tried in turn.
+    pub control_plane: Vec<String>,
     pub agent_id: String,
     /// Random per process: tells the control plane this process from
     /// another one using the same agent id.
@@ -34,23 +33,20 @@ pub struct SessionConfig {
 
 pub async fn run(cfg: SessionConfig, shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut runner = Runner::new(Arc::clone(&shared));
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut next = 0usize;
+    let mut failover = Failover::new(&cfg.control_plane);
     loop {
-        let url = &cfg.endpoints[next % cfg.endpoints.len()];
+        let url = failover.next_url();
+        let mut established = false;
         let outcome = tokio::select! {
-            r = session(url, &cfg, &shared, &mut runner, &mut backoff) => r,
+            r = session(&url, &cfg, &shared, &mut runner, &mut established) => r,
             () = shutdown.cancelled() => break,
         };
         shared.connected.store(0, Relaxed);
         if let Err(e) = outcome {
             warn!(endpoint = %url, error = %e, "control-plane session ended");
         }
-        next += 1;
-        let delay = backoff.next_delay(rand::rng().random_range(0.0..1.0));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => break,
+        if !failover.pause(established.into(), &shutdown).await {
+            break;
         }
     }
     runner.stop_all();
@@ -61,17 +57,9 @@ async fn session(
     cfg: &SessionConfig,
     shared: &Shared,
     runner: &mut Runner,
-    backoff: &mut Backoff,
+    established: &mut bool,
 ) -> Result<(), String> {
-    let channel = Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let channel = trackwire_connect::channel(url).await?;
     let (tx, rx) = mpsc::channel(64);
     let hello = pb::AgentHello {
         agent_id: cfg.agent_id.clone(),
@@ -109,7 +97,7 @@ async fn session(
             msg = inbound.message() => match msg {
                 Ok(Some(pb::ControlMessage { msg: Some(pb::control_message::Msg::Assignment(a)) })) => {
                     if first {
-                        backoff.reset();
+                        *established = true;
                         first = false;
                     }
                     runner.apply(targets(&a));

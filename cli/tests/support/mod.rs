@@ -123,7 +123,7 @@ pub fn follow(endpoints: Vec<String>) -> (watch::Receiver<Arc<HealthMap>>, Cance
     let token = CancellationToken::new();
     tokio::spawn(trackwire_data_plane::subscribe::run(
         trackwire_data_plane::subscribe::SubscribeConfig {
-            endpoints,
+            control_plane: endpoints,
             pools: vec![],
             proxy_id: "test".into(),
             state_dir: None,

@@ -1,0 +1,132 @@
+//! How trackwire processes reach the control plane: the one gRPC channel
+//! setup ([`channel`]) and the one failover loop ([`failover`]) shared by
+//! the probe agent's session and the proxy's health-map subscription.
+//!
+//! A crate of its own because both components need it and neither depends
+//! on the other, while `trackwire-core` stays free of tonic and tokio.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use trackwire_core::backoff::Backoff;
+
+/// First retry delay after a session ends.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest delay between attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A channel to one control-plane URL with the settings every long-lived
+/// client uses: a short connect timeout, no Nagle delay on small updates,
+/// and HTTP/2 keep-alives so a dead peer is noticed within seconds.
+pub async fn channel(url: &str) -> Result<Channel, String> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("invalid endpoint {url:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))
+}
+
+/// Whether an attempt got as far as a working session (then the backoff
+/// starts again from its base).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Established,
+    Failed,
+}
+
+impl From<bool> for Attempt {
+    /// `true`: the session got going.
+    fn from(established: bool) -> Self {
+        if established {
+            Attempt::Established
+        } else {
+            Attempt::Failed
+        }
+    }
+}
+
+/// The failover policy: each attempt takes the next URL in turn; between
+/// attempts a jittered exponential backoff (reset after an attempt that
+/// was established), so a fleet reconnecting after an outage does not
+/// arrive in one burst. The caller's loop is
+///
+/// ```ignore
+/// let mut failover = Failover::new(&urls);
+/// loop {
+///     let url = failover.next_url();
+///     let outcome = tokio::select! { a = attempt(&url) => a, () = shutdown.cancelled() => break };
+///     if !failover.pause(outcome, &shutdown).await { break }
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Failover {
+    urls: Vec<String>,
+    next: usize,
+    backoff: Backoff,
+}
+
+impl Failover {
+    /// `urls` must not be empty (the flag parsers refuse an empty list).
+    pub fn new(urls: &[String]) -> Self {
+        Failover {
+            urls: urls.to_vec(),
+            next: 0,
+            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_MAX),
+        }
+    }
+
+    /// The URL of the next attempt.
+    pub fn next_url(&mut self) -> String {
+        let url = self
+            .urls
+            .get(self.next % self.urls.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        self.next += 1;
+        url
+    }
+
+    /// Waits before the next attempt; false when `shutdown` came first.
+    pub async fn pause(&mut self, outcome: Attempt, shutdown: &CancellationToken) -> bool {
+        if outcome == Attempt::Established {
+            self.backoff.reset();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(self.backoff.next_jittered()) => true,
+            () = shutdown.cancelled() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rotates_urls_and_backs_off_until_established() {
+        let urls = vec!["a".to_string(), "b".to_string()];
+        let shutdown = CancellationToken::new();
+        let mut f = Failover::new(&urls);
+        let seen: Vec<String> = (0..5).map(|_| f.next_url()).collect();
+        assert_eq!(seen, ["a", "b", "a", "b", "a"]);
+        // Failures: waits of at least half of 100, 200, 400 and 800 ms.
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            assert!(f.pause(Attempt::Failed, &shutdown).await);
+        }
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(750), "{waited:?}");
+        assert!(waited <= Duration::from_millis(1500), "{waited:?}");
+        // An established session starts again from the base.
+        let start = tokio::time::Instant::now();
+        assert!(f.pause(Attempt::Established, &shutdown).await);
+        assert!(start.elapsed() <= BACKOFF_BASE, "{:?}", start.elapsed());
+        shutdown.cancel();
+        assert!(!f.pause(Attempt::Failed, &shutdown).await);
+    }
+}
