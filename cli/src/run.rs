@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use trackwire_control_plane::pools::WriteError;
 use trackwire_control_plane::store::StoreError;
+use trackwire_control_plane::writes::WriteError;
 use trackwire_core::backoff::Backoff;
 
 use anyhow::Context;
@@ -45,7 +45,8 @@ pub async fn apply_at_start(
     let keys = Keys::new(prefix).map_err(Invalid)?;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match trackwire_control_plane::pools::apply(store.as_ref(), &keys, &pools, 0, false).await {
+        match trackwire_control_plane::writes::apply(store.as_ref(), &keys, &pools, 0, false).await
+        {
             Ok(r) => {
                 info!(revision = r.revision, created = ?r.created, updated = ?r.updated, "applied pools from the config file");
                 return Ok(());

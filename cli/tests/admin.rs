@@ -44,7 +44,7 @@ async fn start() -> (
 ) {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let keys = Keys::new("/trackwire/").expect("prefix");
-    trackwire_control_plane::grpc::admin::apply(
+    trackwire_control_plane::writes::apply(
         store.as_ref(),
         &keys,
         &[pool("web"), pool("db")],
@@ -117,7 +117,7 @@ async fn admin_overrides_survive_apply_and_can_be_cleared() {
     let mut changed = pool("web");
     changed.backends[1].weight = 5;
     let applied =
-        trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[changed], 0, false)
+        trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[changed], 0, false)
             .await
             .expect("apply")
             .revision;
@@ -227,7 +227,7 @@ async fn list_agents_shows_zone_and_assignment() {
     let keys = Keys::new("/trackwire/").expect("prefix");
     let mut checked = pool("chk");
     checked.check = Some(trackwire_core::CheckSpec::http_default());
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[checked], 0, false)
+    trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[checked], 0, false)
         .await
         .expect("apply");
     tokio::spawn(trackwire_probe_agent::run(
@@ -395,7 +395,7 @@ async fn get_health_shows_each_agents_last_result() {
         fall: 1,
         ..trackwire_core::CheckSpec::http_default()
     });
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[p], 0, false)
+    trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[p], 0, false)
         .await
         .expect("apply");
     tokio::spawn(trackwire_probe_agent::run(
@@ -461,7 +461,7 @@ async fn apply_is_validated_whole_and_optimistic() {
     let mut db = pool("db");
     db.backends[0].weight = 2;
     let keys = Keys::new("/trackwire/").expect("prefix");
-    let now = trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[db], 0, false)
+    let now = trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[db], 0, false)
         .await
         .expect("concurrent change")
         .revision;

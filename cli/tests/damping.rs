@@ -80,7 +80,7 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
         }),
     };
     let k = Keys::new("/trackwire/").expect("prefix");
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &k, &[pool], 0, false)
+    trackwire_control_plane::writes::apply(store.as_ref(), &k, &[pool], 0, false)
         .await
         .expect("apply");
     tokio::spawn(trackwire_probe_agent::run(

@@ -127,7 +127,7 @@ fn up_live(m: &HealthMap) -> usize {
 }
 
 async fn apply(store: &dyn Store, pools: &[PoolSpec]) -> u64 {
-    trackwire_control_plane::pools::apply(store, &keys(), pools, 0, false)
+    trackwire_control_plane::writes::apply(store, &keys(), pools, 0, false)
         .await
         .expect("apply")
         .revision
@@ -712,7 +712,7 @@ async fn watch_from_a_revision_no_longer_kept_is_an_error() {
     for _ in 0..3 {
         apply(store.as_ref(), &[http_pool("web", &addrs)]).await;
         apply(store.as_ref(), &[http_pool("db", &addrs)]).await;
-        trackwire_control_plane::pools::delete(store.as_ref(), &keys(), "db")
+        trackwire_control_plane::writes::delete(store.as_ref(), &keys(), "db")
             .await
             .expect("delete");
     }

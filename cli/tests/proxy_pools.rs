@@ -71,7 +71,7 @@ fn pool(name: &str, backends: &[&DemoBackend]) -> PoolSpec {
 
 async fn apply(store: &dyn Store, pools: &[PoolSpec]) {
     let keys = Keys::new("/trackwire/").expect("prefix");
-    trackwire_control_plane::grpc::admin::apply(store, &keys, pools, 0, false)
+    trackwire_control_plane::writes::apply(store, &keys, pools, 0, false)
         .await
         .expect("apply");
 }

@@ -31,7 +31,7 @@ async fn python_grpcio_discovers_and_calls_the_control_plane() {
         damping: None,
     };
     let keys = Keys::new("/trackwire/").expect("prefix");
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[pool], 0, false)
+    trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[pool], 0, false)
         .await
         .expect("apply");
     let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -142,7 +142,7 @@ async fn apply(store: &dyn Store, pools: &[PoolSpec]) {
     let keys = Keys::new("/trackwire/").expect("prefix");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match trackwire_control_plane::grpc::admin::apply(store, &keys, pools, 0, false).await {
+        match trackwire_control_plane::writes::apply(store, &keys, pools, 0, false).await {
             Ok(_) => return,
             Err(e) => {
                 assert!(Instant::now() < deadline, "apply failed: {e}");

@@ -73,7 +73,7 @@ fn pool(name: &str, n: usize, weight: u32) -> PoolSpec {
 
 async fn apply(store: &dyn Store, pools: &[PoolSpec]) -> u64 {
     let keys = Keys::new("/trackwire/").expect("prefix");
-    trackwire_control_plane::grpc::admin::apply(store, &keys, pools, 0, false)
+    trackwire_control_plane::writes::apply(store, &keys, pools, 0, false)
         .await
         .expect("apply")
         .revision

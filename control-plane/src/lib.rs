@@ -20,12 +20,12 @@ pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod metrics;
-pub mod pools;
 pub mod recorder;
 pub mod results;
 pub mod state;
 pub mod store;
 pub mod subscribers;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -193,7 +193,7 @@ async fn verdicts_are_resent_after_failover() {
         zone_spread: false,
         damping: None,
     };
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &[pool], 0, false)
+    trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[pool], 0, false)
         .await
         .expect("apply");
 

@@ -8,15 +8,15 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use trackwire_core::PoolSpec;
-use trackwire_core::convert::{endpoint_to_pb, health_to_pb, pool_to_pb};
+use trackwire_core::convert::{admin_from_pb, endpoint_to_pb, health_to_pb, pool_to_pb};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_server::AdminService;
 
-use crate::keys::{self, Keys};
-use crate::pools::WriteError;
+use crate::keys::Keys;
 use crate::state::{StateRx, ready};
 use crate::store::Store;
 use crate::subscribers::Subscribers;
+use crate::writes::WriteError;
 
 use super::probe::store_status;
 
@@ -58,6 +58,7 @@ pub fn validate_pools(pools: &[pb::PoolSpec]) -> Result<Vec<PoolSpec>, Status> {
 /// Maps a write's domain error to its gRPC status.
 pub fn write_status(e: WriteError) -> Status {
     match e {
+        e @ WriteError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         WriteError::NotFound(m) => Status::not_found(m),
         WriteError::Conflict(m) if m.starts_with("expected_revision") => {
             Status::failed_precondition(m)
@@ -67,7 +68,7 @@ pub fn write_status(e: WriteError) -> Status {
     }
 }
 
-/// [`crate::pools::apply`] with its answer as the wire response.
+/// [`crate::writes::apply`] with its answer as the wire response.
 pub async fn apply(
     store: &dyn Store,
     keys: &Keys,
@@ -75,7 +76,7 @@ pub async fn apply(
     expected_revision: u64,
     dry_run: bool,
 ) -> Result<pb::ApplyPoolsResponse, Status> {
-    let a = crate::pools::apply(store, keys, specs, expected_revision, dry_run)
+    let a = crate::writes::apply(store, keys, specs, expected_revision, dry_run)
         .await
         .map_err(write_status)?;
     Ok(pb::ApplyPoolsResponse {
@@ -210,7 +211,7 @@ impl AdminService for AdminSvc {
         let store = Arc::clone(&self.store);
         let keys = self.keys.clone();
         let revision =
-            tokio::spawn(async move { crate::pools::delete(store.as_ref(), &keys, &name).await })
+            tokio::spawn(async move { crate::writes::delete(store.as_ref(), &keys, &name).await })
                 .await
                 .map_err(|e| Status::internal(format!("delete task: {e}")))?
                 .map_err(write_status)?;
@@ -222,46 +223,32 @@ impl AdminService for AdminSvc {
         request: Request<pb::SetBackendStateRequest>,
     ) -> Result<Response<pb::SetBackendStateResponse>, Status> {
         let req = request.into_inner();
-        if req.reason.len() > 256 {
-            return Err(Status::invalid_argument("reason: at most 256 bytes"));
-        }
-        if req.set_by.len() > 128 {
-            return Err(Status::invalid_argument("set_by: at most 128 bytes"));
-        }
-        let state = pb::AdminState::try_from(req.state).map_err(|_| {
-            Status::invalid_argument(format!("state: invalid admin state {}", req.state))
-        })?;
-        let mut st = self.state.clone();
-        let snap = ready(&mut st)
-            .await
-            .ok_or_else(|| Status::unavailable("control plane shutting down"))?;
-        let exists = snap
-            .facts
-            .pools
-            .get(&req.pool)
-            .is_some_and(|p| p.backends.iter().any(|b| b.name == req.backend));
-        if !exists {
-            return Err(Status::not_found(format!(
-                "backend {}/{} does not exist",
-                req.pool, req.backend
-            )));
-        }
-        let key = self.keys.admin(&req.pool, &req.backend);
-        let revision = if state == pb::AdminState::Unspecified {
-            self.store.delete(&key).await.map_err(store_status)?
-        } else {
-            let value = keys::encode_admin(pb::StoredAdmin {
-                schema: keys::SCHEMA,
-                state: state as i32,
+        let state = match pb::AdminState::try_from(req.state) {
+            Ok(pb::AdminState::Unspecified) => None,
+            Ok(_) => Some(
+                admin_from_pb(req.state, "state")
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "state: invalid admin state {}",
+                    req.state
+                )));
+            }
+        };
+        let revision = crate::writes::set_admin_state(
+            self.store.as_ref(),
+            &self.keys,
+            &req.pool,
+            &req.backend,
+            state,
+            crate::writes::OverrideNote {
                 reason: req.reason,
                 set_by: req.set_by,
-                at_ms: trackwire_core::time::now_ms(),
-            });
-            self.store
-                .put(&key, value, None)
-                .await
-                .map_err(store_status)?
-        };
+            },
+        )
+        .await
+        .map_err(write_status)?;
         Ok(Response::new(pb::SetBackendStateResponse { revision }))
     }
 

@@ -1,4 +1,8 @@
-//! Writes of pool specs: `apply` and the delete cascade.
+//! The control plane's store writes as domain operations: `apply` of pool
+//! specs, the delete cascade, and admin-state overrides. They return
+//! [`WriteError`]; the gRPC adapter (`grpc/admin.rs`) maps it to a status
+//! at the edge, and the CLI's start-up apply and the tests call these
+//! functions directly.
 //!
 //! Both stay within stock etcd's limits at any size the README promises
 //! (1,000 pools, 10,000 backends per pool): operations are written in
@@ -14,14 +18,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use trackwire_core::PoolSpec;
-use trackwire_core::convert::pool_to_pb;
+use trackwire_core::convert::{admin_to_pb, pool_to_pb};
+use trackwire_core::{AdminState, PoolSpec};
+use trackwire_proto::v1 as pb;
 
 use crate::keys::{self, KeyKind, Keys};
 use crate::store::{Compare, Op, Store, StoreError, batch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// A request field out of bounds.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     /// Another writer got there first (or `expected_revision` is stale).
@@ -214,4 +225,71 @@ pub async fn delete(store: &dyn Store, keys: &Keys, name: &str) -> Result<u64, W
         revision = revision.max(r.revision);
     }
     Ok(revision)
+}
+
+/// Who set an override and why, as operators see it in `describe`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OverrideNote {
+    pub reason: String,
+    pub set_by: String,
+}
+
+/// Sets (`Some`) or clears (`None`) the admin-state override of
+/// `pool/backend`. Written only while the backend exists: the write is
+/// guarded by the pool key's revision, so an `apply` removing the backend
+/// meanwhile makes it fail rather than leave an orphan.
+pub async fn set_admin_state(
+    store: &dyn Store,
+    keys: &Keys,
+    pool: &str,
+    backend: &str,
+    state: Option<AdminState>,
+    note: OverrideNote,
+) -> Result<u64, WriteError> {
+    if note.reason.len() > 256 {
+        return Err(WriteError::Invalid {
+            field: "reason",
+            message: "at most 256 bytes".into(),
+        });
+    }
+    if note.set_by.len() > 128 {
+        return Err(WriteError::Invalid {
+            field: "set_by",
+            message: "at most 128 bytes".into(),
+        });
+    }
+    let missing = || WriteError::NotFound(format!("backend {pool}/{backend} does not exist"));
+    let pool_key = keys.pool(pool);
+    let kv = store.get(&pool_key).await?.ok_or_else(missing)?;
+    let spec = keys::decode_pool(&kv.value).map_err(|_| missing())?;
+    if !spec.backends.iter().any(|b| b.name == backend) {
+        return Err(missing());
+    }
+    let key = keys.admin(pool, backend);
+    let op = match state {
+        None => Op::Delete(key),
+        Some(state) => Op::Put {
+            key,
+            value: keys::encode_admin(pb::StoredAdmin {
+                schema: keys::SCHEMA,
+                state: admin_to_pb(state),
+                reason: note.reason,
+                set_by: note.set_by,
+                at_ms: trackwire_core::time::now_ms(),
+            }),
+            lease: None,
+        },
+    };
+    let r = store
+        .txn(
+            vec![Compare::ModRevision(pool_key, kv.mod_revision)],
+            vec![op],
+        )
+        .await?;
+    if !r.succeeded {
+        return Err(WriteError::Conflict(format!(
+            "pool {pool} changed concurrently; nothing was written, try again"
+        )));
+    }
+    Ok(r.revision)
 }
