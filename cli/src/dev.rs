@@ -11,9 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::config::{Document, ListenerSpec};
-use trackwire_core::{
-    AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
-};
+use trackwire_core::{BackendSpec, CheckSpec, PoolSpec, StatusSet};
 
 use crate::Invalid;
 use crate::args::DevArgs;
@@ -34,23 +32,14 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
     };
     Document {
         pools: vec![PoolSpec {
-            name: "demo".into(),
-            backends: backends
-                .iter()
-                .map(|b| BackendSpec {
-                    name: b.name.clone(),
-                    address: b.addr.to_string(),
-                    weight: 1,
-                    admin_state: AdminState::Ready,
-                    backup: false,
-                })
-                .collect(),
             check: Some(check),
-            quorum: Quorum::Majority,
-            initial_state: HealthState::Down,
-            replicas: 3,
-            zone_spread: false,
-            damping: None,
+            ..PoolSpec::new(
+                "demo",
+                backends
+                    .iter()
+                    .map(|b| BackendSpec::new(&b.name, b.addr.to_string()))
+                    .collect(),
+            )
         }],
         listeners: vec![ListenerSpec {
             connect_timeout: Duration::from_secs(2),

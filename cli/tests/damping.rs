@@ -11,9 +11,7 @@ use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::keys::{self, Keys};
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::damping::DampingSpec;
-use trackwire_core::{
-    AdminState, BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec, Quorum, StatusSet,
-};
+use trackwire_core::{BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec, Quorum, StatusSet};
 use trackwire_testkit::http::TestHttp;
 
 async fn wait_state(rx: &watch::Receiver<Arc<HealthMap>>, want: HealthState, what: &str) {
@@ -49,13 +47,7 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
     let interval = Duration::from_millis(50);
     let pool = PoolSpec {
         name: "web".into(),
-        backends: vec![BackendSpec {
-            name: "b0".into(),
-            address: server.address(),
-            weight: 1,
-            admin_state: AdminState::Ready,
-            backup: false,
-        }],
+        backends: vec![BackendSpec::new("b0", server.address())],
         check: Some(CheckSpec {
             path: "/flip".into(),
             expect_status: StatusSet::single(200),

@@ -19,9 +19,7 @@ use trackwire_cli::demo::DemoBackend;
 use trackwire_control_plane::store::{EtcdOptions, EtcdStore, MemStore, Store};
 use trackwire_core::config::ListenerSpec;
 use trackwire_core::convert::pool_to_pb;
-use trackwire_core::{
-    AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
-};
+use trackwire_core::{BackendSpec, CheckSpec, PoolSpec, StatusSet};
 use trackwire_proto::v1 as pb;
 use trackwire_testkit::EtcdCluster;
 
@@ -69,17 +67,6 @@ async fn local() -> TcpListener {
 
 fn pool(backends: &[DemoBackend]) -> PoolSpec {
     PoolSpec {
-        name: "web".into(),
-        backends: backends
-            .iter()
-            .map(|b| BackendSpec {
-                name: b.name.clone(),
-                address: b.addr.to_string(),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                backup: false,
-            })
-            .collect(),
         check: Some(CheckSpec {
             path: "/readyz".into(),
             expect_status: StatusSet::single(200),
@@ -91,11 +78,13 @@ fn pool(backends: &[DemoBackend]) -> PoolSpec {
             fall: FALL,
             ..CheckSpec::http_default()
         }),
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
-        replicas: 3,
-        zone_spread: false,
-        damping: None,
+        ..PoolSpec::new(
+            "web",
+            backends
+                .iter()
+                .map(|b| BackendSpec::new(&b.name, b.addr.to_string()))
+                .collect(),
+        )
     }
 }
 

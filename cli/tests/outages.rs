@@ -12,9 +12,7 @@ use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::Store;
 use trackwire_core::convert::pool_to_pb;
 use trackwire_core::model::{CheckKind, StatusSet};
-use trackwire_core::{
-    AdminState, BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec, Quorum,
-};
+use trackwire_core::{BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::probe_service_client::ProbeServiceClient;
 use trackwire_testkit::EtcdCluster;
@@ -45,17 +43,15 @@ async fn acceptor() -> u16 {
 /// `n` backends with distinct (never contacted) addresses, all checked by
 /// TCP connect on 127.0.0.1:`port` (HAProxy's `addr`), one agent each.
 fn tcp_pool(name: &str, n: usize, port: u16, net: usize) -> PoolSpec {
+    let backends = (0..n)
+        .map(|i| {
+            BackendSpec::new(
+                format!("b{i}"),
+                format!("10.{net}.{}.{}:{port}", i / 250, i % 250),
+            )
+        })
+        .collect();
     PoolSpec {
-        name: name.into(),
-        backends: (0..n)
-            .map(|i| BackendSpec {
-                name: format!("b{i}"),
-                address: format!("10.{net}.{}.{}:{port}", i / 250, i % 250),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                backup: false,
-            })
-            .collect(),
         check: Some(CheckSpec {
             kind: CheckKind::Tcp,
             address: Some("127.0.0.1".into()),
@@ -67,30 +63,20 @@ fn tcp_pool(name: &str, n: usize, port: u16, net: usize) -> PoolSpec {
             fall: 1,
             ..CheckSpec::http_default()
         }),
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
         replicas: 1,
-        zone_spread: false,
-        damping: None,
+        ..PoolSpec::new(name, backends)
     }
 }
 
 /// HTTP-checked backends (`GET /flip`, 100 ms interval), one agent each.
 fn http_pool(name: &str, addresses: &[String]) -> PoolSpec {
     let interval = Duration::from_millis(100);
+    let backends = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| BackendSpec::new(format!("b{i}"), a.clone()))
+        .collect();
     PoolSpec {
-        name: name.into(),
-        backends: addresses
-            .iter()
-            .enumerate()
-            .map(|(i, a)| BackendSpec {
-                name: format!("b{i}"),
-                address: a.clone(),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                backup: false,
-            })
-            .collect(),
         check: Some(CheckSpec {
             path: "/flip".into(),
             expect_status: StatusSet::single(200),
@@ -102,11 +88,8 @@ fn http_pool(name: &str, addresses: &[String]) -> PoolSpec {
             fall: 2,
             ..CheckSpec::http_default()
         }),
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
         replicas: 1,
-        zone_spread: false,
-        damping: None,
+        ..PoolSpec::new(name, backends)
     }
 }
 
@@ -225,21 +208,11 @@ async fn apply_of_1000_pools_and_large_deletes_fit_stock_etcd() {
     let store = etcd_store(etcd.endpoints()).await;
     let cp = start_cp(Arc::clone(&store), config(10)).await;
     let mut client = admin(&cp.url).await;
-    let one = |name: String, port: u16| PoolSpec {
-        name,
-        backends: vec![BackendSpec {
-            name: "b".into(),
-            address: format!("127.0.0.1:{port}"),
-            weight: 1,
-            admin_state: AdminState::Ready,
-            backup: false,
-        }],
-        check: None,
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
-        replicas: 3,
-        zone_spread: false,
-        damping: None,
+    let one = |name: String, port: u16| {
+        PoolSpec::new(
+            name,
+            vec![BackendSpec::new("b", format!("127.0.0.1:{port}"))],
+        )
     };
     let pools: Vec<pb::PoolSpec> = (0..1000)
         .map(|i| pool_to_pb(&one(format!("p{i}"), 80)))
@@ -286,13 +259,7 @@ async fn apply_of_1000_pools_and_large_deletes_fit_stock_etcd() {
     // the pool and 200 overrides, more than one transaction holds.
     let mut big = one("big".into(), 80);
     big.backends = (0..300)
-        .map(|i| BackendSpec {
-            name: format!("b{i}"),
-            address: format!("127.0.0.1:{}", 1000 + i),
-            weight: 1,
-            admin_state: AdminState::Ready,
-            backup: false,
-        })
+        .map(|i| BackendSpec::new(format!("b{i}"), format!("127.0.0.1:{}", 1000 + i)))
         .collect();
     apply(store.as_ref(), std::slice::from_ref(&big)).await;
     wait_for("the big pool in the control plane's view", 10, || {

@@ -17,7 +17,7 @@ use trackwire_cli::demo::DemoBackend;
 use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::config::ListenerSpec;
-use trackwire_core::{AdminState, BackendSpec, HealthState, PoolSpec, Quorum};
+use trackwire_core::{BackendSpec, PoolSpec};
 use trackwire_proto::v1 as pb;
 
 async fn local() -> TcpListener {
@@ -48,25 +48,13 @@ async fn control_plane(
 
 /// An unchecked pool (always UP) over `backends`.
 fn pool(name: &str, backends: &[&DemoBackend]) -> PoolSpec {
-    PoolSpec {
-        name: name.into(),
-        backends: backends
+    PoolSpec::new(
+        name,
+        backends
             .iter()
-            .map(|b| BackendSpec {
-                name: b.name.clone(),
-                address: b.addr.to_string(),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                backup: false,
-            })
+            .map(|b| BackendSpec::new(&b.name, b.addr.to_string()))
             .collect(),
-        check: None,
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
-        replicas: 3,
-        zone_spread: false,
-        damping: None,
-    }
+    )
 }
 
 async fn apply(store: &dyn Store, pools: &[PoolSpec]) {

@@ -9,27 +9,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::{MemStore, Store};
-use trackwire_core::{AdminState, BackendSpec, HealthState, PoolSpec, Quorum};
+use trackwire_core::{BackendSpec, PoolSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_discovers_and_calls_the_control_plane() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
-    let pool = PoolSpec {
-        name: "web".into(),
-        backends: vec![BackendSpec {
-            name: "b1".into(),
-            address: "127.0.0.1:9".into(),
-            weight: 1,
-            admin_state: AdminState::Ready,
-            backup: false,
-        }],
-        check: None,
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
-        replicas: 3,
-        zone_spread: false,
-        damping: None,
-    };
+    let pool = PoolSpec::new("web", vec![BackendSpec::new("b1", "127.0.0.1:9")]);
     let keys = Keys::new("/trackwire/").expect("prefix");
     trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[pool], 0, false)
         .await

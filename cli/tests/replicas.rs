@@ -13,9 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::{EtcdOptions, EtcdStore, Store};
-use trackwire_core::{
-    AdminState, BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec, Quorum, StatusSet,
-};
+use trackwire_core::{BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec, StatusSet};
 use trackwire_testkit::EtcdCluster;
 use trackwire_testkit::http::TestHttp;
 
@@ -107,18 +105,6 @@ fn follow(
 
 fn pool(name: &str, servers: &[TestHttp]) -> PoolSpec {
     PoolSpec {
-        name: name.into(),
-        backends: servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| BackendSpec {
-                name: format!("b{i}"),
-                address: s.address(),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                backup: false,
-            })
-            .collect(),
         check: Some(CheckSpec {
             path: "/flip".into(),
             expect_status: StatusSet::single(200),
@@ -130,11 +116,14 @@ fn pool(name: &str, servers: &[TestHttp]) -> PoolSpec {
             fall: 2,
             ..CheckSpec::http_default()
         }),
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
-        replicas: 3,
-        zone_spread: false,
-        damping: None,
+        ..PoolSpec::new(
+            name,
+            servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| BackendSpec::new(format!("b{i}"), s.address()))
+                .collect(),
+        )
     }
 }
 

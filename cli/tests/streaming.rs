@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::{MemStore, Store};
-use trackwire_core::{AdminState, BackendSpec, HealthMap, HealthState, PoolSpec, Quorum};
+use trackwire_core::{AdminState, BackendSpec, HealthMap, PoolSpec};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 use trackwire_proto::v1::health_map_service_client::HealthMapServiceClient;
@@ -51,9 +51,9 @@ async fn channel(url: &str) -> Channel {
 
 /// An unchecked pool (always UP) whose backends all have `weight`.
 fn pool(name: &str, n: usize, weight: u32) -> PoolSpec {
-    PoolSpec {
-        name: name.into(),
-        backends: (0..n)
+    PoolSpec::new(
+        name,
+        (0..n)
             .map(|i| BackendSpec {
                 name: format!("b{i}"),
                 address: format!("127.0.0.1:{}", 10_000 + i),
@@ -62,13 +62,7 @@ fn pool(name: &str, n: usize, weight: u32) -> PoolSpec {
                 backup: false,
             })
             .collect(),
-        check: None,
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
-        replicas: 3,
-        zone_spread: false,
-        damping: None,
-    }
+    )
 }
 
 async fn apply(store: &dyn Store, pools: &[PoolSpec]) -> u64 {

@@ -460,13 +460,7 @@ mod tests {
         PoolSpec {
             name: name.into(),
             backends: (0..backends)
-                .map(|i| BackendSpec {
-                    name: format!("b{i}"),
-                    address: format!("10.0.0.{i}:80"),
-                    weight: 1,
-                    admin_state: AdminState::Ready,
-                    backup: false,
-                })
+                .map(|i| BackendSpec::new(format!("b{i}"), format!("10.0.0.{i}:80")))
                 .collect(),
             check: check.then(CheckSpec::http_default),
             quorum,

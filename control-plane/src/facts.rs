@@ -279,28 +279,19 @@ mod tests {
     use crate::store::WatchEvent;
     use proptest::prelude::*;
     use trackwire_core::convert::{health_to_pb, pool_to_pb};
-    use trackwire_core::{AdminState, BackendSpec, CheckSpec, Quorum};
+    use trackwire_core::{BackendSpec, CheckSpec};
     use trackwire_proto::v1 as pb;
 
     fn events(votes: &[(usize, usize, bool)]) -> Vec<WatchEvent> {
         let keys = Keys::new("/t/").expect("prefix");
         let pool = PoolSpec {
-            name: "p".into(),
-            backends: (0..12)
-                .map(|i| BackendSpec {
-                    name: format!("b{i}"),
-                    address: format!("h{i}:80"),
-                    weight: 1,
-                    admin_state: AdminState::Ready,
-                    backup: false,
-                })
-                .collect(),
             check: Some(CheckSpec::http_default()),
-            quorum: Quorum::Majority,
-            initial_state: HealthState::Down,
-            replicas: 3,
-            zone_spread: false,
-            damping: None,
+            ..PoolSpec::new(
+                "p",
+                (0..12)
+                    .map(|i| BackendSpec::new(format!("b{i}"), format!("h{i}:80")))
+                    .collect(),
+            )
         };
         let mut rev = 0;
         let mut put = |key: String, value: Vec<u8>| {

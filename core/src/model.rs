@@ -595,6 +595,36 @@ pub struct PoolSpec {
 
 pub const DEFAULT_REPLICAS: u32 = 3;
 
+impl BackendSpec {
+    /// A backend with the documented defaults: weight 1, `ready`, not a backup.
+    pub fn new(name: impl Into<String>, address: impl Into<String>) -> Self {
+        BackendSpec {
+            name: name.into(),
+            address: address.into(),
+            weight: 1,
+            admin_state: AdminState::Ready,
+            backup: false,
+        }
+    }
+}
+
+impl PoolSpec {
+    /// A pool with the documented defaults: no check (always UP), quorum
+    /// `majority`, initial state DOWN, 3 replicas, no zone spread, no damping.
+    pub fn new(name: impl Into<String>, backends: Vec<BackendSpec>) -> Self {
+        PoolSpec {
+            name: name.into(),
+            backends,
+            check: None,
+            quorum: Quorum::Majority,
+            initial_state: HealthState::Down,
+            replicas: DEFAULT_REPLICAS,
+            zone_spread: false,
+            damping: None,
+        }
+    }
+}
+
 impl PoolSpec {
     pub fn validate(&self) -> Result<(), FieldError> {
         validate_name(&self.name).map_err(|e| FieldError::new("name", e))?;
