@@ -7,78 +7,43 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::keys::Keys;
-use trackwire_control_plane::store::{EtcdOptions, EtcdStore, Store};
+use trackwire_control_plane::store::Store;
 use trackwire_core::{BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec, StatusSet};
 use trackwire_testkit::EtcdCluster;
 use trackwire_testkit::http::TestHttp;
 
+mod support;
+
+use support::{Cp, etcd_store, follow_with_metrics, wait_map};
+
 const INTERVAL: Duration = Duration::from_millis(100);
 
-struct Cp {
-    url: String,
-    token: CancellationToken,
-}
-
-async fn etcd_store(endpoints: Vec<String>) -> Arc<dyn Store> {
-    Arc::new(
-        EtcdStore::connect(&EtcdOptions::new(endpoints))
-            .await
-            .expect("connect etcd"),
-    )
-}
-
 async fn start_cp(endpoints: Vec<String>, ttl: Duration) -> Cp {
-    let store = etcd_store(endpoints).await;
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", grpc.local_addr().expect("addr"));
-    let token = CancellationToken::new();
-    tokio::spawn(trackwire_control_plane::run(
+    support::start_cp(
+        etcd_store(endpoints).await,
         trackwire_control_plane::Config {
             agent_ttl: ttl,
             ..Default::default()
         },
-        store,
-        trackwire_control_plane::Listeners { grpc, http: None },
-        token.clone(),
-    ));
-    Cp { url, token }
+    )
+    .await
 }
 
-/// Starts an agent; returns its stop token and its id (from its state dir).
+/// Starts an agent with a state dir of its own; returns its stop token,
+/// its id and the dir.
 async fn start_agent(
     endpoints: Vec<String>,
     zone: &str,
 ) -> (CancellationToken, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let token = CancellationToken::new();
-    tokio::spawn(trackwire_probe_agent::run(
-        trackwire_probe_agent::Config {
-            control_plane: endpoints,
-            zone: zone.into(),
-            state_dir: Some(dir.path().to_path_buf()),
-            heartbeat: Duration::from_millis(300),
-        },
-        None,
-        token.clone(),
-    ));
-    let path = dir.path().join("agent-id");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let id = loop {
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            break s.trim().to_string();
-        }
-        assert!(Instant::now() < deadline, "agent-id not written");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (token, id) = support::start_agent(endpoints, zone, dir.path()).await;
     (token, id, dir)
 }
 
-/// Follows the health map as a proxy does; returns the map channel and whether the stream is up.
 fn follow(
     endpoints: Vec<String>,
 ) -> (
@@ -86,21 +51,7 @@ fn follow(
     Arc<trackwire_data_plane::metrics::Metrics>,
     CancellationToken,
 ) {
-    let (tx, rx) = watch::channel(Arc::new(HealthMap::default()));
-    let metrics = Arc::new(trackwire_data_plane::metrics::Metrics::default());
-    let token = CancellationToken::new();
-    tokio::spawn(trackwire_data_plane::subscribe::run(
-        trackwire_data_plane::subscribe::SubscribeConfig {
-            control_plane: endpoints,
-            pools: vec![],
-            proxy_id: "test".into(),
-            state_dir: None,
-        },
-        tx,
-        Arc::clone(&metrics),
-        token.clone(),
-    ));
-    (rx, metrics, token)
+    follow_with_metrics(endpoints)
 }
 
 fn pool(name: &str, servers: &[TestHttp]) -> PoolSpec {
@@ -138,26 +89,6 @@ async fn apply(store: &dyn Store, pools: &[PoolSpec]) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
-}
-
-async fn wait_map(
-    rx: &watch::Receiver<Arc<HealthMap>>,
-    what: &str,
-    secs: u64,
-    f: impl Fn(&HealthMap) -> bool,
-) -> Arc<HealthMap> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let m = rx.borrow().clone();
-        if f(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {m:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -10,7 +10,6 @@
 //! is first written once a backend has votes, so appearing is not a flap.
 
 use std::sync::Arc;
-use std::time::Duration;
 use trackwire_core::time::now_ms;
 
 use tokio_util::sync::CancellationToken;
@@ -18,7 +17,7 @@ use tracing::{debug, info, warn};
 use trackwire_core::damping::{observe, release};
 
 use crate::keys::{self, Keys};
-use crate::state::{Snapshot, StateRx};
+use crate::state::{Snapshot, StateRx, next_change};
 use crate::store::{Compare, Op, Store};
 
 pub async fn run(
@@ -33,13 +32,8 @@ pub async fn run(
             Some(snap) => step(store.as_ref(), &keys, &snap, now_ms()).await,
             None => None,
         };
-        let wait = next_release
-            .map(|t| Duration::from_millis(t.saturating_sub(now_ms()).max(1)))
-            .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            r = state.changed() => if r.is_err() { return },
-            () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return,
+        if !next_change(&mut state, next_release, &shutdown).await {
+            return;
         }
     }
 }

@@ -34,7 +34,7 @@ use trackwire_core::convert::health_to_pb;
 use trackwire_proto::v1 as pb;
 
 use crate::keys::{self, Keys};
-use crate::state::{Snapshot, StateRx};
+use crate::state::{Snapshot, StateRx, next_change};
 use crate::store::{Compare, Op, Store, batch};
 
 /// Default trust for a stale state.
@@ -96,13 +96,8 @@ pub async fn run(
         metrics
             .stale_oldest_since_ms
             .store(oldest.unwrap_or(0), Relaxed);
-        let wait = next
-            .map(|t| Duration::from_millis(t.saturating_sub(now_ms()).max(1)))
-            .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            r = state.changed() => if r.is_err() { return },
-            () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => return,
+        if !next_change(&mut state, next, &shutdown).await {
+            return;
         }
     }
 }

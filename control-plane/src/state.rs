@@ -176,6 +176,29 @@ fn publish(
     snap
 }
 
+/// Waits until the state changes or the wall clock reaches `wake_at_ms`
+/// (if any): the loop of the fact writers (damper, recorder), which act on
+/// each snapshot and on their own deadlines. False when the control plane
+/// is shutting down.
+pub async fn next_change(
+    state: &mut StateRx,
+    wake_at_ms: Option<u64>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let wait = wake_at_ms
+        .map(|t| {
+            std::time::Duration::from_millis(
+                t.saturating_sub(trackwire_core::time::now_ms()).max(1),
+            )
+        })
+        .unwrap_or(std::time::Duration::from_secs(3600));
+    tokio::select! {
+        r = state.changed() => r.is_ok(),
+        () = tokio::time::sleep(wait) => true,
+        () = shutdown.cancelled() => false,
+    }
+}
+
 /// Waits for the first complete load.
 pub async fn ready(rx: &mut StateRx) -> Option<Arc<Snapshot>> {
     let r = rx.wait_for(Option::is_some).await.ok()?;

@@ -118,6 +118,18 @@ pub async fn start_agent(
 
 /// Follows the health map as a proxy does.
 pub fn follow(endpoints: Vec<String>) -> (watch::Receiver<Arc<HealthMap>>, CancellationToken) {
+    let (rx, _, token) = follow_with_metrics(endpoints);
+    (rx, token)
+}
+
+/// [`follow`], also returning the subscription's metrics.
+pub fn follow_with_metrics(
+    endpoints: Vec<String>,
+) -> (
+    watch::Receiver<Arc<HealthMap>>,
+    Arc<trackwire_data_plane::metrics::Metrics>,
+    CancellationToken,
+) {
     let (tx, rx) = watch::channel(Arc::new(HealthMap::default()));
     let metrics = Arc::new(trackwire_data_plane::metrics::Metrics::default());
     let token = CancellationToken::new();
@@ -129,10 +141,10 @@ pub fn follow(endpoints: Vec<String>) -> (watch::Receiver<Arc<HealthMap>>, Cance
             state_dir: None,
         },
         tx,
-        metrics,
+        Arc::clone(&metrics),
         token.clone(),
     ));
-    (rx, token)
+    (rx, metrics, token)
 }
 
 /// Polls `cond` every 20 ms until it holds; fails the test after `secs`.
