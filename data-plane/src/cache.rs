@@ -98,7 +98,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::sync::Arc;
-    use trackwire_core::{AdminState, Endpoint, HealthState};
+    use trackwire_core::Endpoint;
 
     #[test]
     fn round_trips_and_reports_corruption() {
@@ -108,16 +108,10 @@ mod tests {
         pool.insert(
             "b".to_string(),
             Endpoint {
-                backend: "b".into(),
-                address: "127.0.0.1:1".into(),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                state: HealthState::Up,
                 decided_at_ms: 5,
                 votes: 3,
                 votes_up: 3,
-                backup: false,
-                stale: false,
+                ..Endpoint::up("b", "127.0.0.1:1")
             },
         );
         let map = HealthMap {

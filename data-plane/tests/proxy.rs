@@ -39,16 +39,8 @@ async fn backend(name: &str) -> SocketAddr {
 
 fn ep(name: &str, addr: SocketAddr, weight: u32) -> Endpoint {
     Endpoint {
-        backend: name.into(),
-        address: addr.to_string(),
         weight,
-        admin_state: AdminState::Ready,
-        state: HealthState::Up,
-        decided_at_ms: 0,
-        votes: 1,
-        votes_up: 1,
-        backup: false,
-        stale: false,
+        ..Endpoint::up(name, addr.to_string())
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trackwire_core::config::ListenerSpec;
-use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
+use trackwire_core::{Endpoint, HealthMap};
 use trackwire_data_plane::{Config, Error, bind, cache, run};
 
 /// A backend that greets with "hello" and then echoes.
@@ -37,18 +37,7 @@ async fn backend() -> SocketAddr {
 /// A state dir holding a map with `backend` UP in pool "web".
 fn state_dir(backend: SocketAddr) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ep = Endpoint {
-        backend: "a".into(),
-        address: backend.to_string(),
-        weight: 1,
-        admin_state: AdminState::Ready,
-        state: HealthState::Up,
-        decided_at_ms: 0,
-        votes: 1,
-        votes_up: 1,
-        backup: false,
-        stale: false,
-    };
+    let ep = Endpoint::up("a", backend.to_string());
     let map = HealthMap {
         epoch: 1,
         revision: 7,

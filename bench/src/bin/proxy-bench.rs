@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use trackwire_core::config::ListenerSpec;
-use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
+use trackwire_core::{Endpoint, HealthMap};
 
 #[derive(Parser)]
 struct Args {
@@ -229,26 +229,11 @@ async fn harness(args: Args) -> anyhow::Result<()> {
 
     // trackwire, from a cached map with the one backend UP.
     let tw_addr = free_addr()?;
-    let mut pool = std::collections::BTreeMap::new();
-    pool.insert(
-        "b1".to_string(),
-        Endpoint {
-            backend: "b1".into(),
-            address: backend.to_string(),
-            weight: 1,
-            admin_state: AdminState::Ready,
-            state: HealthState::Up,
-            decided_at_ms: 0,
-            votes: 1,
-            votes_up: 1,
-            backup: false,
-            stale: false,
-        },
-    );
+    let pool = [("b1".to_string(), Endpoint::up("b1", backend.to_string()))];
     let map = HealthMap {
         epoch: 1,
         revision: 1,
-        pools: [("bench".to_string(), Arc::new(pool))].into(),
+        pools: [("bench".to_string(), Arc::new(pool.into()))].into(),
     };
     trackwire_data_plane::cache::save(&dir, &map, &Default::default())?;
     let trackwire = proxy_command(&args, &std::env::current_exe()?.to_string_lossy())
