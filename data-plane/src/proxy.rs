@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
-use trackwire_core::config::{ListenerSpec, NoBackend, ProxyProtocol};
+use trackwire_core::config::{ListenerSpec, NoBackend};
 use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
 
 use crate::balance::Balancer;
@@ -404,12 +404,8 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     };
     let _ = server.set_nodelay(true);
     keepalive(&server, ctx.spec.tcp_keepalive);
-    if let Some(v) = ctx.spec.send_proxy {
+    if let Some(version) = ctx.spec.send_proxy {
         let local = client.local_addr().unwrap_or(peer);
-        let version = match v {
-            ProxyProtocol::V1 => proxy_protocol::Version::V1,
-            ProxyProtocol::V2 => proxy_protocol::Version::V2,
-        };
         if let Err(e) = server
             .write_all(&proxy_protocol::header(version, peer, local))
             .await
