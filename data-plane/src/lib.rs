@@ -10,6 +10,7 @@
 //! - [`proxy`]: listen (once the map has the listener's pool), accept, pick,
 //!   connect with redispatch, relay.
 //! - `splice` (Linux): zero-copy relaying; the workspace's only `unsafe`.
+//! - [`Error`]: every error the data plane reports.
 //!
 //! Fail static: losing the control plane never changes routing; the last map
 //! stays in force and is loaded from the state dir after a restart. A new
@@ -23,6 +24,7 @@
 pub mod assemble;
 pub mod balance;
 pub mod cache;
+mod error;
 pub mod http;
 pub mod metrics;
 pub mod passive;
@@ -32,6 +34,8 @@ pub mod proxy_protocol;
 pub mod splice;
 pub mod status;
 pub mod subscribe;
+
+pub use error::Error;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -56,31 +60,6 @@ pub struct Config {
     pub proxy_id: String,
     /// How long open sessions may run after shutdown before they are cut.
     pub drain_grace: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid config: {0}")]
-    Config(String),
-    /// The state dir exists but cannot hold the cache.
-    #[error("state dir {}: {reason}", path.display())]
-    StateDir { path: PathBuf, reason: String },
-    // The io errors below are part of the message, not `source`s: callers
-    // printing the chain (anyhow's `{:#}`) would show them twice.
-    #[error("listener {listener:?}: bind {addr}: {error}")]
-    Bind {
-        listener: String,
-        addr: std::net::SocketAddr,
-        error: std::io::Error,
-    },
-    #[error("listener {listener:?}: listen on {addr}: {error}")]
-    Listen {
-        listener: String,
-        addr: std::net::SocketAddr,
-        error: std::io::Error,
-    },
-    #[error("http server: {0}")]
-    Http(std::io::Error),
 }
 
 impl Config {
