@@ -8,7 +8,8 @@
 //! - [`balance`]: roundrobin, leastconn, random (p2c) and source hashing (sans IO).
 //! - [`passive`]: local ejection after consecutive connect failures (sans IO).
 //! - [`proxy`]: listen (once the map has the listener's pool), accept, pick,
-//!   connect with redispatch, relay.
+//!   connect with redispatch.
+//! - [`relay`]: the one pump per direction, half-closes and the idle timeout.
 //! - `splice` (Linux): zero-copy relaying; the workspace's only `unsafe`.
 //! - [`Error`]: every error the data plane reports.
 //!
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod passive;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod relay;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod status;

@@ -3,21 +3,21 @@
 //! among the routable non-backup endpoints (backups only when none is left;
 //! every non-`maint` endpoint in `panic` mode), connect with a timeout and
 //! redispatch to another backend on failure (HAProxy's `retries` +
-//! `redispatch`), then relay bytes both ways until either side closes or
-//! the session is idle for `idle_timeout`. `max_connections` caps open
+//! `redispatch`), then relay bytes both ways (see [`crate::relay`]) until
+//! either side closes or the session is idle for `idle_timeout`. `max_connections` caps open
 //! client connections: beyond it the listener stops accepting, so clients
 //! wait in the kernel's accept queue.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use parking_lot::Mutex;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -31,6 +31,7 @@ use crate::balance::Balancer;
 use crate::metrics::Metrics;
 use crate::passive::{Passive, PassiveConfig};
 use crate::proxy_protocol;
+use crate::relay::relay;
 
 /// A listener's socket: bound (so bind errors surface at start) but not
 /// listening until [`serve`] holds a health map that has the listener's
@@ -325,7 +326,7 @@ fn keepalive(s: &TcpStream, idle: Option<Duration>) {
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
+async fn handle(ctx: Arc<Ctx>, client: TcpStream, peer: SocketAddr) {
     ctx.metrics.connections_total.fetch_add(1, Relaxed);
     let _ = client.set_nodelay(true);
     keepalive(&client, ctx.spec.tcp_keepalive);
@@ -437,7 +438,7 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
         kill.cancel();
     }
     let relayed = tokio::select! {
-        r = relay(&mut client, &mut server, ctx.spec.idle_timeout) => r,
+        r = relay(&client, &server, ctx.spec.idle_timeout) => r,
         () = kill.cancelled() => Err(std::io::Error::other("backend marked DOWN")),
         () = ctx.cut.cancelled() => Err(std::io::Error::other("drain grace period over")),
     };
@@ -445,94 +446,5 @@ async fn handle(ctx: Arc<Ctx>, mut client: TcpStream, peer: SocketAddr) {
     match relayed {
         Ok((up, down)) => debug!(backend = %ep.backend, up, down, "session closed"),
         Err(e) => debug!(backend = %ep.backend, error = %e, "session ended with error"),
-    }
-}
-
-/// Copies one direction until EOF (then half-closes the writer), noting
-/// the time of the last byte in `last_ms` (ms since `start`).
-async fn pump<R, W>(mut r: R, mut w: W, last_ms: &AtomicU64, start: Instant) -> std::io::Result<u64>
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            w.shutdown().await?;
-            return Ok(total);
-        }
-        w.write_all(&buf[..n]).await?;
-        total += n as u64;
-        last_ms.store(start.elapsed().as_millis() as u64, Relaxed);
-    }
-}
-
-/// Relays both ways until both directions are done (half-closes are
-/// passed on) or nothing moved for `idle`. On Linux bytes move with
-/// `splice(2)` (zero copy, see [`crate::splice`]); elsewhere through a
-/// buffer. Returns bytes client→server and server→client.
-pub async fn relay(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
-    idle: Duration,
-) -> std::io::Result<(u64, u64)> {
-    #[cfg(target_os = "linux")]
-    {
-        let (c, s) = (&*client, &*server);
-        let last = AtomicU64::new(0);
-        let start = Instant::now();
-        let both = async {
-            let (a, b) = tokio::join!(
-                crate::splice::pump(c, s, &last, start),
-                crate::splice::pump(s, c, &last, start)
-            );
-            Ok::<(u64, u64), std::io::Error>((a?, b?))
-        };
-        with_idle_timeout(both, &last, start, idle).await
-    }
-    #[cfg(not(target_os = "linux"))]
-    relay_copy(client, server, idle).await
-}
-
-/// The portable relay: copies through a 64 KiB buffer per direction.
-pub async fn relay_copy(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
-    idle: Duration,
-) -> std::io::Result<(u64, u64)> {
-    let (cr, cw) = client.split();
-    let (sr, sw) = server.split();
-    let last = AtomicU64::new(0);
-    let start = Instant::now();
-    let both = async {
-        let (a, b) = tokio::join!(pump(cr, sw, &last, start), pump(sr, cw, &last, start));
-        Ok::<(u64, u64), std::io::Error>((a?, b?))
-    };
-    with_idle_timeout(both, &last, start, idle).await
-}
-
-/// Runs `both` unless nothing moved for `idle` (per `last`, ms since `start`).
-async fn with_idle_timeout(
-    both: impl std::future::Future<Output = std::io::Result<(u64, u64)>>,
-    last: &AtomicU64,
-    start: Instant,
-    idle: Duration,
-) -> std::io::Result<(u64, u64)> {
-    let watchdog = async {
-        loop {
-            let idle_for = start
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last.load(Relaxed)));
-            if idle_for >= idle {
-                return;
-            }
-            tokio::time::sleep(idle - idle_for).await;
-        }
-    };
-    tokio::select! {
-        r = both => r,
-        () = watchdog => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle timeout")),
     }
 }

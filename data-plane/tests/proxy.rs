@@ -18,6 +18,7 @@ use trackwire_core::config::{Balance, ListenerSpec, NoBackend};
 use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
 use trackwire_data_plane::metrics::Metrics;
 use trackwire_data_plane::proxy::{self, Listener};
+use trackwire_data_plane::relay::relay_copy;
 
 /// A backend that greets with its name and then echoes.
 async fn backend(name: &str) -> SocketAddr {
@@ -472,9 +473,9 @@ async fn the_portable_copy_relay_is_intact_too() {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
-        let (mut client, _) = l.accept().await.expect("accept");
-        let mut server = TcpStream::connect(a).await.expect("backend");
-        let _ = proxy::relay_copy(&mut client, &mut server, Duration::from_secs(10)).await;
+        let (client, _) = l.accept().await.expect("accept");
+        let server = TcpStream::connect(a).await.expect("backend");
+        let _ = relay_copy(&client, &server, Duration::from_secs(10)).await;
     });
     assert!(echo_intact(TcpStream::connect(addr).await.expect("connect"), 4 << 20).await);
 }
