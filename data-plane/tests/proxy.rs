@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trackwire_core::config::{Balance, ListenerSpec, NoBackend};
 use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
+use trackwire_data_plane::listener::{self, Listener};
 use trackwire_data_plane::metrics::Metrics;
-use trackwire_data_plane::proxy::{self, Listener};
 use trackwire_data_plane::relay::relay_copy;
 
 /// A backend that greets with its name and then echoes.
@@ -81,7 +81,7 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
     let (tx, rx) = watch::channel(map_of(eps));
     let metrics = Arc::new(Metrics::default());
     let token = CancellationToken::new();
-    tokio::spawn(proxy::serve(
+    tokio::spawn(listener::serve(
         listener,
         rx,
         Arc::clone(&metrics),
@@ -490,7 +490,7 @@ async fn listens_only_once_it_holds_a_health_map() {
     let metrics = Arc::new(Metrics::default());
     let token = CancellationToken::new();
     let _stop = token.clone().drop_guard();
-    tokio::spawn(proxy::serve(
+    tokio::spawn(listener::serve(
         listener,
         rx,
         Arc::clone(&metrics),
@@ -533,7 +533,7 @@ async fn listens_only_once_the_map_has_its_pool() {
         let spec = ListenerSpec::new(pool, "127.0.0.1:0".parse().expect("addr"), pool);
         let listener = Listener::bind(spec).expect("bind");
         addrs.push(listener.local_addr().expect("addr"));
-        tokio::spawn(proxy::serve(
+        tokio::spawn(listener::serve(
             listener,
             rx.clone(),
             Arc::clone(&metrics),
