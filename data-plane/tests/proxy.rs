@@ -112,6 +112,16 @@ async fn session(addr: SocketAddr) -> Option<(String, BufReader<TcpStream>)> {
     }
 }
 
+/// Asserts that the proxy closes `s` (EOF, nothing more sent) within 5 s.
+async fn assert_closed(s: &mut BufReader<TcpStream>, what: &str) {
+    let mut rest = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_line(&mut rest))
+        .await
+        .expect("closed within 5 s")
+        .expect("read");
+    assert_eq!(n, 0, "{what}");
+}
+
 async fn spread(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     for _ in 0..n {
@@ -255,12 +265,7 @@ async fn idle_sessions_are_closed() {
     .await;
     let (_, mut s) = session(p.addr).await.expect("session");
     let started = tokio::time::Instant::now();
-    let mut rest = String::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read_line(&mut rest))
-        .await
-        .expect("closed within 5s")
-        .expect("read");
-    assert_eq!(n, 0, "EOF after the idle timeout");
+    assert_closed(&mut s, "EOF after the idle timeout").await;
     assert!(
         started.elapsed() >= Duration::from_millis(250),
         "{:?}",
@@ -393,12 +398,7 @@ async fn shutdown_sessions_on_down_closes_only_when_asked() {
         down.state = HealthState::Down;
         p.map.send_replace(map_of(&[down]));
         if shutdown {
-            let mut rest = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(5), held.read_line(&mut rest))
-                .await
-                .expect("closed promptly")
-                .expect("read");
-            assert_eq!(n, 0, "session closed when the backend went DOWN");
+            assert_closed(&mut held, "session closed when the backend went DOWN").await;
         } else {
             // HAProxy's default: marking DOWN keeps existing sessions.
             held.get_mut().write_all(b"ping\n").await.expect("write");
