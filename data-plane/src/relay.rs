@@ -1,4 +1,4 @@
-//! Relaying a session: one [`pump`] per direction until both are done
+//! Relaying a session: one `pump` per direction until both are done
 //! (half-closes are passed on), or until nothing moved for the idle timeout.
 //!
 //! A pump copies small reads through a 16 KiB buffer (for a few hundred

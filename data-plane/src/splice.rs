@@ -1,5 +1,5 @@
 //! Zero-copy relaying on Linux: `splice(2)` moves bytes socket → pipe →
-//! socket inside the kernel, never through user space. [`splice_once`] is
+//! socket inside the kernel, never through user space. `splice_once` is
 //! one such round, the bulk mode of [`crate::relay`]'s pump.
 //!
 //! Pipes come from a process-wide pool and are held only while bytes are in
