@@ -1,24 +1,53 @@
-//! Shared pieces of the benchmarks: process accounting from `/proc`,
-//! Prometheus text parsing, and a minimal loopback HTTP target server.
+//! Shared pieces of the benchmarks: child processes and their arguments
+//! ([`child`]), process accounting from `/proc`, Prometheus text parsing,
+//! waiting with a deadline, pools for the control plane, and a minimal
+//! loopback HTTP target server. Each binary in `src/bin` keeps only its
+//! own workload and report.
+
+pub mod child;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use trackwire_control_plane::keys::Keys;
+use trackwire_control_plane::store::Store;
+use trackwire_core::{AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum};
 
 /// CPU time (user + system) of a process, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    // Fields after the parenthesised command name (which may hold spaces);
+    // utime and stime are fields 14 and 15.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .ok_or_else(|| anyhow::anyhow!("unexpected /proc stat format"))?;
+        .context("unexpected /proc stat format")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // CLK_TCK is 100 on Linux.
-    Ok(Duration::from_millis(ticks * 10))
+    let field = |i: usize| -> anyhow::Result<u64> {
+        Ok(f.get(i).context("short /proc stat")?.parse::<u64>()?)
+    };
+    let ticks = field(11)? + field(12)?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second(),
+    ))
+}
+
+/// `CLK_TCK` (`getconf`), 100 when it cannot be read.
+fn clock_ticks_per_second() -> f64 {
+    static TCK: OnceLock<f64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Resident set size in bytes, from `/proc/PID/status`.
@@ -81,6 +110,71 @@ pub fn quantile_between(
         .iter()
         .find(|(_, c)| *c >= q * total)
         .map(|(le, _)| *le)
+}
+
+/// Polls `done` every `poll` until it holds; an error naming `what` after
+/// `limit`.
+pub async fn wait_until(
+    what: &str,
+    limit: Duration,
+    poll: Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while !done().await {
+        anyhow::ensure!(t.elapsed() < limit, "{what}");
+        tokio::time::sleep(poll).await;
+    }
+    Ok(())
+}
+
+/// A pool of the given `(name, address)` backends, all ready and of weight
+/// 1, with `check` and initially DOWN, one agent per backend.
+pub fn pool(
+    name: String,
+    backends: impl IntoIterator<Item = (String, String)>,
+    check: CheckSpec,
+) -> PoolSpec {
+    PoolSpec {
+        name,
+        backends: backends
+            .into_iter()
+            .map(|(name, address)| BackendSpec {
+                name,
+                address,
+                weight: 1,
+                admin_state: AdminState::Ready,
+                backup: false,
+            })
+            .collect(),
+        check: Some(check),
+        quorum: Quorum::Majority,
+        initial_state: HealthState::Down,
+        replicas: 1,
+        zone_spread: false,
+        damping: None,
+    }
+}
+
+/// Writes `pools` under the default key prefix, as `trackwire apply` would.
+pub async fn apply(store: &dyn Store, pools: &[PoolSpec]) -> anyhow::Result<Keys> {
+    let keys = Keys::new("/trackwire/").map_err(anyhow::Error::msg)?;
+    trackwire_control_plane::pools::apply(store, &keys, pools, 0, false)
+        .await
+        .context("apply")?;
+    Ok(keys)
+}
+
+/// A control plane on `store` serving gRPC on `grpc` (no HTTP port) until
+/// `shutdown`.
+pub async fn control_plane(
+    store: Arc<dyn Store>,
+    grpc: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listeners = trackwire_control_plane::Listeners { grpc, http: None };
+    trackwire_control_plane::run(Default::default(), store, listeners, shutdown).await?;
+    Ok(())
 }
 
 /// Serves `HTTP/1.1 200 ok` to every request on `n` loopback ports, closing

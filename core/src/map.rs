@@ -25,6 +25,25 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint that takes connections: weight 1, `ready`, UP, not a
+    /// backup, not stale, never decided (no votes). Tests and benchmarks
+    /// override what they need with struct update syntax
+    /// (`Endpoint { weight: 3, ..Endpoint::up("a", "10.0.0.1:80") }`).
+    pub fn up(backend: impl Into<String>, address: impl Into<String>) -> Endpoint {
+        Endpoint {
+            backend: backend.into(),
+            address: address.into(),
+            weight: 1,
+            admin_state: AdminState::Ready,
+            state: HealthState::Up,
+            decided_at_ms: 0,
+            votes: 0,
+            votes_up: 0,
+            backup: false,
+            stale: false,
+        }
+    }
+
     /// Takes new connections: UP, `ready`, and a non-zero weight.
     pub fn routable(&self) -> bool {
         self.state == HealthState::Up && self.admin_state == AdminState::Ready && self.weight > 0
@@ -150,20 +169,12 @@ mod tests {
 
     fn ep(name: &str, up: bool) -> Endpoint {
         Endpoint {
-            backend: name.into(),
-            address: format!("{name}:1"),
-            weight: 1,
-            admin_state: AdminState::Ready,
             state: if up {
                 HealthState::Up
             } else {
                 HealthState::Down
             },
-            decided_at_ms: 0,
-            votes: 0,
-            votes_up: 0,
-            backup: false,
-            stale: false,
+            ..Endpoint::up(name, format!("{name}:1"))
         }
     }
 

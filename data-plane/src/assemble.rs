@@ -128,21 +128,10 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trackwire_core::{AdminState, Endpoint, HealthState};
+    use trackwire_core::Endpoint;
 
     fn ep(name: &str) -> Endpoint {
-        Endpoint {
-            backend: name.into(),
-            address: format!("127.0.0.1:{}", name.len()),
-            weight: 1,
-            admin_state: AdminState::Ready,
-            state: HealthState::Up,
-            decided_at_ms: 0,
-            votes: 1,
-            votes_up: 1,
-            backup: false,
-            stale: false,
-        }
+        Endpoint::up(name, format!("127.0.0.1:{}", name.len()))
     }
 
     fn update(pool: &str, backends: &[&str]) -> PoolUpdate {

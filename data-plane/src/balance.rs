@@ -164,20 +164,11 @@ fn source_score(ip: &[u8], e: &Endpoint) -> f64 {
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-    use trackwire_core::{AdminState, HealthState};
 
     fn ep(name: &str, weight: u32) -> Endpoint {
         Endpoint {
-            backend: name.into(),
-            address: format!("{name}:1"),
             weight,
-            admin_state: AdminState::Ready,
-            state: HealthState::Up,
-            decided_at_ms: 0,
-            votes: 0,
-            votes_up: 0,
-            backup: false,
-            stale: false,
+            ..Endpoint::up(name, format!("{name}:1"))
         }
     }
 

@@ -17,6 +17,8 @@ use trackwire_core::HealthMap;
 use trackwire_core::convert::pool_update_to_pb;
 use trackwire_proto::v1 as pb;
 
+use crate::Error;
+
 const FILE: &str = "healthmap.pb";
 
 /// What the cache holds: the map and which of its pools are stale.
@@ -63,18 +65,22 @@ pub fn save(dir: &Path, map: &HealthMap, stale: &BTreeSet<String>) -> std::io::R
     std::fs::rename(&tmp, path(dir))
 }
 
-/// `Ok(None)` when there is no cache yet; an error when it exists but cannot be read.
-pub fn load(dir: &Path) -> Result<Option<Cached>, String> {
+/// `Ok(None)` when there is no cache yet; [`Error::Cache`] when it exists
+/// but cannot be read.
+pub fn load(dir: &Path) -> Result<Option<Cached>, Error> {
     let p = path(dir);
+    let failed = |reason: String| Error::Cache {
+        path: p.clone(),
+        reason,
+    };
     let bytes = match std::fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", p.display())),
+        Err(e) => return Err(failed(e.to_string())),
     };
-    let msg = pb::HealthMapUpdate::decode(bytes.as_slice())
-        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let msg = pb::HealthMapUpdate::decode(bytes.as_slice()).map_err(|e| failed(e.to_string()))?;
     let stale = StalePools::decode(bytes.as_slice())
-        .map_err(|e| format!("{}: {e}", p.display()))?
+        .map_err(|e| failed(e.to_string()))?
         .stale_pools
         .into_iter()
         .collect();
@@ -83,7 +89,7 @@ pub fn load(dir: &Path) -> Result<Option<Cached>, String> {
         .iter()
         .map(trackwire_core::PoolUpdate::try_from)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", p.display()))?;
+        .map_err(|e| failed(e.to_string()))?;
     let mut map = HealthMap {
         epoch: msg.epoch,
         revision: msg.revision,
@@ -98,26 +104,20 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::sync::Arc;
-    use trackwire_core::{AdminState, Endpoint, HealthState};
+    use trackwire_core::Endpoint;
 
     #[test]
     fn round_trips_and_reports_corruption() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(load(dir.path()), Ok(None));
+        assert_eq!(load(dir.path()).expect("no cache yet"), None);
         let mut pool = BTreeMap::new();
         pool.insert(
             "b".to_string(),
             Endpoint {
-                backend: "b".into(),
-                address: "127.0.0.1:1".into(),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                state: HealthState::Up,
                 decided_at_ms: 5,
                 votes: 3,
                 votes_up: 3,
-                backup: false,
-                stale: false,
+                ..Endpoint::up("b", "127.0.0.1:1")
             },
         );
         let map = HealthMap {
@@ -128,27 +128,27 @@ mod tests {
         let none = BTreeSet::new();
         save(dir.path(), &map, &none).expect("save");
         assert_eq!(
-            load(dir.path()),
-            Ok(Some(Cached {
+            load(dir.path()).expect("load"),
+            Some(Cached {
                 map: map.clone(),
                 stale: none
-            }))
+            })
         );
         // Stale pools round-trip, and the file is still a HealthMapUpdate
         // an older binary reads (it skips the unknown field).
         let stale = BTreeSet::from(["p".to_string()]);
         save(dir.path(), &map, &stale).expect("save");
         assert_eq!(
-            load(dir.path()),
-            Ok(Some(Cached {
+            load(dir.path()).expect("load"),
+            Some(Cached {
                 map: map.clone(),
                 stale
-            }))
+            })
         );
         let bytes = std::fs::read(path(dir.path())).expect("read");
         let plain = pb::HealthMapUpdate::decode(bytes.as_slice()).expect("plain decode");
         assert_eq!((plain.epoch, plain.revision, plain.pools.len()), (7, 42, 1));
         std::fs::write(path(dir.path()), b"\xff\xff garbage").expect("write");
-        assert!(load(dir.path()).is_err());
+        assert!(matches!(load(dir.path()), Err(Error::Cache { .. })));
     }
 }

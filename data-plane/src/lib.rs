@@ -7,9 +7,14 @@
 //! - [`status`]: readiness (`/readyz`): missing and stale pools.
 //! - [`balance`]: roundrobin, leastconn, random (p2c) and source hashing (sans IO).
 //! - [`passive`]: local ejection after consecutive connect failures (sans IO).
-//! - [`proxy`]: listen (once the map has the listener's pool), accept, pick,
-//!   connect with redispatch, relay.
+//! - [`listener`]: bind, listen (once the map has the listener's pool), accept.
+//! - [`routing`]: candidates of the map, and a listener's routing state
+//!   (balancer, open sessions, passive health) behind one lock.
+//! - `session`: one connection's life: pick, connect with redispatch,
+//!   PROXY header ([`proxy_protocol`]), relay.
+//! - [`relay`]: the one pump per direction, half-closes and the idle timeout.
 //! - `splice` (Linux): zero-copy relaying; the workspace's only `unsafe`.
+//! - [`Error`]: every error the data plane reports.
 //!
 //! Fail static: losing the control plane never changes routing; the last map
 //! stays in force and is loaded from the state dir after a restart. A new
@@ -23,15 +28,22 @@
 pub mod assemble;
 pub mod balance;
 pub mod cache;
+mod error;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod passive;
-pub mod proxy;
 pub mod proxy_protocol;
+pub mod relay;
+pub mod routing;
+mod session;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod status;
 pub mod subscribe;
+
+pub use error::Error;
+pub use listener::Listener;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -56,31 +68,6 @@ pub struct Config {
     pub proxy_id: String,
     /// How long open sessions may run after shutdown before they are cut.
     pub drain_grace: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid config: {0}")]
-    Config(String),
-    /// The state dir exists but cannot hold the cache.
-    #[error("state dir {}: {reason}", path.display())]
-    StateDir { path: PathBuf, reason: String },
-    // The io errors below are part of the message, not `source`s: callers
-    // printing the chain (anyhow's `{:#}`) would show them twice.
-    #[error("listener {listener:?}: bind {addr}: {error}")]
-    Bind {
-        listener: String,
-        addr: std::net::SocketAddr,
-        error: std::io::Error,
-    },
-    #[error("listener {listener:?}: listen on {addr}: {error}")]
-    Listen {
-        listener: String,
-        addr: std::net::SocketAddr,
-        error: std::io::Error,
-    },
-    #[error("http server: {0}")]
-    Http(std::io::Error),
 }
 
 impl Config {
@@ -126,12 +113,12 @@ fn check_state_dir(dir: &Path) -> Result<(), Error> {
 
 /// Binds every listener's address (call before anything else starts, so a
 /// bind error exits early and cleanly). The sockets listen only once the
-/// proxy holds a health map; see [`proxy::Listener`].
-pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<proxy::Listener>, Error> {
+/// proxy holds a health map; see [`Listener`].
+pub async fn bind(specs: &[ListenerSpec]) -> Result<Vec<Listener>, Error> {
     specs
         .iter()
         .map(|spec| {
-            proxy::Listener::bind(spec.clone()).map_err(|error| Error::Bind {
+            Listener::bind(spec.clone()).map_err(|error| Error::Bind {
                 listener: spec.name.clone(),
                 addr: spec.bind,
                 error,
@@ -153,7 +140,7 @@ pub fn check_handover() -> Option<bool> {
 /// for up to `drain_grace`.
 pub async fn run(
     config: Config,
-    listeners: Vec<proxy::Listener>,
+    listeners: Vec<Listener>,
     http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
@@ -238,7 +225,7 @@ pub async fn run(
     let cut = CancellationToken::new();
     let mut accept_loops = Vec::new();
     for l in listeners {
-        accept_loops.push(tokio::spawn(proxy::serve(
+        accept_loops.push(tokio::spawn(listener::serve(
             l,
             rx.clone(),
             Arc::clone(&metrics),

@@ -3,11 +3,7 @@
 
 use std::net::SocketAddr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    V1,
-    V2,
-}
+use trackwire_core::config::ProxyProtocol;
 
 /// The v2 signature: `\r\n\r\n\0\r\nQUIT\n`.
 pub const V2_SIGNATURE: [u8; 12] = [
@@ -16,7 +12,7 @@ pub const V2_SIGNATURE: [u8; 12] = [
 
 /// The header for a connection from `client` to `local` (the proxy's
 /// listening address, as HAProxy sends it).
-pub fn header(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+pub fn header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     // Mixed families (v4 client on a v6 socket): present both as v6.
     let (client, local) = match (client, local) {
         (SocketAddr::V4(c), SocketAddr::V6(l)) => (
@@ -30,7 +26,7 @@ pub fn header(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8
         other => other,
     };
     match version {
-        Version::V1 => {
+        ProxyProtocol::V1 => {
             let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
             format!(
                 "PROXY {family} {} {} {} {}\r\n",
@@ -41,7 +37,7 @@ pub fn header(version: Version, client: SocketAddr, local: SocketAddr) -> Vec<u8
             )
             .into_bytes()
         }
-        Version::V2 => {
+        ProxyProtocol::V2 => {
             let mut out = V2_SIGNATURE.to_vec();
             out.push(0x21); // version 2, command PROXY
             match (client, local) {
@@ -78,13 +74,13 @@ mod tests {
     #[test]
     fn v1_text() {
         let h = header(
-            Version::V1,
+            ProxyProtocol::V1,
             "192.0.2.1:51000".parse().expect("addr"),
             "198.51.100.7:6443".parse().expect("addr"),
         );
         assert_eq!(h, b"PROXY TCP4 192.0.2.1 198.51.100.7 51000 6443\r\n");
         let h6 = header(
-            Version::V1,
+            ProxyProtocol::V1,
             "[2001:db8::1]:4000".parse().expect("addr"),
             "[2001:db8::2]:443".parse().expect("addr"),
         );
@@ -94,7 +90,7 @@ mod tests {
     #[test]
     fn v2_binary() {
         let h = header(
-            Version::V2,
+            ProxyProtocol::V2,
             "192.0.2.1:51000".parse().expect("addr"),
             "198.51.100.7:6443".parse().expect("addr"),
         );
@@ -108,7 +104,7 @@ mod tests {
         assert_eq!(u16::from_be_bytes([h[26], h[27]]), 6443);
         assert_eq!(h.len(), 28);
         let h6 = header(
-            Version::V2,
+            ProxyProtocol::V2,
             "[2001:db8::1]:4000".parse().expect("addr"),
             "[2001:db8::2]:443".parse().expect("addr"),
         );

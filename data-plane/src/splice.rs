@@ -1,5 +1,6 @@
 //! Zero-copy relaying on Linux: `splice(2)` moves bytes socket → pipe →
-//! socket inside the kernel, never through user space.
+//! socket inside the kernel, never through user space. `splice_once` is
+//! one such round, the bulk mode of [`crate::relay`]'s pump.
 //!
 //! Pipes come from a process-wide pool and are held only while bytes are in
 //! flight (like HAProxy's pipe pool): an idle session holds none, so open
@@ -20,11 +21,9 @@
 use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// Pipe capacity asked for, and bytes moved per splice call.
 const PIPE_SIZE: usize = 256 * 1024;
@@ -97,110 +96,9 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// Read buffer of the copy mode, and the size of a read that switches a
-/// direction to splicing.
-const COPY_BUF: usize = 16 * 1024;
-
-/// Moves bytes from `src` to `dst` until EOF, then shuts `dst`'s write side.
-/// Notes the time of the last byte in `last_ms` (ms since `start`).
-///
-/// Small messages are copied through a 16 KiB buffer (for a few hundred
-/// bytes `recv`/`send` beat splicing, which has to put linear skb data in a
-/// fresh page); a read that fills the buffer switches the direction to
-/// splicing, and a splice that moves less than the buffer switches it back
-/// (HAProxy's `splice-auto` idea).
-pub async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    last_ms: &AtomicU64,
-    start: Instant,
-) -> io::Result<u64> {
-    let mut bulk = false;
-    let mut total = 0u64;
-    loop {
-        src.readable().await?;
-        let n = if bulk {
-            match splice_once(src, dst).await? {
-                None => continue,
-                Some(n) => {
-                    bulk = n >= COPY_BUF;
-                    n
-                }
-            }
-        } else {
-            dst.writable().await?;
-            match copy_once(src, dst)? {
-                Copied::Nothing => continue,
-                Copied::All(n) => {
-                    bulk = n == COPY_BUF;
-                    n
-                }
-                Copied::Partly(n, mut rest) => {
-                    // The destination is full: keep what it did not take.
-                    while !rest.is_empty() {
-                        dst.writable().await?;
-                        match dst.try_write(&rest) {
-                            Ok(m) => {
-                                rest.drain(..m);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    n
-                }
-            }
-        };
-        if n == 0 {
-            socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
-            return Ok(total);
-        }
-        total += n as u64;
-        last_ms.store(start.elapsed().as_millis() as u64, Relaxed);
-    }
-}
-
-enum Copied {
-    /// The source had nothing to read after all.
-    Nothing,
-    /// Read and written in full (0: EOF).
-    All(usize),
-    /// Read this many; the destination took only part, the rest is here.
-    Partly(usize, Vec<u8>),
-}
-
-thread_local! {
-    /// The copy mode's buffer: one per runtime thread, not one per session,
-    /// so session futures stay small (no 16 KiB array moved around).
-    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; COPY_BUF]);
-}
-
-/// One read from `src` and as much of it written to `dst` as it takes, with
-/// no await in between (so the per-thread buffer can be used).
-fn copy_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Copied> {
-    BUF.with_borrow_mut(|buf| {
-        let n = match src.try_read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Nothing),
-            Err(e) => return Err(e),
-        };
-        let mut sent = 0;
-        while sent < n {
-            match dst.try_write(&buf[sent..n]) {
-                Ok(m) => sent += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Copied::Partly(n, buf[sent..n].to_vec()));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(Copied::All(n))
-    })
-}
-
 /// One splice round: source → pooled pipe → destination. `None` when the
 /// source had nothing to read after all, `Some(0)` at EOF.
-async fn splice_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Option<usize>> {
+pub(crate) async fn splice_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Option<usize>> {
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     // Take a pipe only once there may be bytes to move.
     let pipe = take()?;
@@ -240,6 +138,8 @@ async fn splice_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Option<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
+    use tokio::time::Instant;
 
     fn pooled() -> usize {
         POOL.lock().len()
@@ -266,7 +166,7 @@ mod tests {
         let last = AtomicU64::new(0);
         let begin = Instant::now();
         let before = pooled();
-        let relay = async { pump(&server, &out, &last, begin).await };
+        let relay = async { crate::relay::pump(&server, &out, &last, begin, true).await };
         let drive = async {
             let block = vec![7u8; 1 << 20];
             client.write_all(&block).await.expect("write");

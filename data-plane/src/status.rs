@@ -3,7 +3,7 @@
 //!
 //! - **Missing**: a listener names a pool the held map lacks (a typo, or a
 //!   pool not applied yet). Such a listener does not listen (see
-//!   [`crate::proxy::serve`]) and the proxy is not ready: `/readyz` answers
+//!   [`crate::listener::serve`]) and the proxy is not ready: `/readyz` answers
 //!   503 naming the pools, so a zero-downtime handover that waits on
 //!   `/readyz` never replaces a working proxy with one that can only
 //!   refuse. One warning per pool when it goes missing, not one log line

@@ -3,6 +3,8 @@
 //! connects, leastconn, panic mode, the connection limit and idle timeout,
 //! and listening only once the map has the listener's pool.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,50 +18,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trackwire_core::config::{Balance, ListenerSpec, NoBackend};
 use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
+use trackwire_data_plane::listener::{self, Listener};
 use trackwire_data_plane::metrics::Metrics;
-use trackwire_data_plane::proxy::{self, Listener};
+use trackwire_data_plane::relay::relay_copy;
 
-/// A backend that greets with its name and then echoes.
-async fn backend(name: &str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let name = name.to_string();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let name = name.clone();
-            tokio::spawn(async move {
-                let _ = s.write_all(format!("{name}\n").as_bytes()).await;
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
+use support::{backend, eventually, map_of};
 
 fn ep(name: &str, addr: SocketAddr, weight: u32) -> Endpoint {
     Endpoint {
-        backend: name.into(),
-        address: addr.to_string(),
         weight,
-        admin_state: AdminState::Ready,
-        state: HealthState::Up,
-        decided_at_ms: 0,
-        votes: 1,
-        votes_up: 1,
-        backup: false,
-        stale: false,
+        ..Endpoint::up(name, addr.to_string())
     }
 }
 
-fn map_of(eps: &[Endpoint]) -> Arc<HealthMap> {
-    let pool: BTreeMap<String, Endpoint> =
-        eps.iter().map(|e| (e.backend.clone(), e.clone())).collect();
-    Arc::new(HealthMap {
-        epoch: 1,
-        revision: 1,
-        pools: BTreeMap::from([("web".to_string(), Arc::new(pool))]),
-    })
+/// An address nothing listens on: connects are refused.
+async fn refusing() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
 }
 
 struct Proxy {
@@ -88,16 +63,9 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
     let (tx, rx) = watch::channel(map_of(eps));
     let metrics = Arc::new(Metrics::default());
     let token = CancellationToken::new();
-    tokio::spawn(proxy::serve(
-        listener,
-        rx,
-        Arc::clone(&metrics),
-        TaskTracker::new(),
-        token.clone(),
-        CancellationToken::new(),
-    ));
+    serve(listener, rx, &metrics, &token);
     // The listener listens once its task has seen the map.
-    wait_listening(&metrics).await;
+    wait_listening(&metrics, 1).await;
     Proxy {
         addr,
         map: tx,
@@ -106,13 +74,31 @@ async fn proxy(eps: &[Endpoint], f: impl FnOnce(&mut ListenerSpec)) -> Proxy {
     }
 }
 
-/// Waits until the listener's task has started listening.
-async fn wait_listening(metrics: &Metrics) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while metrics.listeners_listening.load(Relaxed) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+/// Serves `listener` on the maps `map` receives until `stop` is cancelled.
+fn serve(
+    listener: Listener,
+    map: watch::Receiver<Arc<HealthMap>>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) {
+    let (tracker, cut) = (TaskTracker::new(), CancellationToken::new());
+    let serving = listener::serve(
+        listener,
+        map,
+        Arc::clone(metrics),
+        tracker,
+        stop.clone(),
+        cut,
+    );
+    tokio::spawn(serving);
+}
+
+/// Waits until `n` listeners have started listening.
+async fn wait_listening(metrics: &Metrics, n: u64) {
+    eventually("listening", async || {
+        metrics.listeners_listening.load(Relaxed) >= n
+    })
+    .await;
 }
 
 /// A session through the proxy: the backend's name, and the open stream.
@@ -124,6 +110,16 @@ async fn session(addr: SocketAddr) -> Option<(String, BufReader<TcpStream>)> {
         Ok(Ok(n)) if n > 0 => Some((line.trim().to_string(), r)),
         _ => None,
     }
+}
+
+/// Asserts that the proxy closes `s` (EOF, nothing more sent) within 5 s.
+async fn assert_closed(s: &mut BufReader<TcpStream>, what: &str) {
+    let mut rest = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_line(&mut rest))
+        .await
+        .expect("closed within 5 s")
+        .expect("read");
+    assert_eq!(n, 0, "{what}");
 }
 
 async fn spread(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
@@ -193,10 +189,7 @@ async fn drain_keeps_sessions_and_maint_takes_no_new_ones() {
 #[tokio::test]
 async fn refused_connects_are_redispatched() {
     let a = backend("a").await;
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let dead = refusing().await;
     // The health map still says `dead` is UP (checks lag); clients never
     // notice. (Passive health off here, so every attempt is redispatched.)
     let p = proxy(&[ep("a", a, 1), ep("dead", dead, 1)], |s| {
@@ -221,14 +214,10 @@ async fn leastconn_sends_new_sessions_to_the_idle_backend() {
     }
     // Two open on each; close both of a's: the next two go to a.
     held.retain(|(name, _)| name == "b");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while p.metrics.connections_active.load(Relaxed) != 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a's sessions never closed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("a's sessions closed", async || {
+        p.metrics.connections_active.load(Relaxed) == 2
+    })
+    .await;
     let (n1, _s1) = session(p.addr).await.expect("session");
     let (n2, _s2) = session(p.addr).await.expect("session");
     assert_eq!((n1.as_str(), n2.as_str()), ("a", "a"));
@@ -276,12 +265,7 @@ async fn idle_sessions_are_closed() {
     .await;
     let (_, mut s) = session(p.addr).await.expect("session");
     let started = tokio::time::Instant::now();
-    let mut rest = String::new();
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read_line(&mut rest))
-        .await
-        .expect("closed within 5s")
-        .expect("read");
-    assert_eq!(n, 0, "EOF after the idle timeout");
+    assert_closed(&mut s, "EOF after the idle timeout").await;
     assert!(
         started.elapsed() >= Duration::from_millis(250),
         "{:?}",
@@ -378,10 +362,7 @@ async fn per_backend_limit_skips_full_backends() {
 #[tokio::test]
 async fn passive_health_ejects_and_returns_a_failing_backend() {
     let a = backend("a").await;
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let dead = refusing().await;
     let p = proxy(&[ep("a", a, 1), ep("dead", dead, 1)], |s| {
         s.passive_failures = 2;
         s.passive_ejection = Duration::from_millis(500);
@@ -397,15 +378,14 @@ async fn passive_health_ejects_and_returns_a_failing_backend() {
     assert_eq!(spread(p.addr, 10).await.get("a"), Some(&10));
     assert_eq!(p.metrics.connect_failures_total.load(Relaxed), failures);
     // Once the ejection is over it is tried again (and fails again).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while p.metrics.connect_failures_total.load(Relaxed) == failures {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never retried after the ejection"
-        );
+    eventually("retried after the ejection", async || {
+        if p.metrics.connect_failures_total.load(Relaxed) != failures {
+            return true;
+        }
         let _ = session(p.addr).await.expect("clients are still served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        false
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -418,12 +398,7 @@ async fn shutdown_sessions_on_down_closes_only_when_asked() {
         down.state = HealthState::Down;
         p.map.send_replace(map_of(&[down]));
         if shutdown {
-            let mut rest = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(5), held.read_line(&mut rest))
-                .await
-                .expect("closed promptly")
-                .expect("read");
-            assert_eq!(n, 0, "session closed when the backend went DOWN");
+            assert_closed(&mut held, "session closed when the backend went DOWN").await;
         } else {
             // HAProxy's default: marking DOWN keeps existing sessions.
             held.get_mut().write_all(b"ping\n").await.expect("write");
@@ -480,9 +455,9 @@ async fn the_portable_copy_relay_is_intact_too() {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
-        let (mut client, _) = l.accept().await.expect("accept");
-        let mut server = TcpStream::connect(a).await.expect("backend");
-        let _ = proxy::relay_copy(&mut client, &mut server, Duration::from_secs(10)).await;
+        let (client, _) = l.accept().await.expect("accept");
+        let server = TcpStream::connect(a).await.expect("backend");
+        let _ = relay_copy(&client, &server, Duration::from_secs(10)).await;
     });
     assert!(echo_intact(TcpStream::connect(addr).await.expect("connect"), 4 << 20).await);
 }
@@ -497,14 +472,7 @@ async fn listens_only_once_it_holds_a_health_map() {
     let metrics = Arc::new(Metrics::default());
     let token = CancellationToken::new();
     let _stop = token.clone().drop_guard();
-    tokio::spawn(proxy::serve(
-        listener,
-        rx,
-        Arc::clone(&metrics),
-        TaskTracker::new(),
-        token.clone(),
-        CancellationToken::new(),
-    ));
+    serve(listener, rx, &metrics, &token);
     // Bound but not listening: the kernel refuses, nothing is accepted and
     // dropped for want of a map.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -514,7 +482,7 @@ async fn listens_only_once_it_holds_a_health_map() {
     );
     assert_eq!(metrics.listeners_listening.load(Relaxed), 0);
     tx.send_replace(map_of(&[ep("a", a, 1)]));
-    wait_listening(&metrics).await;
+    wait_listening(&metrics, 1).await;
     let (name, _) = session(addr).await.expect("routed once the map arrived");
     assert_eq!(name, "a");
     assert_eq!(metrics.no_backend_total.load(Relaxed), 0);
@@ -540,16 +508,9 @@ async fn listens_only_once_the_map_has_its_pool() {
         let spec = ListenerSpec::new(pool, "127.0.0.1:0".parse().expect("addr"), pool);
         let listener = Listener::bind(spec).expect("bind");
         addrs.push(listener.local_addr().expect("addr"));
-        tokio::spawn(proxy::serve(
-            listener,
-            rx.clone(),
-            Arc::clone(&metrics),
-            TaskTracker::new(),
-            token.clone(),
-            CancellationToken::new(),
-        ));
+        serve(listener, rx.clone(), &metrics, &token);
     }
-    wait_listening(&metrics).await;
+    wait_listening(&metrics, 1).await;
     let (name, _) = session(addrs[0]).await.expect("the other listener routes");
     assert_eq!(name, "a");
     assert!(
@@ -559,11 +520,7 @@ async fn listens_only_once_the_map_has_its_pool() {
     assert_eq!(metrics.listeners_listening.load(Relaxed), 1);
     assert_eq!(metrics.no_backend_total.load(Relaxed), 0);
     tx.send_replace(map_of(&[ep("a", a, 1)]));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while metrics.listeners_listening.load(Relaxed) < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_listening(&metrics, 2).await;
     let (name, _) = session(addrs[1])
         .await
         .expect("routed once the pool arrived");

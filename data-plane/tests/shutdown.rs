@@ -4,9 +4,9 @@
 //! on shutdown it stops accepting, lets open sessions finish, and cuts the
 //! ones still open when the drain grace period ends.
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -14,49 +14,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use trackwire_core::Endpoint;
 use trackwire_core::config::ListenerSpec;
-use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
 use trackwire_data_plane::{Config, Error, bind, cache, run};
 
-/// A backend that greets with "hello" and then echoes.
-async fn backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = s.write_all(b"hello\n").await;
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
+use support::{backend, eventually, map_of};
 
 /// A state dir holding a map with `backend` UP in pool "web".
 fn state_dir(backend: SocketAddr) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ep = Endpoint {
-        backend: "a".into(),
-        address: backend.to_string(),
-        weight: 1,
-        admin_state: AdminState::Ready,
-        state: HealthState::Up,
-        decided_at_ms: 0,
-        votes: 1,
-        votes_up: 1,
-        backup: false,
-        stale: false,
-    };
-    let map = HealthMap {
-        epoch: 1,
-        revision: 7,
-        pools: BTreeMap::from([(
-            "web".to_string(),
-            Arc::new(BTreeMap::from([("a".to_string(), ep)])),
-        )]),
-    };
+    let map = map_of(&[Endpoint::up("a", backend.to_string())]);
     cache::save(dir.path(), &map, &Default::default()).expect("save map");
     dir
 }
@@ -70,7 +37,7 @@ struct Proxy {
 
 /// Starts the data plane on a free port with the given drain grace.
 async fn start(grace: Duration) -> Proxy {
-    let dir = state_dir(backend().await);
+    let dir = state_dir(backend("hello").await);
     // Nothing listens here: the proxy routes on its cached map (fail static).
     let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let dead = format!("http://{}", dead.local_addr().expect("addr"));
@@ -131,14 +98,10 @@ async fn echoes(s: &mut BufReader<TcpStream>, msg: &str) -> bool {
 
 /// Waits until connecting to `addr` is refused (the listener is closed).
 async fn wait_refused(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "{addr} still accepts connections"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the listener is closed", async || {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
 }
 
 #[tokio::test]

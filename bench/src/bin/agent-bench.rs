@@ -12,19 +12,18 @@
 //! agent CPU (% of one core), RSS, and the lateness of checks against their
 //! schedule (p50/p99 from the agent's histogram; bucket upper bounds).
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use trackwire_bench::{cpu_time, quantile_between, rss_bytes, scrape, start_targets};
-use trackwire_control_plane::keys::Keys;
-use trackwire_control_plane::store::{MemStore, Store};
-use trackwire_core::{
-    AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum, StatusSet,
+use trackwire_bench::child::{ChildArgs, Running, block_on, free_addr};
+use trackwire_bench::{
+    apply, control_plane, cpu_time, pool, quantile_between, rss_bytes, scrape, start_targets,
 };
+use trackwire_control_plane::store::{MemStore, Store};
+use trackwire_core::{CheckSpec, PoolSpec, StatusSet};
 
 #[derive(Parser)]
 struct Args {
@@ -39,28 +38,25 @@ struct Args {
     warmup: Duration,
     #[arg(long, default_value = "30s", value_parser = trackwire_core::duration::parse)]
     duration: Duration,
-    #[arg(long, hide = true, default_value = "harness")]
-    role: String,
-    #[arg(long, hide = true, default_value = "")]
-    control_plane: String,
-    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
-    http_bind: String,
+    #[command(flatten)]
+    child: ChildArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    if args.role == "agent" {
-        return rt.block_on(agent(args));
+    match args.child.role.as_str() {
+        "agent" => block_on(agent(args.child)),
+        _ => block_on(harness(args)),
     }
-    rt.block_on(harness(args))
 }
 
-async fn agent(args: Args) -> anyhow::Result<()> {
-    let http = TcpListener::bind(&args.http_bind).await?;
+/// The agent: its HTTP port on `bind` (for the harness's scrapes),
+/// connected to the control plane at `connect`.
+async fn agent(child: ChildArgs) -> anyhow::Result<()> {
+    let http = TcpListener::bind(&child.bind).await?;
     trackwire_probe_agent::run(
         trackwire_probe_agent::Config {
-            control_plane: vec![args.control_plane],
+            control_plane: vec![child.connect],
             zone: "bench".into(),
             state_dir: None,
             heartbeat: Duration::from_secs(2),
@@ -78,12 +74,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", grpc.local_addr()?);
     let token = CancellationToken::new();
-    tokio::spawn(trackwire_control_plane::run(
-        trackwire_control_plane::Config::default(),
-        Arc::clone(&store),
-        trackwire_control_plane::Listeners { grpc, http: None },
-        token.clone(),
-    ));
+    tokio::spawn(control_plane(Arc::clone(&store), grpc, token.clone()));
     let check = CheckSpec {
         path: "/healthz".into(),
         expect_status: StatusSet::single(200),
@@ -95,48 +86,23 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     };
     let per_pool = 1_000;
     let pools: Vec<PoolSpec> = (0..args.targets.div_ceil(per_pool))
-        .map(|p| PoolSpec {
-            name: format!("pool-{p}"),
-            backends: (p * per_pool..((p + 1) * per_pool).min(args.targets))
-                .map(|i| BackendSpec {
-                    name: format!("b{i}"),
-                    address: targets[i % targets.len()].clone(),
-                    weight: 1,
-                    admin_state: AdminState::Ready,
-                    backup: false,
-                })
-                .collect(),
-            check: Some(check.clone()),
-            quorum: Quorum::Majority,
-            initial_state: HealthState::Down,
-            replicas: 1,
-            zone_spread: false,
-            damping: None,
+        .map(|p| {
+            let backends = (p * per_pool..((p + 1) * per_pool).min(args.targets))
+                .map(|i| (format!("b{i}"), targets[i % targets.len()].clone()));
+            pool(format!("pool-{p}"), backends, check.clone())
         })
         .collect();
-    let keys = Keys::new("/trackwire/").map_err(anyhow::Error::msg)?;
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0, false)
-        .await
-        .map_err(|s| anyhow::anyhow!("apply: {}", s.message()))?;
+    apply(store.as_ref(), &pools).await?;
 
-    let metrics_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.to_string()
-    };
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "--role",
-            "agent",
-            "--control-plane",
-            &url,
-            "--http-bind",
-            &metrics_addr,
-        ])
-        .env("TRACKWIRE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let pid = child.id();
+    let metrics_addr = free_addr()?;
+    let child = Running::spawn(
+        ChildArgs {
+            connect: url,
+            ..ChildArgs::new("agent", &metrics_addr)
+        }
+        .command(None)?,
+    )?;
+    let pid = child.pid();
     println!(
         "agent-bench: {} targets on {} loopback ports, interval {:?}; warm-up {:?}, measuring {:?}",
         args.targets, args.ports, args.interval, args.warmup, args.duration
@@ -150,8 +116,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let cpu1 = cpu_time(pid)?;
     let elapsed = t0.elapsed();
     let rss = rss_bytes(pid)?;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     token.cancel();
 
     let delta =

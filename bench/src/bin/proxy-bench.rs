@@ -24,8 +24,9 @@
 //! machines; by default everything shares every core. `--workloads` and
 //! `--targets` select parts of the matrix.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -34,8 +35,10 @@ use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use trackwire_bench::child::{self, ChildArgs, Running, block_on, free_addr};
+use trackwire_bench::{cpu_time, wait_until};
 use trackwire_core::config::ListenerSpec;
-use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
+use trackwire_core::{Endpoint, HealthMap};
 
 #[derive(Parser)]
 struct Args {
@@ -65,19 +68,16 @@ struct Args {
         default_value = "direct,haproxy,trackwire"
     )]
     targets: Vec<String>,
-    #[arg(long, hide = true, default_value = "harness")]
-    role: String,
-    #[arg(long, hide = true, default_value = "")]
-    bind: String,
-    #[arg(long, hide = true, default_value = "")]
-    backend: String,
-    #[arg(long, hide = true, default_value = "")]
-    state_dir: String,
+    #[command(flatten)]
+    child: ChildArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.pin && args.role == "harness" && std::env::var_os("PROXY_BENCH_PINNED").is_none() {
+    if args.child.role == "proxy" {
+        return block_on(proxy(args.child));
+    }
+    if args.pin && std::env::var_os("PROXY_BENCH_PINNED").is_none() {
         // Re-run this harness on CPU 0 (children are placed explicitly).
         let status = Command::new("taskset")
             .args(["-c", "0"])
@@ -87,21 +87,18 @@ fn main() -> anyhow::Result<()> {
             .status()?;
         std::process::exit(status.code().unwrap_or(1));
     }
-    let rt = tokio::runtime::Runtime::new()?;
-    if args.role == "proxy" {
-        return rt.block_on(proxy(args));
-    }
-    rt.block_on(harness(args))
+    block_on(harness(args))
 }
 
-/// The trackwire proxy, routing from its cached map (no control plane).
-async fn proxy(args: Args) -> anyhow::Result<()> {
+/// The trackwire proxy on `bind`, routing from the map cached in
+/// `state_dir` (no control plane).
+async fn proxy(child: ChildArgs) -> anyhow::Result<()> {
     let spec = ListenerSpec {
         connect_timeout: Duration::from_secs(2),
         max_connections: 8_000,
         idle_timeout: Duration::from_secs(300),
         tcp_keepalive: None,
-        ..ListenerSpec::new("bench", args.bind.parse()?, "bench")
+        ..ListenerSpec::new("bench", child.bind.parse()?, "bench")
     };
     let listeners = trackwire_data_plane::bind(std::slice::from_ref(&spec)).await?;
     trackwire_data_plane::run(
@@ -109,7 +106,7 @@ async fn proxy(args: Args) -> anyhow::Result<()> {
             // Nothing listens there: the proxy routes on its cached map.
             control_plane: vec!["http://127.0.0.1:9".into()],
             listeners: vec![spec],
-            state_dir: Some(args.state_dir.into()),
+            state_dir: child.state_dir,
             proxy_id: "bench".into(),
             drain_grace: Duration::from_secs(1),
         },
@@ -158,24 +155,11 @@ async fn backend() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-fn free_addr() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
-}
-
 struct Target {
     name: &'static str,
     addr: String,
-    child: Option<Child>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    /// The proxy's process (`None`: the direct connection).
+    process: Option<Running>,
 }
 
 fn ensure_haproxy() -> anyhow::Result<()> {
@@ -196,15 +180,9 @@ fn ensure_haproxy() -> anyhow::Result<()> {
 }
 
 async fn wait_listening(addr: &str) -> anyhow::Result<()> {
-    let t = Instant::now();
-    while TcpStream::connect(addr).await.is_err() {
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(15),
-            "{addr} not listening"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    let (limit, poll) = (Duration::from_secs(15), Duration::from_millis(20));
+    let listening = async || TcpStream::connect(addr).await.is_ok();
+    wait_until(&format!("{addr} not listening"), limit, poll, listening).await
 }
 
 async fn harness(args: Args) -> anyhow::Result<()> {
@@ -219,68 +197,48 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     );
     let cfg_path = dir.join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg)?;
-    let haproxy = proxy_command(&args, "haproxy")
-        .arg("-f")
-        .arg(&cfg_path)
-        .arg("-db")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let cpus = proxy_cpus(args.pin);
+    let haproxy_argv = [
+        OsStr::new("haproxy"),
+        "-f".as_ref(),
+        cfg_path.as_ref(),
+        "-db".as_ref(),
+    ];
+    let haproxy = Running::spawn(child::command(&haproxy_argv, cpus.as_deref()))?;
 
     // trackwire, from a cached map with the one backend UP.
     let tw_addr = free_addr()?;
-    let mut pool = std::collections::BTreeMap::new();
-    pool.insert(
-        "b1".to_string(),
-        Endpoint {
-            backend: "b1".into(),
-            address: backend.to_string(),
-            weight: 1,
-            admin_state: AdminState::Ready,
-            state: HealthState::Up,
-            decided_at_ms: 0,
-            votes: 1,
-            votes_up: 1,
-            backup: false,
-            stale: false,
-        },
-    );
+    let pool = [("b1".to_string(), Endpoint::up("b1", backend.to_string()))];
     let map = HealthMap {
         epoch: 1,
         revision: 1,
-        pools: [("bench".to_string(), Arc::new(pool))].into(),
+        pools: [("bench".to_string(), Arc::new(pool.into()))].into(),
     };
     trackwire_data_plane::cache::save(&dir, &map, &Default::default())?;
-    let trackwire = proxy_command(&args, &std::env::current_exe()?.to_string_lossy())
-        .args([
-            "--role",
-            "proxy",
-            "--bind",
-            &tw_addr,
-            "--backend",
-            &backend.to_string(),
-        ])
-        .arg("--state-dir")
-        .arg(&dir)
-        .env("TRACKWIRE_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()?;
+    let mut trackwire = ChildArgs {
+        state_dir: Some(dir.clone()),
+        ..ChildArgs::new("proxy", &tw_addr)
+    }
+    .command(cpus.as_deref())?;
+    // Warnings about the unreachable control plane would only be noise.
+    trackwire.env("TRACKWIRE_LOG", "error");
+    let trackwire = Running::spawn(trackwire)?;
 
     let targets = [
         Target {
             name: "direct",
             addr: backend.to_string(),
-            child: None,
+            process: None,
         },
         Target {
             name: "haproxy",
             addr: hp_addr,
-            child: Some(haproxy),
+            process: Some(haproxy),
         },
         Target {
             name: "trackwire",
             addr: tw_addr,
-            child: Some(trackwire),
+            process: Some(trackwire),
         },
     ];
     for t in &targets {
@@ -304,7 +262,6 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     // Proxy CPU (user + system) per short connection (µs) and per GiB (s).
     let mut cpu_conn = vec![Vec::new(); 3];
     let mut cpu_gib = vec![Vec::new(); 3];
-    let tck = clock_ticks_per_second();
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     for w in &args.workloads {
         anyhow::ensure!(
@@ -317,23 +274,23 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             if !args.targets.iter().any(|x| x == t.name) {
                 continue;
             }
-            let pid = t.child.as_ref().map(Child::id);
+            let cpu = || Some(cpu_time(t.process.as_ref()?.pid()).ok()?.as_secs_f64());
             if wants("bulk") {
-                let c0 = pid.and_then(cpu_ticks);
+                let c0 = cpu();
                 let rate = run_bulk(&t.addr, args.bulk_connections, args.bulk_mib).await?;
                 bulk[i].push(rate);
-                if let (Some(a), Some(b)) = (c0, pid.and_then(cpu_ticks)) {
+                if let (Some(a), Some(b)) = (c0, cpu()) {
                     let gib = args.bulk_connections as f64 * args.bulk_mib as f64 / 1024.0;
-                    cpu_gib[i].push((b - a) as f64 / tck / gib);
+                    cpu_gib[i].push((b - a) / gib);
                 }
             }
             if wants("short") {
-                let c0 = pid.and_then(cpu_ticks);
+                let c0 = cpu();
                 let rate = run_short(&t.addr, args.short_concurrency, args.short_duration).await?;
                 short[i].push(rate);
-                if let (Some(a), Some(b)) = (c0, pid.and_then(cpu_ticks)) {
+                if let (Some(a), Some(b)) = (c0, cpu()) {
                     let conns = rate * args.short_duration.as_secs_f64();
-                    cpu_conn[i].push((b - a) as f64 / tck * 1e6 / conns);
+                    cpu_conn[i].push((b - a) * 1e6 / conns);
                 }
             }
             if wants("latency") {
@@ -389,33 +346,10 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// User + system CPU of a process, in clock ticks (`/proc/PID/stat`).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at "state".
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// A proxy's command line: with `--pin`, on every CPU but 0.
-fn proxy_command(args: &Args, program: &str) -> Command {
-    if !args.pin {
-        return Command::new(program);
-    }
+/// The CPUs of the proxies: with `--pin`, every CPU but 0.
+fn proxy_cpus(pin: bool) -> Option<String> {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut c = Command::new("taskset");
-    c.args(["-c", &format!("1-{}", cpus.max(2) - 1), program]);
-    c
+    pin.then(|| format!("1-{}", cpus.max(2) - 1))
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

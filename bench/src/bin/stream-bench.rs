@@ -24,11 +24,12 @@ use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
-use trackwire_bench::{cpu_time, rss_bytes};
-use trackwire_control_plane::keys::{self, Keys};
+use trackwire_bench::child::{ChildArgs, Running, block_on, free_addr};
+use trackwire_bench::{apply, control_plane, cpu_time, pool, rss_bytes, wait_until};
+use trackwire_control_plane::keys;
 use trackwire_control_plane::store::{EtcdOptions, EtcdStore, Op, Store};
 use trackwire_core::convert::health_to_pb;
-use trackwire_core::{AdminState, BackendSpec, CheckSpec, HealthState, PoolSpec, Quorum};
+use trackwire_core::{CheckSpec, HealthState, PoolSpec};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::health_map_service_client::HealthMapServiceClient;
 
@@ -42,34 +43,23 @@ struct Args {
     subscribers: usize,
     #[arg(long, default_value_t = 60)]
     flips: usize,
-    #[arg(long, hide = true, default_value = "harness")]
-    role: String,
-    #[arg(long, hide = true, default_value = "")]
-    etcd: String,
-    #[arg(long, hide = true, default_value = "")]
-    grpc_bind: String,
+    #[command(flatten)]
+    child: ChildArgs,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    if args.role == "cp" {
-        return rt.block_on(control_plane(args));
+    match args.child.role.as_str() {
+        "cp" => block_on(cp(args.child)),
+        _ => block_on(harness(args)),
     }
-    rt.block_on(harness(args))
 }
 
-async fn control_plane(args: Args) -> anyhow::Result<()> {
-    let store = EtcdStore::connect(&EtcdOptions::new(vec![args.etcd])).await?;
-    let grpc = TcpListener::bind(&args.grpc_bind).await?;
-    trackwire_control_plane::run(
-        trackwire_control_plane::Config::default(),
-        Arc::new(store),
-        trackwire_control_plane::Listeners { grpc, http: None },
-        CancellationToken::new(),
-    )
-    .await?;
-    Ok(())
+/// The control plane: gRPC on `bind`, its store the etcd at `connect`.
+async fn cp(child: ChildArgs) -> anyhow::Result<()> {
+    let store = EtcdStore::connect(&EtcdOptions::new(vec![child.connect])).await?;
+    let grpc = TcpListener::bind(&child.bind).await?;
+    control_plane(Arc::new(store), grpc, CancellationToken::new()).await
 }
 
 /// What every subscriber task reports into.
@@ -84,12 +74,14 @@ struct Shared {
     epoch_start: Instant,
 }
 
-fn spawn_cp(etcd: &str, grpc: &str) -> anyhow::Result<std::process::Child> {
-    Ok(std::process::Command::new(std::env::current_exe()?)
-        .args(["--role", "cp", "--etcd", etcd, "--grpc-bind", grpc])
-        .env("TRACKWIRE_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()?)
+fn spawn_cp(etcd: &str, grpc: &str) -> anyhow::Result<Running> {
+    Running::spawn(
+        ChildArgs {
+            connect: etcd.into(),
+            ..ChildArgs::new("cp", grpc)
+        }
+        .command(None)?,
+    )
 }
 
 async fn harness(args: Args) -> anyhow::Result<()> {
@@ -97,32 +89,18 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     let endpoints = etcd.endpoints();
     let store: Arc<dyn Store> =
         Arc::new(EtcdStore::connect(&EtcdOptions::new(endpoints.clone())).await?);
-    let keys = Keys::new("/trackwire/").map_err(anyhow::Error::msg)?;
 
     // Facts: pools, one live agent, an UP verdict for every backend.
     let pools: Vec<PoolSpec> = (0..args.pools)
-        .map(|p| PoolSpec {
-            name: format!("pool-{p}"),
-            backends: (0..args.backends_per_pool)
-                .map(|b| BackendSpec {
-                    name: format!("b{b}"),
-                    address: format!("10.{}.{}.{}:6443", p / 256, p % 256, b % 250 + 1),
-                    weight: 1,
-                    admin_state: AdminState::Ready,
-                    backup: false,
-                })
-                .collect(),
-            check: Some(CheckSpec::http_default()),
-            quorum: Quorum::Majority,
-            initial_state: HealthState::Down,
-            replicas: 1,
-            zone_spread: false,
-            damping: None,
+        .map(|p| {
+            let backends = (0..args.backends_per_pool).map(|b| {
+                let address = format!("10.{}.{}.{}:6443", p / 256, p % 256, b % 250 + 1);
+                (format!("b{b}"), address)
+            });
+            pool(format!("pool-{p}"), backends, CheckSpec::http_default())
         })
         .collect();
-    trackwire_control_plane::grpc::admin::apply(store.as_ref(), &keys, &pools, 0, false)
-        .await
-        .map_err(|s| anyhow::anyhow!("apply: {}", s.message()))?;
+    let keys = apply(store.as_ref(), &pools).await?;
     let agent = "00000000-0000-4000-8000-000000000001";
     let lease = store.grant_lease(Duration::from_secs(30)).await?;
     store
@@ -183,11 +161,8 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         });
     }
 
-    let grpc = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.to_string()
-    };
-    let mut cp = spawn_cp(&endpoints[0], &grpc)?;
+    let grpc = free_addr()?;
+    let cp = spawn_cp(&endpoints[0], &grpc)?;
     let url = format!("http://{grpc}");
     let shared = Arc::new(Shared {
         want: RwLock::new(None),
@@ -213,13 +188,15 @@ async fn harness(args: Args) -> anyhow::Result<()> {
         ));
     }
     let t = Instant::now();
-    while shared.snapshots.load(Relaxed) < args.subscribers {
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(120),
-            "subscribers did not connect"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let all_snapshots = async || shared.snapshots.load(Relaxed) >= args.subscribers;
+    let (two_minutes, ms20) = (Duration::from_secs(120), Duration::from_millis(20));
+    wait_until(
+        "subscribers did not connect",
+        two_minutes,
+        ms20,
+        all_snapshots,
+    )
+    .await?;
     println!(
         "stream-bench: {} backends in {} pools, {} subscribers connected in {:.2} s",
         args.pools * args.backends_per_pool,
@@ -229,7 +206,7 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     );
 
     // One flip per second.
-    let cpu0 = cpu_time(cp.id())?;
+    let cpu0 = cpu_time(cp.pid())?;
     let window = Instant::now();
     let mut latencies = Vec::new();
     let mut firsts = Vec::new();
@@ -258,25 +235,24 @@ async fn harness(args: Args) -> anyhow::Result<()> {
             .txn(vec![], vec![verdict(&pool, &backend, state)])
             .await?;
         let committed = shared.epoch_start.elapsed();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while shared.received.load(Relaxed) < args.subscribers {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "flip {i} not delivered to all subscribers"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_until(
+            &format!("flip {i} not delivered to all subscribers"),
+            Duration::from_secs(10),
+            Duration::from_millis(1),
+            async || shared.received.load(Relaxed) >= args.subscribers,
+        )
+        .await?;
         let last = Duration::from_nanos(shared.last_receive_ns.load(Relaxed));
         latencies.push(last.saturating_sub(committed));
         firsts.push(
             Duration::from_nanos(shared.first_receive_ns.load(Relaxed)).saturating_sub(committed),
         );
         bytes_per_flip.push(shared.flip_bytes.load(Relaxed));
-        rss_max = rss_max.max(rss_bytes(cp.id())?);
+        rss_max = rss_max.max(rss_bytes(cp.pid())?);
         let next = window + Duration::from_secs(i as u64 + 1);
         tokio::time::sleep_until(next.into()).await;
     }
-    let cpu = (cpu_time(cp.id())? - cpu0).as_secs_f64() / window.elapsed().as_secs_f64() * 100.0;
+    let cpu = (cpu_time(cp.pid())? - cpu0).as_secs_f64() / window.elapsed().as_secs_f64() * 100.0;
     latencies.sort();
     firsts.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -316,26 +292,25 @@ async fn harness(args: Args) -> anyhow::Result<()> {
     );
 
     // Restart: kill the control plane, start a new one on the same port.
-    let _ = cp.kill();
-    let _ = cp.wait();
+    drop(cp);
     shared.snapshots.store(0, Relaxed);
     let restart = Instant::now();
-    cp = spawn_cp(&endpoints[0], &grpc)?;
-    while shared.snapshots.load(Relaxed) < args.subscribers {
-        anyhow::ensure!(
-            restart.elapsed() < Duration::from_secs(120),
-            "subscribers did not come back"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let cp = spawn_cp(&endpoints[0], &grpc)?;
+    let ms5 = Duration::from_millis(5);
+    wait_until(
+        "subscribers did not come back",
+        two_minutes,
+        ms5,
+        all_snapshots,
+    )
+    .await?;
     println!(
         "restart -> all snapshots      {:.2} s ({} subscribers)",
         restart.elapsed().as_secs_f64(),
         args.subscribers
     );
     token.cancel();
-    let _ = cp.kill();
-    let _ = cp.wait();
+    drop(cp);
     Ok(())
 }
 

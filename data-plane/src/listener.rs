@@ -1,0 +1,172 @@
+//! A TCP listener that balances connections over one pool: bound at start,
+//! listening once the health map has its pool, then accepting under a
+//! `max_connections` semaphore — beyond it the listener stops accepting,
+//! so clients wait in the kernel's accept queue — and backing off on
+//! accept errors. Each accepted connection becomes a session (see
+//! `session`), tracked so the caller can drain it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+use trackwire_core::HealthMap;
+use trackwire_core::backoff::Backoff;
+use trackwire_core::config::ListenerSpec;
+
+use crate::Error;
+use crate::metrics::Metrics;
+use crate::routing::Routing;
+use crate::session;
+
+/// A listener's socket: bound (so bind errors surface at start) but not
+/// listening until [`serve`] holds a health map that has the listener's
+/// pool, so the kernel hands a starting proxy no connection it could only
+/// refuse. With SO_REUSEPORT a replacement process joins the old one's
+/// listeners only once it can route (like Envoy's listener warming); a
+/// listener whose pool the map lacks (a typo, a pool not applied yet)
+/// leaves its connections to the old process.
+pub struct Listener {
+    pub spec: ListenerSpec,
+    socket: socket2::Socket,
+}
+
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+impl Listener {
+    /// Binds `spec.bind` with `SO_REUSEADDR` and, on Unix, `SO_REUSEPORT`:
+    /// a new process can bind the address while the old one drains, and the
+    /// kernel spreads new connections over both until the old one closes.
+    pub fn bind(spec: ListenerSpec) -> std::io::Result<Listener> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let addr = spec.bind;
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(Listener { spec, socket })
+    }
+
+    /// The bound address (with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("not an IP socket"))
+    }
+
+    /// Starts listening (connections queue from here on).
+    fn listen(self) -> std::io::Result<TcpListener> {
+        self.socket.listen(BACKLOG)?;
+        TcpListener::from_std(self.socket.into())
+    }
+}
+
+/// Listens once `map` holds a health map with the listener's pool, then
+/// accepts until `shutdown`; open sessions are tracked by `tracker` so the
+/// caller can wait for them to drain, and closed when `cut` is cancelled. A
+/// listen(2) failure cancels `shutdown` (the whole proxy stops) and is
+/// returned.
+///
+/// Once listening, a listener keeps listening if its pool later leaves the
+/// map (an operator deleted it): it then refuses connections like a pool
+/// with no UP backend, `/readyz` answers 503 and the proxy warns once.
+/// Closing instead would reset the connections already queued, and
+/// listening again would need a new bind that could fail.
+pub async fn serve(
+    listener: Listener,
+    map: watch::Receiver<Arc<HealthMap>>,
+    metrics: Arc<Metrics>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    cut: CancellationToken,
+) -> Result<(), Error> {
+    let addr = listener.local_addr().unwrap_or(listener.spec.bind);
+    let pool = listener.spec.pool.clone();
+    let mut ready = map.clone();
+    let routable = |m: &Arc<HealthMap>| m.received() && m.pools.contains_key(&pool);
+    if !routable(&ready.borrow()) {
+        info!(listener = %listener.spec.name, %addr, %pool, "waiting for a health map with the listener's pool before listening");
+        tokio::select! {
+            r = ready.wait_for(routable) => if r.is_err() { return Ok(()) },
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    let spec = listener.spec.clone();
+    let socket = match listener.listen() {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(listener = %spec.name, %addr, %error, "listen failed; stopping");
+            shutdown.cancel();
+            return Err(Error::Listen {
+                listener: spec.name,
+                addr,
+                error,
+            });
+        }
+    };
+    info!(listener = %spec.name, %addr, pool = %spec.pool, "proxy listening");
+    metrics.listeners_listening.fetch_add(1, Relaxed);
+    let routing = Arc::new(Routing::new(spec, map, Arc::clone(&metrics), cut));
+    accept_loop(socket, routing, tracker, shutdown).await;
+    metrics.listeners_listening.fetch_sub(1, Relaxed);
+    Ok(())
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    routing: Arc<Routing>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(routing.spec.max_connections as usize));
+    if routing.spec.shutdown_sessions_on_down {
+        tokio::spawn(
+            Arc::clone(&routing)
+                .close_sessions_of_down_backends(shutdown.clone())
+                .instrument(info_span!("down", listener = %routing.spec.name)),
+        );
+    }
+    // EMFILE and friends: back off instead of spinning.
+    let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
+    loop {
+        // At the connection limit, stop accepting until a session ends.
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            a = socket.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let (client, peer) = match accepted {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff.next_jittered()).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        let routing = Arc::clone(&routing);
+        let span = info_span!("conn", listener = %routing.spec.name, %peer);
+        tracker.spawn(
+            async move {
+                session::handle(routing, client, peer).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}

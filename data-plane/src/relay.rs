@@ -1,0 +1,186 @@
+//! Relaying a session: one `pump` per direction until both are done
+//! (half-closes are passed on), or until nothing moved for the idle timeout.
+//!
+//! A pump copies small reads through a 16 KiB buffer (for a few hundred
+//! bytes `recv`/`send` beat splicing, which has to put linear skb data in a
+//! fresh page). On Linux a read that fills the buffer switches the
+//! direction to `splice(2)` through a pooled pipe (zero copy, see
+//! [`crate::splice`]), and a splice that moves less than the buffer
+//! switches it back (HAProxy's `splice-auto` idea). [`relay_copy`] never
+//! splices: it is what other systems run, and is tested here too.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+#[cfg(target_os = "linux")]
+use crate::splice::splice_once;
+
+/// Read buffer of the copy mode, and the size of a read that switches a
+/// direction to splicing.
+const COPY_BUF: usize = 16 * 1024;
+
+/// Relays both ways until both directions are done or nothing moved for
+/// `idle`, splicing bulk data on Linux. Returns bytes client→server and
+/// server→client.
+pub async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    idle: Duration,
+) -> io::Result<(u64, u64)> {
+    relay_with(client, server, idle, cfg!(target_os = "linux")).await
+}
+
+/// [`relay`] copying every byte through user space (the portable path).
+pub async fn relay_copy(
+    client: &TcpStream,
+    server: &TcpStream,
+    idle: Duration,
+) -> io::Result<(u64, u64)> {
+    relay_with(client, server, idle, false).await
+}
+
+async fn relay_with(
+    client: &TcpStream,
+    server: &TcpStream,
+    idle: Duration,
+    splice: bool,
+) -> io::Result<(u64, u64)> {
+    let last = AtomicU64::new(0);
+    let start = Instant::now();
+    let both = async {
+        let (a, b) = tokio::join!(
+            pump(client, server, &last, start, splice),
+            pump(server, client, &last, start, splice)
+        );
+        Ok::<(u64, u64), io::Error>((a?, b?))
+    };
+    with_idle_timeout(both, &last, start, idle).await
+}
+
+/// Runs `both` unless nothing moved for `idle` (per `last`, ms since `start`).
+async fn with_idle_timeout(
+    both: impl Future<Output = io::Result<(u64, u64)>>,
+    last: &AtomicU64,
+    start: Instant,
+    idle: Duration,
+) -> io::Result<(u64, u64)> {
+    let watchdog = async {
+        loop {
+            let idle_for = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+            if idle_for >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - idle_for).await;
+        }
+    };
+    tokio::select! {
+        r = both => r,
+        () = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
+/// Moves bytes from `src` to `dst` until EOF, then shuts `dst`'s write side.
+/// Notes the time of the last byte in `last_ms` (ms since `start`). With
+/// `splice`, a full buffer switches to splicing (see the module docs).
+pub(crate) async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    last_ms: &AtomicU64,
+    start: Instant,
+    splice: bool,
+) -> io::Result<u64> {
+    let mut bulk = false;
+    let mut total = 0u64;
+    loop {
+        src.readable().await?;
+        let n = if bulk {
+            match splice_once(src, dst).await? {
+                None => continue,
+                Some(n) => {
+                    bulk = n >= COPY_BUF;
+                    n
+                }
+            }
+        } else {
+            dst.writable().await?;
+            match copy_once(src, dst)? {
+                Copied::Nothing => continue,
+                Copied::All(n) => {
+                    bulk = splice && n == COPY_BUF;
+                    n
+                }
+                Copied::Partly(n, mut rest) => {
+                    // The destination is full: keep what it did not take.
+                    while !rest.is_empty() {
+                        dst.writable().await?;
+                        match dst.try_write(&rest) {
+                            Ok(m) => {
+                                rest.drain(..m);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    n
+                }
+            }
+        };
+        if n == 0 {
+            socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+            return Ok(total);
+        }
+        total += n as u64;
+        last_ms.store(start.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+/// Splicing needs Linux; elsewhere a pump never enters bulk mode.
+#[cfg(not(target_os = "linux"))]
+async fn splice_once(_: &TcpStream, _: &TcpStream) -> io::Result<Option<usize>> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+enum Copied {
+    /// The source had nothing to read after all.
+    Nothing,
+    /// Read and written in full (0: EOF).
+    All(usize),
+    /// Read this many; the destination took only part, the rest is here.
+    Partly(usize, Vec<u8>),
+}
+
+thread_local! {
+    /// The copy mode's buffer: one per runtime thread, not one per session,
+    /// so session futures stay small (no 16 KiB array moved around).
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; COPY_BUF]);
+}
+
+/// One read from `src` and as much of it written to `dst` as it takes, with
+/// no await in between (so the per-thread buffer can be used).
+fn copy_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Copied> {
+    BUF.with_borrow_mut(|buf| {
+        let n = match src.try_read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Nothing),
+            Err(e) => return Err(e),
+        };
+        let mut sent = 0;
+        while sent < n {
+            match dst.try_write(&buf[sent..n]) {
+                Ok(m) => sent += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Copied::Partly(n, buf[sent..n].to_vec()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Copied::All(n))
+    })
+}
