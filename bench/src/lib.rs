@@ -159,7 +159,7 @@ pub fn pool(
 /// Writes `pools` under the default key prefix, as `trackwire apply` would.
 pub async fn apply(store: &dyn Store, pools: &[PoolSpec]) -> anyhow::Result<Keys> {
     let keys = Keys::new("/trackwire/").map_err(anyhow::Error::msg)?;
-    trackwire_control_plane::pools::apply(store, &keys, pools, 0, false)
+    trackwire_control_plane::writes::apply(store, &keys, pools, 0, false)
         .await
         .context("apply")?;
     Ok(keys)

@@ -148,6 +148,18 @@ async fn agent_with_10000_verdicts_survives_a_control_plane_restart() {
         up_live(m) == 10_000
     })
     .await;
+    // Every backend's decision is recorded, so even a restart slower than
+    // the agent's lease would keep them (stale) rather than take them out.
+    wait_for("10,000 decision records", 60, || {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .list(&format!("{}decisions/", keys().root()))
+                .await
+                .is_ok_and(|(kvs, _)| kvs.len() == 10_000)
+        }
+    })
+    .await;
     let old_lease = store
         .get(&keys().agent(&id))
         .await

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use trackwire_core::HealthState;
 use trackwire_core::convert::health_to_pb;
 use trackwire_proto::v1 as pb;
 
@@ -85,10 +86,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let mut written = Written::default();
     loop {
         let snap = state.borrow_and_update().clone();
         let next = match snap {
-            Some(snap) => step(store.as_ref(), &keys, &snap, &clock, now_ms()).await,
+            Some(snap) => step(store.as_ref(), &keys, &snap, &clock, &mut written, now_ms()).await,
             None => None,
         };
         let (n, oldest) = clock.summary();
@@ -102,6 +104,13 @@ pub async fn run(
     }
 }
 
+/// Decisions this replica wrote that its facts may not show yet: (state,
+/// fingerprint, revision written). Without it a record written a moment
+/// ago would be written again, its compare would fail, and with it every
+/// other record of the chunk.
+#[derive(Debug, Default)]
+pub struct Written(BTreeMap<(String, String), (HealthState, u64, u64)>);
+
 /// Makes the writes one snapshot calls for; returns when the next stale
 /// state runs out of trust, if any.
 pub async fn step(
@@ -109,10 +118,14 @@ pub async fn step(
     keys: &Keys,
     snap: &Snapshot,
     clock: &StaleClock,
+    written: &mut Written,
     now_ms: u64,
 ) -> Option<u64> {
     let facts = &snap.facts;
-    let mut writes: Vec<(Op, Compare)> = Vec::new();
+    written.0.retain(|_, (_, _, rev)| *rev > facts.revision);
+    // (backend, state, fingerprint, put, compare)
+    let mut writes: Vec<((String, String), HealthState, u64, Op, Compare)> = Vec::new();
+    let mut expired: Vec<(Op, Compare)> = Vec::new();
     let mut stale_now: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut next: Option<u64> = None;
     let previous = clock.lock().clone();
@@ -128,7 +141,11 @@ pub async fn step(
             if let Some((state, at)) = detail.live {
                 let same =
                     record.is_some_and(|r| r.state == state && r.fingerprint == detail.fingerprint);
-                if !same {
+                let in_flight = written
+                    .0
+                    .get(&id)
+                    .is_some_and(|(s, fp, _)| *s == state && *fp == detail.fingerprint);
+                if !same && !in_flight {
                     let value = keys::encode_decision(pb::StoredDecision {
                         schema: keys::SCHEMA,
                         state: health_to_pb(state),
@@ -136,6 +153,9 @@ pub async fn step(
                         at_ms: at,
                     });
                     writes.push((
+                        id.clone(),
+                        state,
+                        detail.fingerprint,
                         Op::Put {
                             key,
                             value,
@@ -157,7 +177,7 @@ pub async fn step(
                 let until = since.saturating_add(max.as_millis() as u64);
                 if now_ms >= until {
                     warn!(%pool, %backend, stale_for_s = (now_ms - since) / 1000, "stale state no longer trusted; the pool's initial state applies");
-                    writes.push((Op::Delete(key), compare));
+                    expired.push((Op::Delete(key), compare));
                     continue;
                 }
                 next = Some(next.map_or(until, |n: u64| n.min(until)));
@@ -193,19 +213,34 @@ pub async fn step(
 
     if !writes.is_empty() {
         let n = writes.len();
-        for chunk in batch::chunks_by(writes, |(op, _)| batch::op_bytes(op)) {
-            let (ops, compares): (Vec<Op>, Vec<Compare>) = chunk.into_iter().unzip();
+        for chunk in batch::chunks_by(writes, |w| batch::op_bytes(&w.3)) {
+            let mut ids = Vec::with_capacity(chunk.len());
+            let (ops, compares): (Vec<Op>, Vec<Compare>) = chunk
+                .into_iter()
+                .map(|(id, state, fp, op, compare)| {
+                    ids.push((id, state, fp));
+                    (op, compare)
+                })
+                .unzip();
             match store.txn(compares, ops).await {
-                Ok(r) if !r.succeeded => {
-                    debug!("decision records changed meanwhile (another replica wrote them)")
+                Ok(r) if r.succeeded => {
+                    for (id, state, fp) in ids {
+                        written.0.insert(id, (state, fp, r.revision));
+                    }
                 }
-                Ok(_) => {}
+                Ok(_) => debug!("decision records changed meanwhile (another replica wrote them)"),
                 Err(e) => {
                     warn!(error = %e, "writing decision records failed; retrying on the next change")
                 }
             }
         }
         debug!(records = n, "decision records written");
+    }
+    for chunk in batch::chunks_by(expired, |(op, _)| batch::op_bytes(op)) {
+        let (ops, compares): (Vec<Op>, Vec<Compare>) = chunk.into_iter().unzip();
+        if let Err(e) = store.txn(compares, ops).await {
+            warn!(error = %e, "removing expired decision records failed; retrying on the next change");
+        }
     }
     if !orphans.is_empty() {
         info!(

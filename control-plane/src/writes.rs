@@ -35,7 +35,10 @@ pub enum WriteError {
     },
     #[error("{0}")]
     NotFound(String),
-    /// Another writer got there first (or `expected_revision` is stale).
+    /// `expected_revision` is older than a stored pool: nothing written.
+    #[error("{0}")]
+    Stale(String),
+    /// Another writer got there first: nothing written.
     #[error("{0}")]
     Conflict(String),
     /// Some chunks of a large apply were written, then a conflict stopped it.
@@ -118,7 +121,7 @@ pub async fn apply(
             .iter()
             .find(|kv| kv.mod_revision > expected_revision)
     {
-        return Err(WriteError::Conflict(format!(
+        return Err(WriteError::Stale(format!(
             "expected_revision: pools changed since revision {expected_revision} ({} at revision {})",
             newer.key, newer.mod_revision
         )));

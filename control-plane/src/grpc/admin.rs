@@ -60,31 +60,10 @@ pub fn write_status(e: WriteError) -> Status {
     match e {
         e @ WriteError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         WriteError::NotFound(m) => Status::not_found(m),
-        WriteError::Conflict(m) if m.starts_with("expected_revision") => {
-            Status::failed_precondition(m)
-        }
+        WriteError::Stale(m) => Status::failed_precondition(m),
         WriteError::Conflict(m) | WriteError::Partial(m) => Status::aborted(m),
         WriteError::Store(e) => store_status(e),
     }
-}
-
-/// [`crate::writes::apply`] with its answer as the wire response.
-pub async fn apply(
-    store: &dyn Store,
-    keys: &Keys,
-    specs: &[PoolSpec],
-    expected_revision: u64,
-    dry_run: bool,
-) -> Result<pb::ApplyPoolsResponse, Status> {
-    let a = crate::writes::apply(store, keys, specs, expected_revision, dry_run)
-        .await
-        .map_err(write_status)?;
-    Ok(pb::ApplyPoolsResponse {
-        revision: a.revision,
-        created: a.created,
-        updated: a.updated,
-        unchanged: a.unchanged,
-    })
 }
 
 #[tonic::async_trait]
@@ -99,8 +78,8 @@ impl AdminService for AdminSvc {
         // several transactions, and stopping between them helps nobody.
         let store = Arc::clone(&self.store);
         let keys = self.keys.clone();
-        let resp = tokio::spawn(async move {
-            apply(
+        let applied = tokio::spawn(async move {
+            crate::writes::apply(
                 store.as_ref(),
                 &keys,
                 &specs,
@@ -110,8 +89,14 @@ impl AdminService for AdminSvc {
             .await
         })
         .await
-        .map_err(|e| Status::internal(format!("apply task: {e}")))??;
-        Ok(Response::new(resp))
+        .map_err(|e| Status::internal(format!("apply task: {e}")))?
+        .map_err(write_status)?;
+        Ok(Response::new(pb::ApplyPoolsResponse {
+            revision: applied.revision,
+            created: applied.created,
+            updated: applied.updated,
+            unchanged: applied.unchanged,
+        }))
     }
 
     async fn get_pool(

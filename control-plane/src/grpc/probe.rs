@@ -158,6 +158,10 @@ impl ProbeService for ProbeSvc {
             .grant_lease(self.agent_ttl)
             .await
             .map_err(store_status)?;
+        // Kept alive from now on, by a task of its own: neither a long hello
+        // (thousands of verdicts in chunks) nor a slow assignment send may
+        // let the lease lapse.
+        let keepalive = KeepAlive::start(Arc::clone(&self.store), lease, self.agent_ttl);
         let mut ops = vec![Op::Put {
             key: agent_key.clone(),
             value: keys::encode_agent(pb::StoredAgent {
@@ -204,6 +208,7 @@ impl ProbeService for ProbeSvc {
         .await
         .map_err(store_status)?;
         if !result.succeeded {
+            keepalive.stop();
             let _ = self.store.revoke(lease).await;
             return Err(Status::failed_precondition(format!(
                 "agent id {}: another session claimed it meanwhile",
@@ -233,6 +238,7 @@ impl ProbeService for ProbeSvc {
             results: Arc::clone(&self.results),
             written,
             assigned: None,
+            keepalive,
         };
         let span = info_span!("agent_session", agent = %hello.agent_id);
         let shutdown = self.shutdown.clone();
@@ -264,6 +270,58 @@ struct Session {
     written: BTreeMap<(String, String), u64>,
     /// The last assignment sent: (pool, backend) → fingerprint.
     assigned: Option<BTreeMap<(String, String), u64>>,
+    keepalive: KeepAlive,
+}
+
+/// Renews a session's lease every third of its TTL until stopped (or
+/// dropped); `failed` is cancelled when the store refuses a renewal.
+struct KeepAlive {
+    task: tokio::task::JoinHandle<()>,
+    failed: CancellationToken,
+    error: Arc<parking_lot::Mutex<Option<StoreError>>>,
+}
+
+impl KeepAlive {
+    fn start(store: Arc<dyn Store>, lease: LeaseId, ttl: Duration) -> Self {
+        let failed = CancellationToken::new();
+        let error = Arc::new(parking_lot::Mutex::new(None));
+        let (f, e) = (failed.clone(), Arc::clone(&error));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(err) = store.keep_alive(lease).await {
+                    *e.lock() = Some(err);
+                    f.cancel();
+                    return;
+                }
+            }
+        });
+        KeepAlive {
+            task,
+            failed,
+            error,
+        }
+    }
+
+    fn stop(&self) {
+        self.task.abort();
+    }
+
+    fn error(&self) -> Status {
+        self.error
+            .lock()
+            .clone()
+            .map(store_status)
+            .unwrap_or_else(|| Status::unavailable("lease keep-alive stopped"))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Session {
@@ -352,8 +410,7 @@ impl Session {
         shutdown: CancellationToken,
     ) {
         self.metrics.agent_sessions.fetch_add(1, Relaxed);
-        let mut keepalive = tokio::time::interval(self.ttl / 3);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lease_failed = self.keepalive.failed.clone();
         let mut last_sent: Option<Vec<Target>> = None;
         // Per-pool derivations seen last: a new snapshot that leaves this
         // agent's targets in every pool alone costs pointer comparisons.
@@ -394,11 +451,7 @@ impl Session {
                         }
                     }
                 }
-                _ = keepalive.tick() => {
-                    if let Err(e) = self.store.keep_alive(self.lease).await {
-                        break Err(store_status(e));
-                    }
-                }
+                () = lease_failed.cancelled() => break Err(self.keepalive.error()),
                 changed = state.changed() => {
                     if changed.is_err() {
                         break Err(Status::unavailable("control plane shutting down"));
