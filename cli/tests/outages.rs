@@ -125,6 +125,40 @@ async fn servers(n: usize) -> (Vec<TestHttp>, Vec<String>) {
     (v, addrs)
 }
 
+/// Opens a session as an agent `id` (process `instance`) would, with
+/// `n` verdicts of `state` about `web/b0…`; the control plane's answer.
+async fn hello(
+    url: &str,
+    id: &str,
+    instance: &str,
+    n: usize,
+    state: pb::HealthState,
+) -> Result<(), tonic::Status> {
+    let channel = trackwire_connect::channel(url).await.expect("connect");
+    let hello = pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::AgentHello {
+            agent_id: id.to_string(),
+            instance_id: instance.into(),
+            zone: "z".into(),
+            verdicts: (0..n)
+                .map(|i| pb::Verdict {
+                    pool: "web".into(),
+                    backend: format!("b{i}"),
+                    state: state as i32,
+                    since_ms: 1,
+                    reason: "test".into(),
+                    fingerprint: 1,
+                })
+                .collect(),
+            version: "test".into(),
+        })),
+    };
+    ProbeServiceClient::new(channel)
+        .connect(tokio_stream::iter(vec![hello]))
+        .await
+        .map(|_| ())
+}
+
 /// Finding 1: an agent's hello once wrote all its verdicts in one
 /// transaction; past 128 etcd refused it, and a control-plane restart took
 /// every backend DOWN when the old lease ran out.
@@ -386,27 +420,7 @@ async fn a_second_session_for_a_live_agent_id_is_refused_and_a_lost_one_re_regis
         .expect("agent key");
 
     // The same id from another process, claiming every backend DOWN.
-    let channel = trackwire_connect::channel(&cp.url).await.expect("connect");
-    let hello = pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Hello(pb::AgentHello {
-            agent_id: id.clone(),
-            instance_id: "a-clone".into(),
-            zone: "z".into(),
-            verdicts: (0..3)
-                .map(|i| pb::Verdict {
-                    pool: "web".into(),
-                    backend: format!("b{i}"),
-                    state: pb::HealthState::Down as i32,
-                    since_ms: 1,
-                    reason: "clone".into(),
-                    fingerprint: 0,
-                })
-                .collect(),
-            version: "test".into(),
-        })),
-    };
-    let refused = ProbeServiceClient::new(channel)
-        .connect(tokio_stream::iter(vec![hello]))
+    let refused = hello(&cp.url, &id, "a-clone", 3, pb::HealthState::Down)
         .await
         .expect_err("a second live session for one agent id must be refused");
     assert_eq!(
@@ -725,27 +739,8 @@ async fn watch_from_a_revision_no_longer_kept_is_an_error() {
 async fn an_oversized_hello_is_invalid_argument() {
     let store: Arc<dyn Store> = Arc::new(trackwire_control_plane::store::MemStore::new());
     let cp = start_cp(Arc::clone(&store), config(10)).await;
-    let channel = trackwire_connect::channel(&cp.url).await.expect("connect");
-    let hello = pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Hello(pb::AgentHello {
-            agent_id: uuid::Uuid::new_v4().to_string(),
-            instance_id: "i".into(),
-            zone: "z".into(),
-            verdicts: (0..20_000)
-                .map(|i| pb::Verdict {
-                    pool: "web".into(),
-                    backend: format!("b{i}"),
-                    state: pb::HealthState::Up as i32,
-                    since_ms: 1,
-                    reason: String::new(),
-                    fingerprint: 1,
-                })
-                .collect(),
-            version: "test".into(),
-        })),
-    };
-    let err = ProbeServiceClient::new(channel)
-        .connect(tokio_stream::iter(vec![hello]))
+    let id = uuid::Uuid::new_v4().to_string();
+    let err = hello(&cp.url, &id, "i", 20_000, pb::HealthState::Up)
         .await
         .expect_err("20,000 verdicts is beyond the limit");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
