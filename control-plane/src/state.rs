@@ -87,6 +87,11 @@ pub async fn sync(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut previous: Option<Arc<Snapshot>> = None;
+    let out = Outputs {
+        tx,
+        metrics,
+        history,
+    };
     loop {
         let listed = tokio::select! {
             r = store.list(keys.root()) => r,
@@ -105,14 +110,7 @@ pub async fn sync(
         };
         let mut facts = Facts::reset(&keys, &kvs, revision);
         facts.epoch = store.epoch();
-        previous = Some(publish(
-            &tx,
-            &metrics,
-            &history,
-            &facts,
-            previous.as_deref(),
-            &Dirty::all(),
-        ));
+        previous = Some(publish(&out, &facts, previous.as_deref(), &Dirty::all()));
         info!(revision, keys = kvs.len(), "loaded facts");
 
         let mut events = match store.watch(keys.root(), revision + 1).await {
@@ -135,14 +133,7 @@ pub async fn sync(
                         facts.apply(&keys, e);
                     }
                     let dirty = Dirty::from_events(&keys, &batch.events);
-                    previous = Some(publish(
-                        &tx,
-                        &metrics,
-                        &history,
-                        &facts,
-                        previous.as_deref(),
-                        &dirty,
-                    ));
+                    previous = Some(publish(&out, &facts, previous.as_deref(), &dirty));
                 }
                 Some(Err(e)) => {
                     warn!(error = %e, "watch ended; re-listing");
@@ -157,14 +148,24 @@ pub async fn sync(
     }
 }
 
+/// Where each derivation goes: the state channel, the map history, metrics.
+struct Outputs {
+    tx: StateTx,
+    metrics: Arc<Metrics>,
+    history: Arc<MapHistory>,
+}
+
 fn publish(
-    tx: &StateTx,
-    metrics: &Metrics,
-    history: &MapHistory,
+    out: &Outputs,
     facts: &Facts,
     previous: Option<&Snapshot>,
     dirty: &Dirty,
 ) -> Arc<Snapshot> {
+    let Outputs {
+        tx,
+        metrics,
+        history,
+    } = out;
     let derived = derive(facts, previous.map(|p| &p.derived), dirty);
     metrics.observe_map(&derived, facts);
     history.push(&derived.map);
