@@ -126,6 +126,9 @@ pub async fn step(
     // (backend, state, fingerprint, put, compare)
     let mut writes: Vec<((String, String), HealthState, u64, Op, Compare)> = Vec::new();
     let mut expired: Vec<(Op, Compare)> = Vec::new();
+    // Named in one log line each, not one per backend (a fleet's worth).
+    let mut became_stale: Vec<String> = Vec::new();
+    let mut expired_names: Vec<String> = Vec::new();
     let mut stale_now: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut next: Option<u64> = None;
     let previous = clock.lock().clone();
@@ -170,13 +173,13 @@ pub async fn step(
                 continue;
             }
             let since = previous.get(&id).copied().unwrap_or(now_ms);
-            if since == now_ms && !previous.contains_key(&id) {
-                warn!(%pool, %backend, "no live verdict; keeping the last decided state (stale)");
+            if !previous.contains_key(&id) {
+                became_stale.push(format!("{pool}/{backend}"));
             }
             if let Some(max) = clock.max {
                 let until = since.saturating_add(max.as_millis() as u64);
                 if now_ms >= until {
-                    warn!(%pool, %backend, stale_for_s = (now_ms - since) / 1000, "stale state no longer trusted; the pool's initial state applies");
+                    expired_names.push(format!("{pool}/{backend}"));
                     expired.push((Op::Delete(key), compare));
                     continue;
                 }
@@ -186,6 +189,21 @@ pub async fn step(
         }
     }
     *clock.lock() = stale_now;
+    if !became_stale.is_empty() {
+        warn!(
+            backends = became_stale.len(),
+            first = ?&became_stale[..became_stale.len().min(5)],
+            "no live verdict; keeping their last decided states (stale)"
+        );
+    }
+    if !expired_names.is_empty() {
+        warn!(
+            backends = expired_names.len(),
+            first = ?&expired_names[..expired_names.len().min(5)],
+            stale_max_s = clock.max.map_or(0, |m| m.as_secs()),
+            "stale states no longer trusted; the pools' initial state applies"
+        );
+    }
 
     // Records of backends that no longer exist (an interrupted apply).
     let exists = |pool: &str, backend: &str| {
