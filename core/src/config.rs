@@ -25,12 +25,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::damping::DampingSpec;
 use crate::duration;
 use crate::error::FieldError;
 use crate::model::{
-    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState,
-    PoolSpec, Quorum, StatusSet, TlsSpec,
+    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, DampingSpec,
+    HealthState, PoolSpec, Quorum, StatusSet, TlsSpec,
 };
 
 // Re-exported: their home is `limits`; these paths predate it.

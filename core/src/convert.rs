@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use trackwire_proto::v1 as pb;
 
-use crate::damping::DampingSpec;
 use crate::error::FieldError;
 use crate::map::{Endpoint, PoolUpdate};
 use crate::model::{
-    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState,
-    PoolSpec, Quorum, StatusSet, TlsSpec,
+    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, DampingSpec,
+    HealthState, PoolSpec, Quorum, StatusSet, TlsSpec,
 };
 
 pub fn health_to_pb(s: HealthState) -> i32 {

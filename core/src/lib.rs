@@ -7,7 +7,6 @@
 pub mod backoff;
 pub mod config;
 pub mod convert;
-pub mod damping;
 pub mod duration;
 pub mod error;
 pub mod hash;
@@ -21,6 +20,6 @@ pub mod urls;
 pub use error::FieldError;
 pub use map::{Endpoint, HealthMap, PoolUpdate};
 pub use model::{
-    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, HealthState, PoolSpec, Quorum,
-    StatusSet, TlsSpec,
+    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DampingSpec, HealthState, PoolSpec,
+    Quorum, StatusSet, TlsSpec,
 };

@@ -590,7 +590,7 @@ pub struct PoolSpec {
     /// Choose each backend's agents from distinct zones first.
     pub zone_spread: bool,
     /// Flap damping; `None`: off.
-    pub damping: Option<crate::damping::DampingSpec>,
+    pub damping: Option<DampingSpec>,
 }
 
 pub const DEFAULT_REPLICAS: u32 = 3;
@@ -631,6 +631,69 @@ impl PoolSpec {
         }
         if self.replicas == 0 || self.replicas > 64 {
             return Err(FieldError::new("replicas", "must be between 1 and 64"));
+        }
+        Ok(())
+    }
+}
+
+/// Flap damping of a pool, as BGP route-flap damping (RFC 2439): every
+/// transition of a backend's derived state adds `penalty` to a figure of
+/// merit that halves every `half_life`; above `suppress` the backend is held
+/// DOWN until the figure decays below `reuse` (at most `max_suppress`). The
+/// arithmetic lives with its one user, the control plane's damper.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DampingSpec {
+    pub half_life: Duration,
+    pub penalty: u32,
+    pub suppress: u32,
+    pub reuse: u32,
+    pub max_suppress: Duration,
+}
+
+impl Default for DampingSpec {
+    /// Cisco's BGP defaults, scaled to health checks: half-life 60 s,
+    /// penalty 1000, suppress 2000, reuse 750, at most 5 minutes.
+    fn default() -> Self {
+        DampingSpec {
+            half_life: Duration::from_secs(60),
+            penalty: 1000,
+            suppress: 2000,
+            reuse: 750,
+            max_suppress: Duration::from_secs(300),
+        }
+    }
+}
+
+impl DampingSpec {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.half_life.is_zero() || self.half_life > Duration::from_secs(3600) {
+            return Err(FieldError::new("half_life", "must be between 1ms and 1h"));
+        }
+        for (name, d) in [
+            ("half_life", self.half_life),
+            ("max_suppress", self.max_suppress),
+        ] {
+            if !crate::duration::is_whole_millis(d) {
+                return Err(FieldError::new(
+                    name,
+                    "must be a whole number of milliseconds",
+                ));
+            }
+        }
+        if self.penalty == 0 {
+            return Err(FieldError::new("penalty", "must be greater than 0"));
+        }
+        if self.reuse == 0 || self.reuse >= self.suppress {
+            return Err(FieldError::new(
+                "reuse",
+                "must be greater than 0 and below suppress",
+            ));
+        }
+        if self.max_suppress < self.half_life || self.max_suppress > Duration::from_secs(86_400) {
+            return Err(FieldError::new(
+                "max_suppress",
+                "must be at least half_life and at most 24h",
+            ));
         }
         Ok(())
     }
