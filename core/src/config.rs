@@ -26,15 +26,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::duration;
-use crate::error::FieldError;
+use crate::error::{FieldError, FieldNames};
 use crate::model::{
     AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, DampingSpec,
-    HealthState, PoolSpec, Quorum, StatusSet, TlsSpec,
+    HealthState, PoolSpec, Quorum, StatusSet, TlsSpec, validate_pools,
 };
 
 // Re-exported: their home is `limits`; these paths predate it.
 pub use crate::limits::{MAX_LISTENERS, MAX_POOLS};
-use crate::limits::{MAX_POOL_SPEC_BYTES, format_bytes};
 
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
@@ -273,41 +272,12 @@ impl Document {
     /// names, no two listeners on one address. A listener may name a pool this
     /// document does not define (a data-plane config serving pools applied elsewhere).
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.pools.len() > MAX_POOLS {
-            return Err(FieldError::new(
-                "pool",
-                format!("at most {MAX_POOLS} pools"),
-            ));
-        }
+        validate_pools(&self.pools, FieldNames::Toml)?;
         if self.listeners.len() > MAX_LISTENERS {
             return Err(FieldError::new(
                 "listener",
                 format!("at most {MAX_LISTENERS} listeners"),
             ));
-        }
-        let mut names = HashSet::new();
-        for (i, p) in self.pools.iter().enumerate() {
-            p.validate().map_err(|e| e.within(&format!("pool[{i}]")))?;
-            // Every field is within its own limit, yet the whole may not fit
-            // in one store value. Checked here, where pools are written, and
-            // not when reading pools stored by an older version.
-            let size = crate::convert::pool_encoded_len(p);
-            if size > MAX_POOL_SPEC_BYTES {
-                return Err(FieldError::new(
-                    format!("pool[{i}]"),
-                    format!(
-                        "encoded pool spec is {}; at most {} (fewer backends or shorter names/addresses)",
-                        format_bytes(size),
-                        format_bytes(MAX_POOL_SPEC_BYTES)
-                    ),
-                ));
-            }
-            if !names.insert(p.name.as_str()) {
-                return Err(FieldError::new(
-                    format!("pool[{i}].name"),
-                    format!("duplicate pool name {:?}", p.name),
-                ));
-            }
         }
         let mut lnames = HashSet::new();
         let mut binds = HashSet::new();
@@ -666,7 +636,7 @@ impl RawCheck {
                 client_key: self.tls_client_key.map(Into::into),
             },
         };
-        spec.validate()?;
+        spec.validate(FieldNames::Toml)?;
         Ok(spec)
     }
 }
@@ -962,7 +932,7 @@ pool = "myApp"
         };
         assert!(doc(vec![small.clone()]).validate().is_ok());
         let mut big = pool_of(6_000, 200);
-        assert!(big.validate().is_ok(), "each field is fine");
+        assert!(big.validate(FieldNames::Toml).is_ok(), "each field is fine");
         big.name = "big2".into();
         let e = doc(vec![small, big]).validate().expect_err("too large");
         assert_eq!(e.path, "pool[1]", "the pool itself: {e}");

@@ -17,7 +17,7 @@ pub mod model;
 pub mod time;
 pub mod urls;
 
-pub use error::FieldError;
+pub use error::{FieldError, FieldNames};
 pub use map::{Endpoint, HealthMap, PoolUpdate};
 pub use model::{
     AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DampingSpec, HealthState, PoolSpec,
