@@ -97,7 +97,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
                 } else {
                     None
                 };
-                print!("{}", diff(old.as_ref(), new));
+                print!("{}", diff(old.as_ref(), new)?);
             }
         }
     }
@@ -106,18 +106,19 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
 }
 
 /// Line diff of two pools' TOML renderings (`-` only in the old, `+` only in the new).
-fn diff(old: Option<&PoolSpec>, new: Option<&PoolSpec>) -> String {
-    let render = |p: Option<&PoolSpec>| {
-        p.map(|p| {
-            trackwire_core::config::Document {
-                pools: vec![p.clone()],
-                listeners: vec![],
-            }
-            .to_toml()
-        })
-        .unwrap_or_default()
+fn diff(old: Option<&PoolSpec>, new: Option<&PoolSpec>) -> anyhow::Result<String> {
+    let render = |p: Option<&PoolSpec>| -> anyhow::Result<String> {
+        let Some(p) = p else {
+            return Ok(String::new());
+        };
+        let doc = trackwire_core::config::Document {
+            pools: vec![p.clone()],
+            listeners: vec![],
+        };
+        doc.to_toml()
+            .with_context(|| format!("showing pool {}", p.name))
     };
-    let (o, n) = (render(old), render(new));
+    let (o, n) = (render(old)?, render(new)?);
     let (ol, nl): (Vec<&str>, Vec<&str>) = (o.lines().collect(), n.lines().collect());
     // Longest common subsequence, so unchanged lines stay in place.
     let mut lcs = vec![vec![0usize; nl.len() + 1]; ol.len() + 1];
@@ -144,7 +145,7 @@ fn diff(old: Option<&PoolSpec>, new: Option<&PoolSpec>) -> String {
             j += 1;
         }
     }
-    out
+    Ok(out)
 }
 
 fn print_rows(rows: &[Vec<String>], output: Output) -> anyhow::Result<()> {
@@ -556,10 +557,11 @@ mod tests {
         let old = doc.pools[0].clone();
         let mut new = old.clone();
         new.backends[0].weight = 7;
-        let d = super::diff(Some(&old), Some(&new));
+        let d = super::diff(Some(&old), Some(&new)).expect("renders");
         assert_eq!(d, "  - weight = 1\n  + weight = 7\n");
         assert!(
             super::diff(None, Some(&new))
+                .expect("renders")
                 .lines()
                 .all(|l| l.starts_with("  + "))
         );

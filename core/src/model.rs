@@ -156,6 +156,8 @@ impl FromStr for CheckKind {
     }
 }
 
+serde_by_name!(HealthState, AdminState, Quorum, CheckKind);
+
 /// Expected HTTP statuses: a list of inclusive ranges (`200`, `200,204`, `200-299`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusSet(Vec<(u16, u16)>);
