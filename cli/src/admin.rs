@@ -49,7 +49,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     if doc.pools.is_empty() {
         return Err(Invalid(format!("{}: no [[pool]] to apply", args.file.display())).into());
     }
-    let mut client = connect(&args.control_plane.0).await?;
+    let mut client = connect(&args.control_plane.urls.0).await?;
     let resp = client
         .apply_pools(pb::ApplyPoolsRequest {
             pools: doc.pools.iter().map(pool_to_pb).collect(),
@@ -172,7 +172,7 @@ fn print_rows(rows: &[Vec<String>], output: Output) -> anyhow::Result<()> {
 }
 
 pub async fn get(args: GetArgs, output: Output) -> anyhow::Result<()> {
-    let mut client = connect(&args.control_plane.0).await?;
+    let mut client = connect(&args.control_plane.urls.0).await?;
     match args.what {
         GetWhat::Pools => {
             let resp = client
@@ -323,7 +323,7 @@ pub async fn set_state(args: StateArgs, verb: &str) -> anyhow::Result<()> {
         _ => pb::AdminState::Ready,
     };
     let set_by = std::env::var("USER").unwrap_or_else(|_| "trackwire-cli".into());
-    let mut client = connect(&args.control_plane.0).await?;
+    let mut client = connect(&args.control_plane.urls.0).await?;
     let resp = client
         .set_backend_state(pb::SetBackendStateRequest {
             pool: pool.into(),
@@ -379,7 +379,7 @@ pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> 
         .backend
         .split_once('/')
         .ok_or_else(|| Invalid(format!("{:?}: expected POOL/NAME", args.backend)))?;
-    let mut client = connect(&args.control_plane.0).await?;
+    let mut client = connect(&args.control_plane.urls.0).await?;
     let resp = client
         .get_health(pb::GetHealthRequest { pool: pool.into() })
         .await
@@ -489,7 +489,7 @@ pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> 
 
 /// `watch`: prints events until interrupted (or `--count` of them).
 pub async fn watch(args: WatchArgs, output: Output) -> anyhow::Result<()> {
-    let mut client = connect(&args.control_plane.0).await?;
+    let mut client = connect(&args.control_plane.urls.0).await?;
     let mut stream = client
         .watch_events(pb::WatchEventsRequest {
             pools: args.pools,
