@@ -73,9 +73,8 @@ pub struct DescribeArgs {
     pub kind: DescribeKind,
     /// The backend, as POOL/NAME.
     pub backend: String,
-    /// Control-plane endpoints, comma-separated (http://host:port,...).
-    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
-    pub control_plane: Urls,
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,9 +93,8 @@ pub struct WatchArgs {
     /// Stop after this many events (0: until interrupted).
     #[arg(long, default_value_t = 0)]
     pub count: usize,
-    /// Control-plane endpoints, comma-separated (http://host:port,...).
-    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
-    pub control_plane: Urls,
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -128,9 +126,8 @@ pub struct StateArgs {
     /// Remove the override instead: the pool spec's admin state applies again.
     #[arg(long)]
     pub clear: bool,
-    /// Control-plane endpoints, comma-separated (http://host:port,...).
-    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
-    pub control_plane: Urls,
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -140,6 +137,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A comma-separated endpoint list, parsed as one flag value.
 #[derive(Debug, Clone)]
 pub struct Urls(pub Vec<String>);
+
+/// `--control-plane`, for every command that talks to the control plane.
+#[derive(Debug, Args)]
+pub struct ControlPlane {
+    /// Control-plane endpoints, comma-separated (http://host:port,...).
+    #[arg(
+        long = "control-plane",
+        env = "TRACKWIRE_CONTROL_PLANE",
+        value_parser = parse_urls
+    )]
+    pub urls: Urls,
+}
 
 fn parse_urls(s: &str) -> Result<Urls, String> {
     trackwire_core::urls::parse_urls(s).map(Urls)
@@ -174,9 +183,8 @@ pub struct ControlPlaneArgs {
 
 #[derive(Debug, Args)]
 pub struct ProbeAgentArgs {
-    /// Control-plane endpoints, comma-separated (http://host:port,...).
-    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
-    pub control_plane: Urls,
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
     /// Zone label of this agent (e.g. a datacenter or availability zone).
     #[arg(long, env = "TRACKWIRE_ZONE", default_value = "")]
     pub zone: String,
@@ -193,9 +201,8 @@ pub struct ProbeAgentArgs {
 
 #[derive(Debug, Args)]
 pub struct DataPlaneArgs {
-    /// Control-plane endpoints, comma-separated (http://host:port,...).
-    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
-    pub control_plane: Urls,
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
     /// Config document whose [[listener]] sections this proxy serves.
     #[arg(long, env = "TRACKWIRE_CONFIG")]
     pub config: PathBuf,
@@ -242,9 +249,8 @@ pub struct ApplyArgs {
     /// 0: apply whatever is stored.
     #[arg(long, env = "TRACKWIRE_EXPECTED_REVISION", default_value_t = 0)]
     pub expected_revision: u64,
-    /// Control-plane endpoints, comma-separated (http://host:port,...).
-    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
-    pub control_plane: Urls,
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -260,7 +266,6 @@ pub enum GetWhat {
 pub struct GetArgs {
     /// What to list.
     pub what: GetWhat,
-    /// Control-plane endpoints, comma-separated (http://host:port,...).
-    #[arg(long, env = "TRACKWIRE_CONTROL_PLANE", value_parser = parse_urls)]
-    pub control_plane: Urls,
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
 }

@@ -247,19 +247,18 @@ fn listeners_of(
         .balance
         .as_ref()
         .or_else(|| defaults.and_then(|d| d.balance.as_ref()));
-    let balance = match balance_of.map(|(_, b)| b.as_str()) {
-        None | Some("roundrobin") | Some("static-rr") => Balance::RoundRobin,
-        Some("leastconn") => Balance::LeastConn,
-        Some("source") => Balance::Source,
-        Some("random") => Balance::Random,
-        Some(other) => {
-            let l = balance_of.map(|(l, _)| *l).unwrap_or(be.line);
+    // HAProxy's names are trackwire's (one parser: `Balance`'s), but for
+    // static-rr, which is roundrobin with weights that never change.
+    let balance = match balance_of {
+        None => Balance::default(),
+        Some((_, name)) if name == "static-rr" => Balance::RoundRobin,
+        Some((line, name)) => name.parse().unwrap_or_else(|_| {
             warnings.push(err(
-                l,
-                format!("balance {other} has no equivalent; using roundrobin"),
+                *line,
+                format!("balance {name} has no equivalent; using roundrobin"),
             ));
             Balance::RoundRobin
-        }
+        }),
     };
     let proxies: Vec<Option<ProxyProtocol>> = be.servers.iter().map(|s| s.send_proxy).collect();
     if proxies.windows(2).any(|w| w[0] != w[1]) {
@@ -277,8 +276,7 @@ fn listeners_of(
     }
     let connect = be
         .timeout_connect
-        .or_else(|| defaults.and_then(|d| d.timeout_connect))
-        .unwrap_or(Duration::from_secs(5));
+        .or_else(|| defaults.and_then(|d| d.timeout_connect));
     // One listener per address: named after the frontend, or after the
     // frontend and the port (or the position, when ports repeat).
     let ports: std::collections::HashSet<u16> = front.binds.iter().map(|(_, a)| a.port()).collect();
@@ -290,12 +288,13 @@ fn listeners_of(
             _ => format!("{}-{}", front.name, i + 1),
         };
         validate_name(&name).map_err(|e| err(*line, format!("listener name: {e}")))?;
+        let defaults = ListenerSpec::new(&name, *bind, &be.name);
         out.push(ListenerSpec {
             balance,
-            connect_timeout: connect,
+            connect_timeout: connect.unwrap_or(defaults.connect_timeout),
             send_proxy: proxies.first().copied().flatten(),
             shutdown_sessions_on_down: shutdown.first().copied().unwrap_or(false),
-            ..ListenerSpec::new(&name, *bind, &be.name)
+            ..defaults
         });
     }
     Ok(out)
@@ -413,7 +412,11 @@ pub fn run(path: &std::path::Path) -> anyhow::Result<()> {
     for w in &imported.warnings {
         eprintln!("warning: {}: {w}", path.display());
     }
-    print!("{}", imported.document.to_toml());
+    let toml = imported
+        .document
+        .to_toml()
+        .map_err(|e| crate::Invalid(format!("{}: {e}", path.display())))?;
+    print!("{toml}");
     Ok(())
 }
 

@@ -128,7 +128,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
 
 pub async fn probe_agent(args: ProbeAgentArgs) -> anyhow::Result<()> {
     let config = trackwire_probe_agent::Config {
-        control_plane: args.control_plane.0,
+        control_plane: args.control_plane.urls.0,
         zone: args.zone,
         state_dir: args.state_dir,
         heartbeat: args.heartbeat,
@@ -159,7 +159,7 @@ fn agent_error(e: trackwire_probe_agent::Error) -> anyhow::Error {
 pub async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
     let doc = crate::load_document(&args.config)?;
     let config = trackwire_data_plane::Config {
-        control_plane: args.control_plane.0,
+        control_plane: args.control_plane.urls.0,
         listeners: doc.listeners,
         state_dir: args.state_dir,
         proxy_id: args

@@ -426,6 +426,14 @@ fn import_haproxy_output_is_accepted_unchanged() {
             code, 0,
             "{cfg}: the imported document is rejected: {err}\n{out}"
         );
+        // Nothing translated is lost on the way out (`on-marked-down
+        // shutdown-sessions` was, for one).
+        let text = std::fs::read_to_string(&path).expect("read the example");
+        let translated = trackwire_cli::import::haproxy(&text)
+            .expect("translates")
+            .document;
+        let printed = trackwire_core::config::Document::parse(&out).expect("parses");
+        assert_eq!(printed, translated, "{cfg}: the output differs\n{out}");
     }
     let bad = dir.path().join("bad.cfg");
     std::fs::write(

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::keys::{self, Keys};
 use trackwire_control_plane::store::{MemStore, Store};
-use trackwire_core::damping::DampingSpec;
+use trackwire_core::DampingSpec;
 use trackwire_core::{BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec, Quorum, StatusSet};
 use trackwire_testkit::http::TestHttp;
 

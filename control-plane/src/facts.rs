@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use tracing::warn;
 use trackwire_core::convert::health_from_pb;
-use trackwire_core::damping::DampState;
 use trackwire_core::{AdminState, BackendSpec, HealthState, PoolSpec};
 
+use crate::damper::DampState;
 use crate::keys::{self, KeyKind, Keys};
 use crate::store::{KeyValue, WatchEvent};
 

@@ -14,8 +14,9 @@
 
 use prost::Message;
 use trackwire_core::convert::{health_from_pb, health_to_pb};
-use trackwire_core::damping::DampState;
 use trackwire_proto::v1 as pb;
+
+use crate::damper::DampState;
 
 /// The schema version this build writes and the newest it reads.
 pub const SCHEMA: u32 = 1;

@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use trackwire_proto::v1 as pb;
 
-use crate::damping::DampingSpec;
-use crate::error::FieldError;
+use crate::error::{FieldError, FieldNames};
 use crate::map::{Endpoint, PoolUpdate};
 use crate::model::{
-    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, HealthState,
-    PoolSpec, Quorum, StatusSet, TlsSpec,
+    AdminState, BackendSpec, BodyMatch, CheckKind, CheckSpec, DEFAULT_REPLICAS, DampingSpec,
+    HealthState, PoolSpec, Quorum, StatusSet, TlsSpec,
 };
 
 pub fn health_to_pb(s: HealthState) -> i32 {
@@ -195,7 +194,7 @@ impl TryFrom<&pb::CheckSpec> for CheckSpec {
                 client_key: non_empty(&c.tls_client_key).map(Into::into),
             },
         };
-        spec.validate()?;
+        spec.validate(FieldNames::Wire)?;
         Ok(spec)
     }
 }
@@ -300,10 +299,7 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
                 max_suppress: Duration::from_millis(d.max_suppress_ms),
             }),
         };
-        spec.validate().map_err(|e| FieldError {
-            path: e.path.replace("backend[", "backends["),
-            ..e
-        })?;
+        spec.validate(FieldNames::Wire)?;
         Ok(spec)
     }
 }
@@ -471,6 +467,29 @@ mod tests {
         assert_eq!(
             PoolSpec::try_from(&p).expect_err("bad status").path,
             "check.expect_status"
+        );
+        // Durations are named as the wire carries them, in milliseconds.
+        if let Some(c) = p.check.as_mut() {
+            c.expect_status = "200".into();
+            c.interval_ms = 3_600_001;
+        }
+        assert_eq!(
+            PoolSpec::try_from(&p).expect_err("interval over 1h").path,
+            "check.interval_ms"
+        );
+        p.check = None;
+        p.damping = Some(pb::DampingSpec {
+            half_life_ms: 10_000,
+            penalty: 1000,
+            suppress: 2000,
+            reuse: 750,
+            max_suppress_ms: 1_000,
+        });
+        assert_eq!(
+            PoolSpec::try_from(&p)
+                .expect_err("max_suppress below half_life")
+                .path,
+            "damping.max_suppress_ms"
         );
     }
 }

@@ -40,3 +40,41 @@ impl fmt::Display for FieldError {
         }
     }
 }
+
+/// How field paths are spelled, after the input being validated, so an
+/// error names the field as its author wrote it. A TOML document names its
+/// sections in the singular and writes durations with units (`[[pool]]`,
+/// `[[pool.backend]]`, `interval`); the wire (`trackwire.v1`) uses plurals
+/// and carries durations in milliseconds (`pools`, `backends`,
+/// `interval_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldNames {
+    Toml,
+    Wire,
+}
+
+impl FieldNames {
+    /// The list of pools: `pool` (`[[pool]]`) or `pools`.
+    pub fn pools(self) -> &'static str {
+        match self {
+            FieldNames::Toml => "pool",
+            FieldNames::Wire => "pools",
+        }
+    }
+
+    /// A pool's list of backends: `backend` (`[[pool.backend]]`) or `backends`.
+    pub fn backends(self) -> &'static str {
+        match self {
+            FieldNames::Toml => "backend",
+            FieldNames::Wire => "backends",
+        }
+    }
+
+    /// A duration field: `interval` in TOML, `interval_ms` on the wire.
+    pub fn duration(self, name: &str) -> String {
+        match self {
+            FieldNames::Toml => name.to_string(),
+            FieldNames::Wire => format!("{name}_ms"),
+        }
+    }
+}

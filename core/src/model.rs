@@ -8,10 +8,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::error::FieldError;
+use crate::error::{FieldError, FieldNames};
 use crate::limits::{
     MAX_FILE_PATH_BYTES, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES, MAX_HEADERS,
-    MAX_HTTP_METHOD_BYTES, MAX_HTTP_PATH_BYTES, MAX_MATCH_BYTES, format_bytes,
+    MAX_HTTP_METHOD_BYTES, MAX_HTTP_PATH_BYTES, MAX_MATCH_BYTES, MAX_POOL_SPEC_BYTES, MAX_POOLS,
+    format_bytes,
 };
 // Re-exported: their home is `limits`; these paths predate it.
 pub use crate::limits::{MAX_BACKENDS_PER_POOL, MAX_BODY_BYTES, REGEX_SIZE_LIMIT};
@@ -154,6 +155,8 @@ impl FromStr for CheckKind {
         }
     }
 }
+
+serde_by_name!(HealthState, AdminState, Quorum, CheckKind);
 
 /// Expected HTTP statuses: a list of inclusive ranges (`200`, `200,204`, `200-299`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,14 +319,16 @@ impl CheckSpec {
         }
     }
 
-    /// Checks the invariants every constructor must uphold.
-    pub fn validate(&self) -> Result<(), FieldError> {
+    /// Checks the invariants every constructor must uphold; errors spell
+    /// fields as `names` does.
+    pub fn validate(&self, names: FieldNames) -> Result<(), FieldError> {
         for (name, d) in [
             ("interval", self.interval),
             ("fast_interval", self.fast_interval),
             ("down_interval", self.down_interval),
             ("timeout", self.timeout),
         ] {
+            let name = names.duration(name);
             if d.is_zero() {
                 return Err(FieldError::new(name, "must be greater than 0"));
             }
@@ -590,7 +595,7 @@ pub struct PoolSpec {
     /// Choose each backend's agents from distinct zones first.
     pub zone_spread: bool,
     /// Flap damping; `None`: off.
-    pub damping: Option<crate::damping::DampingSpec>,
+    pub damping: Option<DampingSpec>,
 }
 
 pub const DEFAULT_REPLICAS: u32 = 3;
@@ -626,17 +631,21 @@ impl PoolSpec {
 }
 
 impl PoolSpec {
-    pub fn validate(&self) -> Result<(), FieldError> {
+    /// Checks the pool and everything in it; errors spell fields as `names`
+    /// does (`backend[2].address` in a TOML document, `backends[2].address`
+    /// on the wire).
+    pub fn validate(&self, names: FieldNames) -> Result<(), FieldError> {
         validate_name(&self.name).map_err(|e| FieldError::new("name", e))?;
+        let backends = names.backends();
         if self.backends.len() > MAX_BACKENDS_PER_POOL {
             return Err(FieldError::new(
-                "backend",
+                backends,
                 format!("at most {MAX_BACKENDS_PER_POOL} backends per pool"),
             ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
-            let path = format!("backend[{i}]");
+            let path = format!("{backends}[{i}]");
             validate_name(&b.name).map_err(|e| FieldError::new(format!("{path}.name"), e))?;
             if !seen.insert(b.name.as_str()) {
                 return Err(FieldError::new(
@@ -654,13 +663,117 @@ impl PoolSpec {
             }
         }
         if let Some(c) = &self.check {
-            c.validate().map_err(|e| e.within("check"))?;
+            c.validate(names).map_err(|e| e.within("check"))?;
         }
         if let Some(d) = &self.damping {
-            d.validate().map_err(|e| e.within("damping"))?;
+            d.validate(names).map_err(|e| e.within("damping"))?;
         }
         if self.replicas == 0 || self.replicas > 64 {
             return Err(FieldError::new("replicas", "must be between 1 and 64"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a set of pools as one write stores them (a config document, an
+/// `ApplyPools` request): each pool, that each fits in one store value, and
+/// that names are unique. Paths start at the list (`pool[2].check.interval`,
+/// `pools[2].check.interval_ms`), spelled as `names` does.
+pub fn validate_pools(pools: &[PoolSpec], names: FieldNames) -> Result<(), FieldError> {
+    let list = names.pools();
+    if pools.len() > MAX_POOLS {
+        return Err(FieldError::new(list, format!("at most {MAX_POOLS} pools")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in pools.iter().enumerate() {
+        let path = format!("{list}[{i}]");
+        p.validate(names).map_err(|e| e.within(&path))?;
+        // Every field is within its own limit, yet the whole may not fit in
+        // one store value. Checked here, where pools are written, and not
+        // when reading pools stored by an older version.
+        let size = crate::convert::pool_encoded_len(p);
+        if size > MAX_POOL_SPEC_BYTES {
+            return Err(FieldError::new(
+                path,
+                format!(
+                    "encoded pool spec is {}; at most {} (fewer backends or shorter names/addresses)",
+                    format_bytes(size),
+                    format_bytes(MAX_POOL_SPEC_BYTES)
+                ),
+            ));
+        }
+        if !seen.insert(p.name.as_str()) {
+            return Err(FieldError::new(
+                format!("{path}.name"),
+                format!("duplicate pool name {:?}", p.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Flap damping of a pool, as BGP route-flap damping (RFC 2439): every
+/// transition of a backend's derived state adds `penalty` to a figure of
+/// merit that halves every `half_life`; above `suppress` the backend is held
+/// DOWN until the figure decays below `reuse` (at most `max_suppress`). The
+/// arithmetic lives with its one user, the control plane's damper.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DampingSpec {
+    pub half_life: Duration,
+    pub penalty: u32,
+    pub suppress: u32,
+    pub reuse: u32,
+    pub max_suppress: Duration,
+}
+
+impl Default for DampingSpec {
+    /// Cisco's BGP defaults, scaled to health checks: half-life 60 s,
+    /// penalty 1000, suppress 2000, reuse 750, at most 5 minutes.
+    fn default() -> Self {
+        DampingSpec {
+            half_life: Duration::from_secs(60),
+            penalty: 1000,
+            suppress: 2000,
+            reuse: 750,
+            max_suppress: Duration::from_secs(300),
+        }
+    }
+}
+
+impl DampingSpec {
+    /// Errors spell fields as `names` does (`half_life`, `half_life_ms`).
+    pub fn validate(&self, names: FieldNames) -> Result<(), FieldError> {
+        if self.half_life.is_zero() || self.half_life > Duration::from_secs(3600) {
+            return Err(FieldError::new(
+                names.duration("half_life"),
+                "must be between 1ms and 1h",
+            ));
+        }
+        for (name, d) in [
+            ("half_life", self.half_life),
+            ("max_suppress", self.max_suppress),
+        ] {
+            if !crate::duration::is_whole_millis(d) {
+                return Err(FieldError::new(
+                    names.duration(name),
+                    "must be a whole number of milliseconds",
+                ));
+            }
+        }
+        if self.penalty == 0 {
+            return Err(FieldError::new("penalty", "must be greater than 0"));
+        }
+        if self.reuse == 0 || self.reuse >= self.suppress {
+            return Err(FieldError::new(
+                "reuse",
+                "must be greater than 0 and below suppress",
+            ));
+        }
+        if self.max_suppress < self.half_life || self.max_suppress > Duration::from_secs(86_400) {
+            return Err(FieldError::new(
+                names.duration("max_suppress"),
+                "must be at least half_life and at most 24h",
+            ));
         }
         Ok(())
     }
@@ -858,37 +971,45 @@ mod tests {
     fn header_values_and_host_refuse_control_characters() {
         let mut c = CheckSpec::http_default();
         c.host = Some("a\r\nb".into());
-        let e = c.validate().expect_err("CRLF in host");
+        let e = c.validate(FieldNames::Toml).expect_err("CRLF in host");
         assert_eq!(e.path, "host", "{e}");
         c.host = Some("api.example:8443".into());
-        assert!(c.validate().is_ok());
+        assert!(c.validate(FieldNames::Toml).is_ok());
         for bad in ["a\r\nb", "a\0b", "a\x7fb"] {
             let mut c = CheckSpec::http_default();
             c.headers = vec![("X-A".into(), bad.into())];
             assert_eq!(
-                c.validate().expect_err(bad).path,
+                c.validate(FieldNames::Toml).expect_err(bad).path,
                 "headers[0].value",
                 "{bad:?}"
             );
         }
         let mut c = CheckSpec::http_default();
         c.headers = vec![("X-A".into(), "tab\tok".into())];
-        assert!(c.validate().is_ok());
+        assert!(c.validate(FieldNames::Toml).is_ok());
         c.headers = vec![("host".into(), "x".into())];
         assert!(
-            c.validate()
+            c.validate(FieldNames::Toml)
                 .expect_err("Host header")
                 .message
                 .contains("`host`")
         );
         let mut c = CheckSpec::http_default();
         c.path = "/a\0b".into();
-        assert_eq!(c.validate().expect_err("NUL in path").path, "path");
+        assert_eq!(
+            c.validate(FieldNames::Toml).expect_err("NUL in path").path,
+            "path"
+        );
         let mut c = CheckSpec::http_default();
         c.address = Some("a b".into());
-        assert_eq!(c.validate().expect_err("space in address").path, "address");
+        assert_eq!(
+            c.validate(FieldNames::Toml)
+                .expect_err("space in address")
+                .path,
+            "address"
+        );
         c.address = Some("::1".into());
-        assert!(c.validate().is_ok());
+        assert!(c.validate(FieldNames::Toml).is_ok());
     }
 
     #[test]
@@ -904,18 +1025,18 @@ mod tests {
     #[test]
     fn check_validation_names_fields() {
         let mut c = CheckSpec::http_default();
-        assert!(c.validate().is_ok());
+        assert!(c.validate(FieldNames::Toml).is_ok());
         c.rise = 0;
-        assert_eq!(c.validate().unwrap_err().path, "rise");
+        assert_eq!(c.validate(FieldNames::Toml).unwrap_err().path, "rise");
         c = CheckSpec::http_default();
         c.path = "readyz".into();
-        assert_eq!(c.validate().unwrap_err().path, "path");
+        assert_eq!(c.validate(FieldNames::Toml).unwrap_err().path, "path");
         c = CheckSpec::http_default();
         c.interval = Duration::ZERO;
-        assert_eq!(c.validate().unwrap_err().path, "interval");
+        assert_eq!(c.validate(FieldNames::Toml).unwrap_err().path, "interval");
         c = CheckSpec::http_default();
         c.timeout = Duration::from_micros(1500);
-        let e = c.validate().unwrap_err();
+        let e = c.validate(FieldNames::Toml).unwrap_err();
         assert_eq!(e.path, "timeout");
         assert!(e.message.contains("1500us"), "{e}");
     }
@@ -924,26 +1045,38 @@ mod tests {
     fn check_strings_are_bounded() {
         let mut c = CheckSpec::http_default();
         c.path = format!("/{}", "a".repeat(3 * 1024 * 1024));
-        let e = c.validate().expect_err("3 MB path");
+        let e = c.validate(FieldNames::Toml).expect_err("3 MB path");
         assert_eq!(e.path, "path");
         assert!(e.message.contains("at most 8 KiB"), "{e}");
         c.path = format!("/{}", "a".repeat(MAX_HTTP_PATH_BYTES - 1));
-        assert!(c.validate().is_ok(), "exactly the limit is fine");
+        assert!(
+            c.validate(FieldNames::Toml).is_ok(),
+            "exactly the limit is fine"
+        );
 
         let mut c = CheckSpec::http_default();
         c.headers = vec![("X-A".into(), "v".repeat(MAX_HEADER_VALUE_BYTES + 1))];
         assert_eq!(
-            c.validate().expect_err("long value").path,
+            c.validate(FieldNames::Toml).expect_err("long value").path,
             "headers[0].value"
         );
         let mut c = CheckSpec::http_default();
         c.host = Some("h".repeat(MAX_HEADER_VALUE_BYTES + 1));
-        assert_eq!(c.validate().expect_err("long host").path, "host");
+        assert_eq!(
+            c.validate(FieldNames::Toml).expect_err("long host").path,
+            "host"
+        );
         let mut c = CheckSpec::http_default();
         c.method = "G".repeat(MAX_HTTP_METHOD_BYTES + 1);
-        assert_eq!(c.validate().expect_err("long method").path, "method");
+        assert_eq!(
+            c.validate(FieldNames::Toml).expect_err("long method").path,
+            "method"
+        );
         let mut c = CheckSpec::http_default();
         c.tls.server_name = Some("s".repeat(crate::limits::MAX_HOST_BYTES + 1));
-        assert_eq!(c.validate().expect_err("long SNI").path, "tls_server_name");
+        assert_eq!(
+            c.validate(FieldNames::Toml).expect_err("long SNI").path,
+            "tls_server_name"
+        );
     }
 }

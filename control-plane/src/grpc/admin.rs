@@ -31,28 +31,19 @@ pub struct AdminSvc {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// Validates a request's pools into domain specs, naming the failing field.
+/// Validates a request's pools into domain specs, naming the failing field
+/// with the wire's names (`pools[1].backends[0].address`).
 pub fn validate_pools(pools: &[pb::PoolSpec]) -> Result<Vec<PoolSpec>, Status> {
+    use trackwire_core::FieldNames;
+    let invalid = |e: trackwire_core::FieldError| Status::invalid_argument(e.to_string());
+    let list = FieldNames::Wire.pools();
     let specs = pools
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            PoolSpec::try_from(p)
-                .map_err(|e| Status::invalid_argument(e.within(&format!("pools[{i}]")).to_string()))
-        })
+        .map(|(i, p)| PoolSpec::try_from(p).map_err(|e| invalid(e.within(&format!("{list}[{i}]")))))
         .collect::<Result<Vec<_>, _>>()?;
-    let doc = trackwire_core::config::Document {
-        pools: specs,
-        listeners: vec![],
-    };
-    doc.validate().map_err(|e| {
-        Status::invalid_argument(
-            e.to_string()
-                .replace("pool[", "pools[")
-                .replace("backend[", "backends["),
-        )
-    })?;
-    Ok(doc.pools)
+    trackwire_core::model::validate_pools(&specs, FieldNames::Wire).map_err(invalid)?;
+    Ok(specs)
 }
 
 /// Maps a write's domain error to its gRPC status.
