@@ -111,6 +111,15 @@ pub async fn run(
 #[derive(Debug, Default)]
 pub struct Written(BTreeMap<(String, String), (HealthState, u64, u64)>);
 
+/// One decision record to write, and what it says.
+struct RecordWrite {
+    id: (String, String),
+    state: HealthState,
+    fingerprint: u64,
+    op: Op,
+    compare: Compare,
+}
+
 /// Makes the writes one snapshot calls for; returns when the next stale
 /// state runs out of trust, if any.
 pub async fn step(
@@ -123,8 +132,7 @@ pub async fn step(
 ) -> Option<u64> {
     let facts = &snap.facts;
     written.0.retain(|_, (_, _, rev)| *rev > facts.revision);
-    // (backend, state, fingerprint, put, compare)
-    let mut writes: Vec<((String, String), HealthState, u64, Op, Compare)> = Vec::new();
+    let mut writes: Vec<RecordWrite> = Vec::new();
     let mut expired: Vec<(Op, Compare)> = Vec::new();
     // Named in one log line each, not one per backend (a fleet's worth).
     let mut became_stale: Vec<String> = Vec::new();
@@ -155,17 +163,17 @@ pub async fn step(
                         fingerprint: detail.fingerprint,
                         at_ms: at,
                     });
-                    writes.push((
-                        id.clone(),
+                    writes.push(RecordWrite {
+                        id: id.clone(),
                         state,
-                        detail.fingerprint,
-                        Op::Put {
+                        fingerprint: detail.fingerprint,
+                        op: Op::Put {
                             key,
                             value,
                             lease: None,
                         },
                         compare,
-                    ));
+                    });
                 }
                 continue;
             }
@@ -231,13 +239,13 @@ pub async fn step(
 
     if !writes.is_empty() {
         let n = writes.len();
-        for chunk in batch::chunks_by(writes, |w| batch::op_bytes(&w.3)) {
+        for chunk in batch::chunks_by(writes, |w| batch::op_bytes(&w.op)) {
             let mut ids = Vec::with_capacity(chunk.len());
             let (ops, compares): (Vec<Op>, Vec<Compare>) = chunk
                 .into_iter()
-                .map(|(id, state, fp, op, compare)| {
-                    ids.push((id, state, fp));
-                    (op, compare)
+                .map(|w| {
+                    ids.push((w.id, w.state, w.fingerprint));
+                    (w.op, w.compare)
                 })
                 .unzip();
             match store.txn(compares, ops).await {
