@@ -24,11 +24,7 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
     let check = CheckSpec {
         path: "/readyz".into(),
         expect_status: StatusSet::single(200),
-        interval,
-        fast_interval: interval,
-        down_interval: interval,
-        timeout: interval,
-        ..CheckSpec::http_default()
+        ..CheckSpec::every(interval)
     };
     Document {
         pools: vec![PoolSpec {

@@ -51,13 +51,9 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
         check: Some(CheckSpec {
             path: "/flip".into(),
             expect_status: StatusSet::single(200),
-            interval,
-            fast_interval: interval,
-            down_interval: interval,
-            timeout: interval,
             rise: 1,
             fall: 1,
-            ..CheckSpec::http_default()
+            ..CheckSpec::every(interval)
         }),
         quorum: Quorum::Majority,
         initial_state: HealthState::Down,

@@ -5,12 +5,13 @@
 //! `fall × interval + 1 s` with no failed connection, return after `rise`
 //! successes, and routing that survives the control plane going away.
 
+mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::hit;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -70,13 +71,9 @@ fn pool(backends: &[DemoBackend]) -> PoolSpec {
         check: Some(CheckSpec {
             path: "/readyz".into(),
             expect_status: StatusSet::single(200),
-            interval: INTERVAL,
-            fast_interval: INTERVAL,
-            down_interval: INTERVAL,
-            timeout: INTERVAL,
             rise: RISE,
             fall: FALL,
-            ..CheckSpec::http_default()
+            ..CheckSpec::every(INTERVAL)
         }),
         ..PoolSpec::new(
             "web",
@@ -177,27 +174,6 @@ fn web_listener() -> ListenerSpec {
         connect_timeout: Duration::from_secs(1),
         ..ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web")
     }
-}
-
-/// One connection through the proxy: the name of the backend that answered.
-async fn hit(proxy: SocketAddr) -> Result<String, String> {
-    let fut = async {
-        let mut s = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        buf.lines()
-            .find_map(|l| l.strip_prefix("hello from "))
-            .map(str::to_string)
-            .ok_or_else(|| format!("no backend answered: {buf:?}"))
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
 }
 
 async fn spread(proxy: SocketAddr, n: usize) -> HashMap<String, usize> {

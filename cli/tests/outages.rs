@@ -80,13 +80,10 @@ fn http_pool(name: &str, addresses: &[String]) -> PoolSpec {
         check: Some(CheckSpec {
             path: "/flip".into(),
             expect_status: StatusSet::single(200),
-            interval,
-            fast_interval: interval,
-            down_interval: interval,
             timeout: interval * 5,
             rise: 2,
             fall: 2,
-            ..CheckSpec::http_default()
+            ..CheckSpec::every(interval)
         }),
         replicas: 1,
         ..PoolSpec::new(name, backends)

@@ -4,10 +4,12 @@
 //! keeps that pool, flagged stale, until the new store has it; a deletion
 //! within one epoch still removes it.
 
+mod support;
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::hit;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -167,27 +169,6 @@ where
         assert!(Instant::now() < deadline, "not within {secs}s: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// One connection through a proxy listener: the backend that answered.
-async fn hit(addr: SocketAddr) -> Result<String, String> {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        buf.lines()
-            .find_map(|l| l.strip_prefix("hello from "))
-            .map(str::to_string)
-            .ok_or_else(|| format!("no backend answered: {buf:?}"))
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
 }
 
 /// The backends `n` connections reach; every one must succeed.

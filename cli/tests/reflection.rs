@@ -2,11 +2,10 @@
 //! grpcio-reflection (from PyPI; `scripts/test` installs them) discover the
 //! services and call AdminService and grpc.health.v1 with no .proto files.
 
+mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::{BackendSpec, PoolSpec};
@@ -19,15 +18,8 @@ async fn python_grpcio_discovers_and_calls_the_control_plane() {
     trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[pool], 0, false)
         .await
         .expect("apply");
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = grpc.local_addr().expect("addr").to_string();
-    let token = CancellationToken::new();
-    tokio::spawn(trackwire_control_plane::run(
-        trackwire_control_plane::Config::default(),
-        store,
-        trackwire_control_plane::Listeners { grpc, http: None },
-        token.clone(),
-    ));
+    let cp = support::start_cp(store, trackwire_control_plane::Config::default()).await;
+    let addr = cp.url.trim_start_matches("http://").to_string();
     // Wait until serving (health reports SERVING once facts are loaded).
     trackwire_cli::admin::connect(&[format!("http://{addr}")])
         .await
@@ -62,5 +54,5 @@ async fn python_grpcio_discovers_and_calls_the_control_plane() {
     }
     assert!(stdout.contains("pools: web"), "{stdout}");
     assert!(stdout.contains("health: 1"), "SERVING: {stdout}");
-    token.cancel();
+    cp.token.cancel();
 }

@@ -59,13 +59,9 @@ fn pool(name: &str, servers: &[TestHttp]) -> PoolSpec {
         check: Some(CheckSpec {
             path: "/flip".into(),
             expect_status: StatusSet::single(200),
-            interval: INTERVAL,
-            fast_interval: INTERVAL,
-            down_interval: INTERVAL,
-            timeout: INTERVAL,
             rise: 2,
             fall: 2,
-            ..CheckSpec::http_default()
+            ..CheckSpec::every(INTERVAL)
         }),
         ..PoolSpec::new(
             name,

@@ -4,10 +4,10 @@
 //! snapshot; the admin API lists subscribers with their lag; and a proxy
 //! failing over under churn never sees a pool emptied.
 
+mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,16 +20,8 @@ use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 use trackwire_proto::v1::health_map_service_client::HealthMapServiceClient;
 
 async fn start_cp(store: Arc<dyn Store>) -> (String, CancellationToken) {
-    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", grpc.local_addr().expect("addr"));
-    let token = CancellationToken::new();
-    tokio::spawn(trackwire_control_plane::run(
-        trackwire_control_plane::Config::default(),
-        store,
-        trackwire_control_plane::Listeners { grpc, http: None },
-        token.clone(),
-    ));
-    (url, token)
+    let cp = support::start_cp(store, trackwire_control_plane::Config::default()).await;
+    (cp.url, cp.token)
 }
 
 async fn channel(url: &str) -> Channel {

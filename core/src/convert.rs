@@ -161,17 +161,10 @@ impl TryFrom<&pb::CheckSpec> for CheckSpec {
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect(),
             expect_status,
-            expect_body: match (non_empty(&c.expect_body), non_empty(&c.expect_body_regex)) {
-                (Some(_), Some(_)) => {
-                    return Err(FieldError::new(
-                        "expect_body_regex",
-                        "set expect_body or expect_body_regex, not both",
-                    ));
-                }
-                (Some(s), None) => Some(BodyMatch::Substring(s)),
-                (None, Some(r)) => Some(BodyMatch::Regex(r)),
-                (None, None) => None,
-            },
+            expect_body: BodyMatch::from_parts(
+                non_empty(&c.expect_body),
+                non_empty(&c.expect_body_regex),
+            )?,
             expect_negate: c.expect_negate,
             address: non_empty(&c.address),
             tcp_send: non_empty(&c.tcp_send),
@@ -440,20 +433,8 @@ mod tests {
     #[test]
     fn wire_errors_name_the_field() {
         let mut p = pool_to_pb(&PoolSpec {
-            name: "p".into(),
-            backends: vec![BackendSpec {
-                name: "b".into(),
-                address: "h:1".into(),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                backup: false,
-            }],
             check: Some(CheckSpec::http_default()),
-            quorum: Quorum::Majority,
-            initial_state: HealthState::Down,
-            replicas: 3,
-            zone_spread: false,
-            damping: None,
+            ..PoolSpec::new("p", vec![BackendSpec::new("b", "h:1")])
         });
         p.backends[0].address = "bad".into();
         assert_eq!(

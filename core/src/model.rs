@@ -319,6 +319,18 @@ impl CheckSpec {
         }
     }
 
+    /// [`CheckSpec::http_default`] checked every `interval` in every state,
+    /// with `interval` as its timeout too (tests and short-lived demos).
+    pub fn every(interval: Duration) -> Self {
+        CheckSpec {
+            interval,
+            fast_interval: interval,
+            down_interval: interval,
+            timeout: interval,
+            ..CheckSpec::http_default()
+        }
+    }
+
     /// Checks the invariants every constructor must uphold; errors spell
     /// fields as `names` does.
     pub fn validate(&self, names: FieldNames) -> Result<(), FieldError> {
@@ -599,6 +611,25 @@ pub struct PoolSpec {
 }
 
 pub const DEFAULT_REPLICAS: u32 = 3;
+
+impl BodyMatch {
+    /// The body expectation from its two spellings (a substring or a
+    /// regex), of which at most one may be set.
+    pub fn from_parts(
+        substring: Option<String>,
+        regex: Option<String>,
+    ) -> Result<Option<BodyMatch>, FieldError> {
+        match (substring, regex) {
+            (Some(_), Some(_)) => Err(FieldError::new(
+                "expect_body_regex",
+                "set expect_body or expect_body_regex, not both",
+            )),
+            (Some(s), None) => Ok(Some(BodyMatch::Substring(s))),
+            (None, Some(r)) => Ok(Some(BodyMatch::Regex(r))),
+            (None, None) => Ok(None),
+        }
+    }
+}
 
 impl BackendSpec {
     /// A backend with the documented defaults: weight 1, `ready`, not a backup.

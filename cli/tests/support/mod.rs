@@ -215,3 +215,28 @@ pub async fn http_get(base: &str, path: &str) -> (u16, String) {
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     (status, body)
 }
+
+/// One connection through a proxy to a demo backend: the name of the
+/// backend that answered.
+pub async fn hit(proxy: std::net::SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(proxy)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        buf.lines()
+            .find_map(|l| l.strip_prefix("hello from "))
+            .map(str::to_string)
+            .ok_or_else(|| format!("no backend answered: {buf:?}"))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}

@@ -410,17 +410,7 @@ impl FileCheck {
         } = self;
         let d = CheckSpec::http_default();
         let interval = FileDuration::read(interval, "interval")?.unwrap_or(d.interval);
-        let expect_body = match (expect_body, expect_body_regex) {
-            (Some(_), Some(_)) => {
-                return Err(FieldError::new(
-                    "expect_body_regex",
-                    "set expect_body or expect_body_regex, not both",
-                ));
-            }
-            (Some(s), None) => Some(BodyMatch::Substring(s)),
-            (None, Some(r)) => Some(BodyMatch::Regex(r)),
-            (None, None) => None,
-        };
+        let expect_body = BodyMatch::from_parts(expect_body, expect_body_regex)?;
         Ok(CheckSpec {
             kind: parse(kind, "kind")?.unwrap_or(d.kind),
             method: method.unwrap_or(d.method),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::model::{AdminState, BackendSpec, CheckSpec, HealthState, Quorum};
+use crate::model::{BackendSpec, CheckSpec};
 
 const SEED: &str = r#"
 [[pool]]
@@ -143,22 +143,18 @@ fn pool_of(n: usize, address_len: usize) -> PoolSpec {
     // Labels of a DNS name are at most 63 bytes.
     let host = vec!["h".repeat(49); address_len / 50].join(".");
     PoolSpec {
-        name: "big".into(),
-        backends: (0..n)
-            .map(|i| BackendSpec {
-                name: format!("backend-{i:05}-{}", "n".repeat(40)),
-                address: format!("{host}:{}", 1 + i % 60_000),
-                weight: 1,
-                admin_state: AdminState::Ready,
-                backup: false,
-            })
-            .collect(),
         check: Some(CheckSpec::http_default()),
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
-        replicas: 3,
-        zone_spread: false,
-        damping: None,
+        ..PoolSpec::new(
+            "big",
+            (0..n)
+                .map(|i| {
+                    BackendSpec::new(
+                        format!("backend-{i:05}-{}", "n".repeat(40)),
+                        format!("{host}:{}", 1 + i % 60_000),
+                    )
+                })
+                .collect(),
+        )
     }
 }
 
