@@ -55,7 +55,7 @@ impl From<bool> for Attempt {
 /// was established), so a fleet reconnecting after an outage does not
 /// arrive in one burst. The caller's loop is
 ///
-/// ```ignore
+/// ```text
 /// let mut failover = Failover::new(&urls);
 /// loop {
 ///     let url = failover.next_url();
