@@ -16,6 +16,11 @@ pub struct Column<R: ?Sized> {
     pub cell: fn(&R, u64) -> String,
 }
 
+/// A column: its header and how a row fills its cell (`now` in unix ms).
+pub const fn col<R: ?Sized>(header: &'static str, cell: fn(&R, u64) -> String) -> Column<R> {
+    Column { header, cell }
+}
+
 /// One line of a view.
 pub trait Row: Serialize + 'static {
     const COLUMNS: &'static [Column<Self>];

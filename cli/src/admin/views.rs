@@ -9,7 +9,7 @@ use trackwire_core::convert::health_from_pb;
 use trackwire_core::{AdminState, CheckKind, Endpoint, HealthState, PoolSpec, Quorum};
 use trackwire_proto::v1 as pb;
 
-use super::output::{Column, Row, human_age, human_latency, human_time, render_table};
+use super::output::{Column, Row, col, human_age, human_latency, human_time, render_table};
 
 /// A row of `get pools`.
 #[derive(Debug, Serialize)]
@@ -45,26 +45,13 @@ impl PoolRow {
 
 impl Row for PoolRow {
     const COLUMNS: &'static [Column<Self>] = &[
-        Column {
-            header: "NAME",
-            cell: |r, _| r.name.clone(),
-        },
-        Column {
-            header: "BACKENDS",
-            cell: |r, _| r.backends.to_string(),
-        },
-        Column {
-            header: "CHECK",
-            cell: |r, _| r.check.clone().unwrap_or_else(|| "none".into()),
-        },
-        Column {
-            header: "QUORUM",
-            cell: |r, _| r.quorum.as_str().into(),
-        },
-        Column {
-            header: "INITIAL",
-            cell: |r, _| r.initial_state.as_str().into(),
-        },
+        col("NAME", |r, _| r.name.clone()),
+        col("BACKENDS", |r, _| r.backends.to_string()),
+        col("CHECK", |r, _| {
+            r.check.clone().unwrap_or_else(|| "none".into())
+        }),
+        col("QUORUM", |r, _| r.quorum.as_str().into()),
+        col("INITIAL", |r, _| r.initial_state.as_str().into()),
     ];
 }
 
@@ -96,36 +83,18 @@ impl ProxyRow {
 
 impl Row for ProxyRow {
     const COLUMNS: &'static [Column<Self>] = &[
-        Column {
-            header: "PROXY",
-            cell: |r, _| r.proxy.clone(),
-        },
-        Column {
-            header: "PEER",
-            cell: |r, _| r.peer.clone(),
-        },
-        Column {
-            header: "POOLS",
-            cell: |r, _| {
-                if r.pools.is_empty() {
-                    "*".into()
-                } else {
-                    r.pools.join(",")
-                }
-            },
-        },
-        Column {
-            header: "REVISION",
-            cell: |r, _| r.revision.to_string(),
-        },
-        Column {
-            header: "LAG",
-            cell: |r, _| r.lag.to_string(),
-        },
-        Column {
-            header: "MESSAGES",
-            cell: |r, _| r.messages.to_string(),
-        },
+        col("PROXY", |r, _| r.proxy.clone()),
+        col("PEER", |r, _| r.peer.clone()),
+        col("POOLS", |r, _| {
+            if r.pools.is_empty() {
+                "*".into()
+            } else {
+                r.pools.join(",")
+            }
+        }),
+        col("REVISION", |r, _| r.revision.to_string()),
+        col("LAG", |r, _| r.lag.to_string()),
+        col("MESSAGES", |r, _| r.messages.to_string()),
     ];
 }
 
@@ -155,26 +124,13 @@ impl AgentRow {
 
 impl Row for AgentRow {
     const COLUMNS: &'static [Column<Self>] = &[
-        Column {
-            header: "AGENT",
-            cell: |r, _| r.agent.clone(),
-        },
-        Column {
-            header: "ZONE",
-            cell: |r, _| r.zone.clone(),
-        },
-        Column {
-            header: "ADDRESS",
-            cell: |r, _| r.address.clone(),
-        },
-        Column {
-            header: "CHECKS",
-            cell: |r, _| r.checks.to_string(),
-        },
-        Column {
-            header: "SUSPECT",
-            cell: |r, _| if r.suspect { "yes" } else { "no" }.into(),
-        },
+        col("AGENT", |r, _| r.agent.clone()),
+        col("ZONE", |r, _| r.zone.clone()),
+        col("ADDRESS", |r, _| r.address.clone()),
+        col("CHECKS", |r, _| r.checks.to_string()),
+        col("SUSPECT", |r, _| {
+            if r.suspect { "yes" } else { "no" }.into()
+        }),
     ];
 }
 
@@ -230,34 +186,17 @@ impl BackendRow {
 
 impl Row for BackendRow {
     const COLUMNS: &'static [Column<Self>] = &[
-        Column {
-            header: "POOL",
-            cell: |r, _| r.pool.clone(),
-        },
-        Column {
-            header: "BACKEND",
-            cell: |r, _| r.backend.clone(),
-        },
-        Column {
-            header: "ADDRESS",
-            cell: |r, _| r.address.clone(),
-        },
-        Column {
-            header: "STATE",
-            cell: |r, now| state_label(r.state, r.stale, r.stale_since_ms, now),
-        },
-        Column {
-            header: "ADMIN",
-            cell: |r, _| r.admin_state.as_str().into(),
-        },
-        Column {
-            header: "VOTES(UP/ALL)",
-            cell: |r, _| format!("{}/{}", r.votes_up, r.votes),
-        },
-        Column {
-            header: "REASON",
-            cell: |r, _| r.reason.clone(),
-        },
+        col("POOL", |r, _| r.pool.clone()),
+        col("BACKEND", |r, _| r.backend.clone()),
+        col("ADDRESS", |r, _| r.address.clone()),
+        col("STATE", |r, now| {
+            state_label(r.state, r.stale, r.stale_since_ms, now)
+        }),
+        col("ADMIN", |r, _| r.admin_state.as_str().into()),
+        col("VOTES(UP/ALL)", |r, _| {
+            format!("{}/{}", r.votes_up, r.votes)
+        }),
+        col("REASON", |r, _| r.reason.clone()),
     ];
 }
 
@@ -350,40 +289,22 @@ impl LastCheck {
 
 impl Row for VoteRow {
     const COLUMNS: &'static [Column<Self>] = &[
-        Column {
-            header: "AGENT",
-            cell: |r, _| r.agent.clone(),
-        },
-        Column {
-            header: "VERDICT",
-            cell: |r, _| r.state.as_str().to_uppercase(),
-        },
-        Column {
-            header: "REASON",
-            cell: |r, _| r.reason.clone(),
-        },
-        Column {
-            header: "SINCE",
-            cell: |r, now| human_time(r.since_ms, now),
-        },
-        Column {
-            header: "NOTE",
-            cell: |r, _| {
-                if r.suspect {
-                    "suspect (not counted)".into()
-                } else {
-                    String::new()
-                }
-            },
-        },
-        Column {
-            header: "LAST CHECK",
-            cell: |r, now| {
-                r.last_result
-                    .as_ref()
-                    .map_or_else(|| "-".into(), |c| c.label(now))
-            },
-        },
+        col("AGENT", |r, _| r.agent.clone()),
+        col("VERDICT", |r, _| r.state.as_str().to_uppercase()),
+        col("REASON", |r, _| r.reason.clone()),
+        col("SINCE", |r, now| human_time(r.since_ms, now)),
+        col("NOTE", |r, _| {
+            if r.suspect {
+                "suspect (not counted)".into()
+            } else {
+                String::new()
+            }
+        }),
+        col("LAST CHECK", |r, now| {
+            r.last_result
+                .as_ref()
+                .map_or_else(|| "-".into(), |c| c.label(now))
+        }),
     ];
 }
 
@@ -536,30 +457,12 @@ impl EventRow {
 
 impl Row for EventRow {
     const COLUMNS: &'static [Column<Self>] = &[
-        Column {
-            header: "AT",
-            cell: |r, now| human_time(r.at_ms, now),
-        },
-        Column {
-            header: "REVISION",
-            cell: |r, _| r.revision.to_string(),
-        },
-        Column {
-            header: "BACKEND",
-            cell: |r, _| format!("{}/{}", r.pool, r.backend),
-        },
-        Column {
-            header: "KIND",
-            cell: |r, _| r.kind.clone(),
-        },
-        Column {
-            header: "CHANGE",
-            cell: |r, _| format!("{} -> {}", r.from, r.to),
-        },
-        Column {
-            header: "REASON",
-            cell: |r, _| r.reason.clone(),
-        },
+        col("AT", |r, now| human_time(r.at_ms, now)),
+        col("REVISION", |r, _| r.revision.to_string()),
+        col("BACKEND", |r, _| format!("{}/{}", r.pool, r.backend)),
+        col("KIND", |r, _| r.kind.clone()),
+        col("CHANGE", |r, _| format!("{} -> {}", r.from, r.to)),
+        col("REASON", |r, _| r.reason.clone()),
     ];
 }
 
