@@ -104,6 +104,15 @@ pub struct DampFact {
     pub mod_revision: u64,
 }
 
+impl SharedFacts {
+    /// Whether `pool` exists and has a backend named `backend`.
+    pub fn has_backend(&self, pool: &str, backend: &str) -> bool {
+        self.pools
+            .get(pool)
+            .is_some_and(|p| p.backends.iter().any(|b| b.name == backend))
+    }
+}
+
 impl Facts {
     pub fn shared(&self) -> SharedFacts {
         SharedFacts {

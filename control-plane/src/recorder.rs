@@ -214,12 +214,7 @@ pub async fn step(
     }
 
     // Records of backends that no longer exist (an interrupted apply).
-    let exists = |pool: &str, backend: &str| {
-        facts
-            .pools
-            .get(pool)
-            .is_some_and(|p| p.backends.iter().any(|b| b.name == backend))
-    };
+    let exists = |pool: &str, backend: &str| facts.has_backend(pool, backend);
     let mut orphans: Vec<Op> = Vec::new();
     for (pool, backend) in facts.decisions.keys() {
         if !exists(pool, backend) {

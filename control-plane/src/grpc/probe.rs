@@ -35,9 +35,9 @@ use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::probe_service_server::ProbeService;
 
 use crate::derive::{PoolDerived, Target};
-use crate::keys::{self, Keys};
+use crate::keys::{self, KeyKind, Keys};
 use crate::metrics::Metrics;
-use crate::state::{Snapshot, StateRx, ready};
+use crate::state::{StateRx, ready};
 use crate::store::{Compare, LeaseId, Op, Store, StoreError, batch};
 use trackwire_core::limits::MAX_VERDICTS_PER_HELLO;
 
@@ -181,7 +181,7 @@ impl ProbeService for ProbeSvc {
             latest.insert((&v.pool, &v.backend), v);
         }
         for v in latest.into_values() {
-            if !known_backend(&snap, &v.pool, &v.backend) {
+            if !snap.facts.has_backend(&v.pool, &v.backend) {
                 continue;
             }
             written.insert((v.pool.clone(), v.backend.clone()), v.fingerprint);
@@ -245,13 +245,6 @@ impl ProbeService for ProbeSvc {
         tokio::spawn(session.run(inbound, state, tx, shutdown).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-}
-
-fn known_backend(snap: &Snapshot, pool: &str, backend: &str) -> bool {
-    snap.facts
-        .pools
-        .get(pool)
-        .is_some_and(|p| p.backends.iter().any(|b| b.name == backend))
 }
 
 struct Session {
@@ -355,10 +348,7 @@ impl Session {
         let prefix = self.keys.agent_verdicts(&self.agent);
         let (kvs, _) = self.store.list(&prefix).await.map_err(store_status)?;
         for kv in kvs {
-            let Some(rest) = kv.key.strip_prefix(&prefix) else {
-                continue;
-            };
-            let Some((pool, backend)) = rest.split_once('/') else {
+            let KeyKind::Verdict { pool, backend, .. } = self.keys.parse(&kv.key) else {
                 continue;
             };
             let fp = keys::decode_verdict(&kv.value)
@@ -578,7 +568,7 @@ impl Session {
                             }
                             None => snap
                                 .as_ref()
-                                .is_some_and(|s| known_backend(s, &v.pool, &v.backend)),
+                                .is_some_and(|s| s.facts.has_backend(&v.pool, &v.backend)),
                         })
                         .collect()
                 };
@@ -622,7 +612,7 @@ impl Session {
                     .filter(|r| r.outcome.len() <= 8 && r.reason.len() <= 256)
                     .filter(|r| {
                         snap.as_ref()
-                            .is_some_and(|s| known_backend(s, &r.pool, &r.backend))
+                            .is_some_and(|s| s.facts.has_backend(&r.pool, &r.backend))
                     })
                     .collect();
                 self.results.update(&self.agent, known);
