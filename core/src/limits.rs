@@ -114,3 +114,129 @@ mod tests {
         assert_eq!(format_bytes(MAX_POOL_SPEC_BYTES + 1), "1.1 MiB");
     }
 }
+
+/// The limits of a gRPC port (the control plane's), as the server's flags
+/// set them: validated here, applied by `trackwire-transport`'s accept loop
+/// and the tonic server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Open connections on the port; at the cap, new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Connections still in their TLS handshake or before their HTTP/2
+    /// preface (each on a task of its own).
+    pub max_pending_handshakes: usize,
+    /// Deadline for a TLS handshake to complete.
+    pub handshake_timeout: std::time::Duration,
+    /// Deadline for the HTTP/2 client preface after accept (or handshake).
+    pub preface_timeout: std::time::Duration,
+    /// Largest gRPC message the server decodes or encodes.
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive ping interval (a dead peer is dropped after one
+    /// more interval without an answer).
+    pub keepalive_interval: std::time::Duration,
+    /// Verdict reports one agent session may send per second (a burst of
+    /// ten seconds' worth is allowed); above it the session reads slower.
+    pub agent_reports_per_second: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 10_000,
+            max_pending_handshakes: 256,
+            handshake_timeout: std::time::Duration::from_secs(5),
+            preface_timeout: std::time::Duration::from_secs(5),
+            max_message_bytes: 16 * 1024 * 1024,
+            max_concurrent_streams: 128,
+            keepalive_interval: std::time::Duration::from_secs(10),
+            agent_reports_per_second: 200,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// Each field in its range; the error names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        use std::time::Duration;
+        let range = |flag: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{flag}: {v} is outside {lo}..={hi}"))
+            }
+        };
+        let secs = |flag: &str, d: Duration, lo: Duration, hi: Duration| {
+            if d >= lo && d <= hi {
+                Ok(())
+            } else {
+                Err(format!("{flag}: {d:?} is outside {lo:?}..={hi:?}"))
+            }
+        };
+        range("--max-connections", self.max_connections, 1, 1_000_000)?;
+        range(
+            "--max-pending-handshakes",
+            self.max_pending_handshakes,
+            1,
+            100_000,
+        )?;
+        secs(
+            "--handshake-timeout",
+            self.handshake_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )?;
+        secs(
+            "--preface-timeout",
+            self.preface_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )?;
+        // The largest pool (1 MiB encoded) and a snapshot chunk must fit.
+        range(
+            "--max-message-bytes",
+            self.max_message_bytes,
+            4 * 1024 * 1024,
+            256 * 1024 * 1024,
+        )?;
+        range(
+            "--max-concurrent-streams",
+            self.max_concurrent_streams as usize,
+            1,
+            10_000,
+        )?;
+        secs(
+            "--keepalive-interval",
+            self.keepalive_interval,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )?;
+        range(
+            "--agent-reports-per-second",
+            self.agent_reports_per_second as usize,
+            1,
+            1_000_000,
+        )
+    }
+}
+
+/// The limits of an HTTP port (status page, `/metrics`, `/healthz`), so
+/// that slow or idle clients cannot starve the health probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Open connections; at the cap, new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Deadline for a request's headers, counted from when the connection
+    /// is ready to read one: also the idle timeout between requests.
+    pub header_read_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 512,
+            header_read_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
