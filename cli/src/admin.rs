@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use tonic::transport::{self, Channel};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use trackwire_core::PoolSpec;
 use trackwire_core::convert::pool_to_pb;
 use trackwire_core::time::now_ms;
@@ -14,7 +17,9 @@ use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 
 use crate::Invalid;
-use crate::args::{ApplyArgs, DescribeArgs, GetArgs, GetWhat, Output, StateArgs, WatchArgs};
+use crate::args::{
+    AdminTarget, ApplyArgs, DescribeArgs, GetArgs, GetWhat, Output, StateArgs, WatchArgs,
+};
 
 pub mod output;
 pub mod views;
@@ -22,23 +27,76 @@ pub mod views;
 use output::{Row, cells, print_rows};
 use views::{AgentRow, BackendDetail, BackendRow, EventRow, PoolRow, ProxyRow};
 
-/// Connects to the first endpoint that accepts a connection.
-pub async fn connect(urls: &[String]) -> anyhow::Result<AdminServiceClient<Channel>> {
+/// An admin client: the channel, and the bearer token on every call.
+pub type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer …` when a token file was given.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Connects to the first endpoint that accepts a connection (TLS for
+/// `https://` URLs with the `--tls-*` material).
+pub async fn connect(target: &AdminTarget) -> anyhow::Result<Client> {
+    let files = target.control_plane.tls.files().map_err(Invalid)?;
+    let tls = match files {
+        Some(f) => Some(
+            trackwire_transport::Tls::load(f, trackwire_transport::Side::Client)
+                .map_err(|e| Invalid(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let bearer = match &target.token_file {
+        Some(path) => {
+            let token = trackwire_transport::Token::from_file(path).map_err(Invalid)?;
+            Some(
+                MetadataValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+                    Invalid(format!("{}: not a valid header value", path.display()))
+                })?,
+            )
+        }
+        None => None,
+    };
     let mut errors = Vec::new();
-    for url in urls {
-        let endpoint = transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| Invalid(format!("--control-plane {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
+    for url in &target.control_plane.urls.0 {
+        let endpoint = trackwire_connect::endpoint(url, tls.as_ref())
+            .map_err(|e| Invalid(format!("--control-plane {e}")))?
             .timeout(Duration::from_secs(30));
         match endpoint.connect().await {
-            Ok(ch) => return Ok(AdminServiceClient::new(ch)),
-            Err(e) => errors.push(format!("{url}: {e}")),
+            Ok(ch) => {
+                return Ok(AdminServiceClient::with_interceptor(ch, Bearer(bearer)));
+            }
+            Err(e) => errors.push(format!("{url}: {}", trackwire_connect::error_chain(&e))),
         }
     }
     Err(anyhow!(
         "no control-plane endpoint reachable: {}",
         errors.join("; ")
     ))
+}
+
+/// [`connect`] to plaintext `urls` without a token (tests, tools).
+pub async fn connect_urls(urls: &[String]) -> anyhow::Result<Client> {
+    connect(&AdminTarget {
+        control_plane: crate::args::ControlPlane {
+            urls: crate::args::Urls(urls.to_vec()),
+            tls: crate::args::TlsArgs {
+                tls_ca: None,
+                tls_cert: None,
+                tls_key: None,
+            },
+        },
+        token_file: None,
+    })
+    .await
 }
 
 /// Turns a gRPC status into an error with the right exit code.
@@ -57,7 +115,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     if doc.pools.is_empty() {
         return Err(Invalid(format!("{}: no [[pool]] to apply", args.file.display())).into());
     }
-    let mut client = connect(&args.control_plane.urls.0).await?;
+    let mut client = connect(&args.control_plane).await?;
     let resp = client
         .apply_pools(pb::ApplyPoolsRequest {
             pools: doc.pools.iter().map(pool_to_pb).collect(),
@@ -157,7 +215,7 @@ fn diff(old: Option<&PoolSpec>, new: Option<&PoolSpec>) -> anyhow::Result<String
 }
 
 pub async fn get(args: GetArgs, output: Output) -> anyhow::Result<()> {
-    let mut client = connect(&args.control_plane.urls.0).await?;
+    let mut client = connect(&args.control_plane).await?;
     match args.what {
         GetWhat::Pools => {
             let resp = client
@@ -221,7 +279,7 @@ pub async fn set_state(args: StateArgs, verb: &str) -> anyhow::Result<()> {
         _ => pb::AdminState::Ready,
     };
     let set_by = std::env::var("USER").unwrap_or_else(|_| "trackwire-cli".into());
-    let mut client = connect(&args.control_plane.urls.0).await?;
+    let mut client = connect(&args.control_plane).await?;
     let resp = client
         .set_backend_state(pb::SetBackendStateRequest {
             pool: pool.into(),
@@ -253,7 +311,7 @@ pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> 
         .backend
         .split_once('/')
         .ok_or_else(|| Invalid(format!("{:?}: expected POOL/NAME", args.backend)))?;
-    let mut client = connect(&args.control_plane.urls.0).await?;
+    let mut client = connect(&args.control_plane).await?;
     let resp = client
         .get_health(pb::GetHealthRequest { pool: pool.into() })
         .await
@@ -273,7 +331,7 @@ pub async fn describe(args: DescribeArgs, output: Output) -> anyhow::Result<()> 
 /// event (columns as wide as the header or the first event's cells: the
 /// rows to come are not known).
 pub async fn watch(args: WatchArgs, output: Output) -> anyhow::Result<()> {
-    let mut client = connect(&args.control_plane.urls.0).await?;
+    let mut client = connect(&args.control_plane).await?;
     let mut stream = client
         .watch_events(pb::WatchEventsRequest {
             pools: args.pools,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use trackwire_core::limits::ServerLimits;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +66,86 @@ pub enum Command {
     Import(ImportArgs),
     /// Return a backend to service (overrides the pool spec until `--clear`).
     Ready(StateArgs),
+    /// Make a CA and certificates for mutual TLS between trackwire processes.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write DIR/ca.crt and DIR/ca.key: a new CA for one trust domain.
+    Init(CertsInitArgs),
+    /// Write DIR/ROLE-NAME.crt and DIR/ROLE-NAME.key, signed by DIR's CA.
+    Issue(CertsIssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsInitArgs {
+    /// Directory for the CA's files (created when missing).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The SPIFFE trust domain every identity of this CA belongs to.
+    #[arg(long, default_value = trackwire_transport::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of the CA certificate, in days.
+    #[arg(long, default_value_t = trackwire_transport::pki::CA_DAYS)]
+    pub days: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsIssueArgs {
+    /// Directory holding ca.crt and ca.key; the certificate is written there.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// admin, agent, proxy or control-plane.
+    #[arg(long)]
+    pub role: trackwire_transport::Role,
+    /// The identity's name (an agent's id, a proxy's id, an operator, a replica).
+    #[arg(long)]
+    pub name: String,
+    /// A DNS name or IP address the certificate serves as (repeatable;
+    /// control-plane replicas need the names clients dial).
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// Lifetime in days.
+    #[arg(long, default_value_t = trackwire_transport::pki::DEFAULT_LEAF_DAYS)]
+    pub days: u32,
+}
+
+/// `--tls-ca`, `--tls-cert`, `--tls-key`: mutual TLS on gRPC links.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// CA bundle (PEM) that peers' certificates must chain to (several CAs
+    /// during a rollover). With --tls-cert and --tls-key: mutual TLS.
+    #[arg(long, env = "TRACKWIRE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This process's certificate (PEM; its URI SAN is its identity).
+    #[arg(long, env = "TRACKWIRE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This process's private key (PEM).
+    #[arg(long, env = "TRACKWIRE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn files(&self) -> Result<Option<trackwire_transport::TlsFiles>, String> {
+        trackwire_transport::TlsFiles::from_flags(
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+        )
+    }
+}
+
+/// `--control-plane` and a bearer token, for the admin commands.
+#[derive(Debug, Args)]
+pub struct AdminTarget {
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
+    /// A file holding the admin bearer token (sent as `authorization:
+    /// Bearer …`), for control planes started with --admin-token-file.
+    #[arg(long, env = "TRACKWIRE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -74,7 +155,7 @@ pub struct DescribeArgs {
     /// The backend, as POOL/NAME.
     pub backend: String,
     #[command(flatten)]
-    pub control_plane: ControlPlane,
+    pub control_plane: AdminTarget,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,7 +175,7 @@ pub struct WatchArgs {
     #[arg(long, default_value_t = 0)]
     pub count: usize,
     #[command(flatten)]
-    pub control_plane: ControlPlane,
+    pub control_plane: AdminTarget,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,7 +208,7 @@ pub struct StateArgs {
     #[arg(long)]
     pub clear: bool,
     #[command(flatten)]
-    pub control_plane: ControlPlane,
+    pub control_plane: AdminTarget,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -148,6 +229,8 @@ pub struct ControlPlane {
         value_parser = parse_urls
     )]
     pub urls: Urls,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 fn parse_urls(s: &str) -> Result<Urls, String> {
@@ -179,6 +262,76 @@ pub struct ControlPlaneArgs {
     /// 0 trusts stale states without bound.
     #[arg(long, env = "TRACKWIRE_STALE_MAX", default_value = "15m", value_parser = parse_duration)]
     pub stale_max: Duration,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// A file holding a bearer token that grants the admin role to clients
+    /// without a certificate (compared in constant time, never logged).
+    #[arg(long, env = "TRACKWIRE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd_tls: EtcdTlsArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// TLS to etcd (`--etcd https://…`), with a client certificate.
+#[derive(Debug, Args)]
+pub struct EtcdTlsArgs {
+    /// CA bundle (PEM) etcd's server certificate must chain to.
+    #[arg(long, env = "TRACKWIRE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth.
+    #[arg(long, env = "TRACKWIRE_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "TRACKWIRE_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+/// The gRPC port's limits (see `trackwire_core::limits::ServerLimits`).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Open connections on the gRPC port; at the cap new ones wait in the backlog.
+    #[arg(long, env = "TRACKWIRE_MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Connections still in their TLS handshake or before their HTTP/2 preface.
+    #[arg(long, env = "TRACKWIRE_MAX_PENDING_HANDSHAKES", default_value_t = ServerLimits::default().max_pending_handshakes)]
+    pub max_pending_handshakes: usize,
+    /// Deadline for a TLS handshake.
+    #[arg(long, env = "TRACKWIRE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Deadline for the HTTP/2 client preface.
+    #[arg(long, env = "TRACKWIRE_PREFACE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub preface_timeout: Duration,
+    /// Largest gRPC message, in bytes.
+    #[arg(long, env = "TRACKWIRE_MAX_MESSAGE_BYTES", default_value_t = ServerLimits::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "TRACKWIRE_MAX_CONCURRENT_STREAMS", default_value_t = ServerLimits::default().max_concurrent_streams)]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive ping interval (and the wait for its answer).
+    #[arg(long, env = "TRACKWIRE_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    /// Messages one agent session may send per second (bursts of 10 s worth).
+    #[arg(long, env = "TRACKWIRE_AGENT_REPORTS_PER_SECOND", default_value_t = ServerLimits::default().agent_reports_per_second)]
+    pub agent_reports_per_second: u32,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Result<ServerLimits, String> {
+        let l = ServerLimits {
+            max_connections: self.max_connections,
+            max_pending_handshakes: self.max_pending_handshakes,
+            handshake_timeout: self.handshake_timeout,
+            preface_timeout: self.preface_timeout,
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive_interval: self.keepalive_interval,
+            agent_reports_per_second: self.agent_reports_per_second,
+        };
+        l.validate()?;
+        Ok(l)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -234,6 +387,12 @@ pub struct DevArgs {
     /// Control-plane HTTP address (status page, /metrics).
     #[arg(long, env = "TRACKWIRE_HTTP_BIND", default_value = "127.0.0.1:7401")]
     pub http_bind: SocketAddr,
+    /// Mutual TLS on every gRPC link, with a dev CA kept in --state-dir.
+    #[arg(long)]
+    pub tls: bool,
+    /// Where `--tls` keeps its CA and certificates.
+    #[arg(long, env = "TRACKWIRE_STATE_DIR", default_value = ".trackwire-dev")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -250,7 +409,7 @@ pub struct ApplyArgs {
     #[arg(long, env = "TRACKWIRE_EXPECTED_REVISION", default_value_t = 0)]
     pub expected_revision: u64,
     #[command(flatten)]
-    pub control_plane: ControlPlane,
+    pub control_plane: AdminTarget,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -267,5 +426,5 @@ pub struct GetArgs {
     /// What to list.
     pub what: GetWhat,
     #[command(flatten)]
-    pub control_plane: ControlPlane,
+    pub control_plane: AdminTarget,
 }

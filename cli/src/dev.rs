@@ -13,6 +13,8 @@ use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::config::{Document, ListenerSpec};
 use trackwire_core::{BackendSpec, CheckSpec, PoolSpec, StatusSet};
 
+use trackwire_transport::{Role, Side, Tls};
+
 use crate::Invalid;
 use crate::args::DevArgs;
 use crate::demo::DemoBackend;
@@ -89,14 +91,44 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let proxies = trackwire_data_plane::bind(&doc.listeners).await?;
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
-    let control_url = format!("http://{grpc_addr}");
+    let (control_url, pki) = if args.tls {
+        let sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            grpc_addr.ip().to_string(),
+        ];
+        let issued = crate::certs::dev_pki(&args.state_dir, &sans)?;
+        (format!("https://{grpc_addr}"), Some(issued))
+    } else {
+        (format!("http://{grpc_addr}"), None)
+    };
+    let tls_for = |role: Role, side: Side| -> anyhow::Result<Option<Tls>> {
+        match pki
+            .as_ref()
+            .and_then(|p| p.iter().find(|(r, _)| *r == role))
+        {
+            Some((_, issued)) => Ok(Some(
+                Tls::load(issued.files(), side).map_err(|e| Invalid(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    };
 
     cancel_on_signal(&shutdown);
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let cp = spawn_linked(
         &shutdown,
         trackwire_control_plane::run(
-            trackwire_control_plane::Config::default(),
+            trackwire_control_plane::Config {
+                tls: tls_for(
+                    Role::ControlPlane,
+                    Side::Server {
+                        client_cert_optional: false,
+                    },
+                )?,
+                ..Default::default()
+            },
             Arc::clone(&store),
             trackwire_control_plane::Listeners {
                 grpc,
@@ -120,6 +152,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 zone: "dev".into(),
                 state_dir: None,
                 heartbeat: Duration::from_secs(2),
+                tls: tls_for(Role::Agent, Side::Client)?,
             },
             None::<TcpListener>,
             shutdown.clone(),
@@ -143,6 +176,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 state_dir: None,
                 proxy_id: "dev".into(),
                 drain_grace: Duration::from_secs(2),
+                tls: tls_for(Role::Proxy, Side::Client)?,
             },
             proxies,
             None,
@@ -167,9 +201,31 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             .unwrap_or("127.0.0.1:8080")
             .to_string();
         banner.push_str(&format!(
-            "\nTry it:\n  curl http://{proxy}/                      # answered by one backend\n  curl -X POST http://{}/toggle   # {} /readyz answers 503\n  trackwire get backends --control-plane {control_url}\n",
+            "\nTry it:\n  curl http://{proxy}/                      # answered by one backend\n  curl -X POST http://{}/toggle   # {} /readyz answers 503\n",
             first.addr, first.name
         ));
+    }
+    match pki
+        .as_ref()
+        .and_then(|p| p.iter().find(|(r, _)| *r == Role::Admin))
+    {
+        Some((_, admin)) => {
+            let (ca, cert, key) = (
+                admin.ca.display(),
+                admin.cert.display(),
+                admin.key.display(),
+            );
+            banner.push_str(&format!(
+                "\nEvery gRPC link is mutual TLS (CA and certificates in {dir}). As the admin:\n  \
+                 trackwire get backends --control-plane {control_url} --tls-ca {ca} --tls-cert {cert} --tls-key {key}\n  \
+                 grpcurl -cacert {ca} -cert {cert} -key {key} {grpc_addr} trackwire.v1.AdminService/ListPools\n\
+                 or export TRACKWIRE_CONTROL_PLANE={control_url} TRACKWIRE_TLS_CA={ca} TRACKWIRE_TLS_CERT={cert} TRACKWIRE_TLS_KEY={key}\n",
+                dir = args.state_dir.display()
+            ));
+        }
+        None => banner.push_str(&format!(
+            "  trackwire get backends --control-plane {control_url}\n"
+        )),
     }
     println!("{banner}");
 

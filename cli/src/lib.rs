@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod certs;
 pub mod demo;
 pub mod dev;
 pub mod import;

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             Command::Maint(a) => trackwire_cli::admin::set_state(a, "maint").await,
             Command::Ready(a) => trackwire_cli::admin::set_state(a, "ready").await,
             Command::Check(a) => trackwire_cli::check(&a.file),
+            Command::Certs(c) => trackwire_cli::certs::run(c),
             Command::Import(a) => match a.from {
                 trackwire_cli::args::ImportFrom::Haproxy => trackwire_cli::import::run(&a.file),
             },

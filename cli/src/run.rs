@@ -17,7 +17,9 @@ use trackwire_control_plane::store::{EtcdOptions, EtcdStore, MemStore, Store};
 use trackwire_core::PoolSpec;
 
 use crate::Invalid;
-use crate::args::{ControlPlaneArgs, DataPlaneArgs, ProbeAgentArgs};
+use crate::args::{ControlPlaneArgs, DataPlaneArgs, EtcdTlsArgs, ProbeAgentArgs, TlsArgs};
+use trackwire_control_plane::store::EtcdTls;
+use trackwire_transport::{Side, Tls};
 
 pub async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -67,11 +69,69 @@ pub async fn apply_at_start(
     }
 }
 
+/// Loads the `--tls-*` material for `side`; a bad file is a configuration
+/// error (exit 2) naming it, an expired certificate included.
+pub fn load_tls(args: &TlsArgs, side: Side) -> anyhow::Result<Option<Tls>> {
+    match args.files().map_err(Invalid)? {
+        Some(files) => Ok(Some(
+            Tls::load(files, side).map_err(|e| Invalid(e.to_string()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The etcd client's TLS material, read now so a bad file is named at start.
+fn etcd_tls(args: &EtcdTlsArgs, urls: &[String]) -> anyhow::Result<Option<EtcdTls>> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| Invalid(format!("{}: {e}", p.display())))
+    };
+    let https = urls.iter().any(|u| u.starts_with("https://"));
+    match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
+        (None, None, None) if https => Err(Invalid(
+            "--etcd https://…: give --etcd-ca (and --etcd-cert/--etcd-key for client-cert-auth)"
+                .into(),
+        )
+        .into()),
+        (None, None, None) => Ok(None),
+        (Some(_), _, _) if !https => {
+            Err(Invalid("--etcd-ca given, but the --etcd endpoints are not https://".into()).into())
+        }
+        (Some(ca), cert, key) => {
+            let identity = match (cert, key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                (None, None) => None,
+                _ => {
+                    return Err(Invalid("--etcd-cert and --etcd-key go together".into()).into());
+                }
+            };
+            Ok(Some(EtcdTls {
+                ca_pem: read(ca)?,
+                identity,
+            }))
+        }
+        (None, _, _) => Err(Invalid("--etcd-cert/--etcd-key need --etcd-ca".into()).into()),
+    }
+}
+
 pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let admin_token = match &args.admin_token_file {
+        Some(p) => Some(trackwire_transport::Token::from_file(p).map_err(Invalid)?),
+        None => None,
+    };
+    let tls = load_tls(
+        &args.tls,
+        Side::Server {
+            client_cert_optional: admin_token.is_some(),
+        },
+    )?;
     let config = trackwire_control_plane::Config {
         prefix: args.prefix.clone(),
         agent_ttl: args.agent_ttl,
         stale_max: (!args.stale_max.is_zero()).then_some(args.stale_max),
+        tls,
+        admin_token,
+        limits: args.limits.limits().map_err(Invalid)?,
+        http_limits: Default::default(),
     };
     config.validate().map_err(|e| Invalid(e.to_string()))?;
     let pools = match &args.config {
@@ -90,11 +150,15 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let http = bind(args.http_bind, "--http-bind").await?;
     let store: Arc<dyn Store> = match &args.etcd {
         Some(urls) => {
-            info!(endpoints = ?urls.0, "using etcd");
+            let tls = etcd_tls(&args.etcd_tls, &urls.0)?;
+            info!(endpoints = ?urls.0, tls = tls.is_some(), "using etcd");
             Arc::new(
-                EtcdStore::connect(&EtcdOptions::new(urls.0.clone()))
-                    .await
-                    .context("connect to etcd")?,
+                EtcdStore::connect(&EtcdOptions {
+                    tls,
+                    ..EtcdOptions::new(urls.0.clone())
+                })
+                .await
+                .context("connect to etcd")?,
             )
         }
         None => {
@@ -128,6 +192,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
 
 pub async fn probe_agent(args: ProbeAgentArgs) -> anyhow::Result<()> {
     let config = trackwire_probe_agent::Config {
+        tls: load_tls(&args.control_plane.tls, Side::Client)?,
         control_plane: args.control_plane.urls.0,
         zone: args.zone,
         state_dir: args.state_dir,
@@ -135,7 +200,7 @@ pub async fn probe_agent(args: ProbeAgentArgs) -> anyhow::Result<()> {
     };
     config.validate().map_err(agent_error)?;
     // The identity is configuration too: check it before binding.
-    if let Some(dir) = &config.state_dir {
+    if let (None, Some(dir)) = (&config.tls, &config.state_dir) {
         trackwire_probe_agent::load_or_create_agent_id(dir).map_err(agent_error)?;
     }
     let http = bind(args.http_bind, "--http-bind").await?;
@@ -159,6 +224,7 @@ fn agent_error(e: trackwire_probe_agent::Error) -> anyhow::Error {
 pub async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
     let doc = crate::load_document(&args.config)?;
     let config = trackwire_data_plane::Config {
+        tls: load_tls(&args.control_plane.tls, Side::Client)?,
         control_plane: args.control_plane.urls.0,
         listeners: doc.listeners,
         state_dir: args.state_dir,
@@ -171,6 +237,10 @@ pub async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
         // A flag, not the config file.
         trackwire_data_plane::Error::StateDir { path, reason } => {
             Invalid(format!("--state-dir {}: {reason}", path.display()))
+        }
+        // A flag (--tls-*, --control-plane), not the config file.
+        trackwire_data_plane::Error::Config(m) if m.starts_with("--") || m.contains("://") => {
+            Invalid(m)
         }
         e => Invalid(format!("{}: {e}", args.config.display())),
     })?;

@@ -12,7 +12,6 @@ use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::{AdminState, BackendSpec, HealthState, PoolSpec, Quorum};
 use trackwire_proto::v1 as pb;
-use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 
 fn pool(name: &str) -> PoolSpec {
     PoolSpec {
@@ -37,7 +36,7 @@ fn pool(name: &str) -> PoolSpec {
 }
 
 async fn start() -> (
-    AdminServiceClient<tonic::transport::Channel>,
+    trackwire_cli::admin::Client,
     Arc<dyn Store>,
     CancellationToken,
     String,
@@ -62,17 +61,13 @@ async fn start() -> (
         trackwire_control_plane::Listeners { grpc, http: None },
         token.clone(),
     ));
-    let client = trackwire_cli::admin::connect(std::slice::from_ref(&url))
+    let client = trackwire_cli::admin::connect_urls(std::slice::from_ref(&url))
         .await
         .expect("connect");
     (client, store, token, url)
 }
 
-async fn admin_of(
-    client: &mut AdminServiceClient<tonic::transport::Channel>,
-    pool: &str,
-    backend: &str,
-) -> i32 {
+async fn admin_of(client: &mut trackwire_cli::admin::Client, pool: &str, backend: &str) -> i32 {
     let resp = client
         .get_health(pb::GetHealthRequest { pool: pool.into() })
         .await
@@ -86,7 +81,7 @@ async fn admin_of(
 }
 
 async fn wait_admin(
-    client: &mut AdminServiceClient<tonic::transport::Channel>,
+    client: &mut trackwire_cli::admin::Client,
     backend: &str,
     want: pb::AdminState,
 ) {
@@ -236,6 +231,7 @@ async fn list_agents_shows_zone_and_assignment() {
             zone: "z9".into(),
             state_dir: None,
             heartbeat: Duration::from_millis(300),
+            tls: None,
         },
         None,
         token.clone(),
@@ -321,7 +317,7 @@ async fn watch_events_streams_admin_changes_and_resumes() {
         .await
         .expect("watch")
         .into_inner();
-    let mut admin = trackwire_cli::admin::connect(std::slice::from_ref(&url))
+    let mut admin = trackwire_cli::admin::connect_urls(std::slice::from_ref(&url))
         .await
         .expect("connect");
     for (pool, backend) in [("db", "b1"), ("web", "b2")] {
@@ -404,6 +400,7 @@ async fn get_health_shows_each_agents_last_result() {
             zone: "z".into(),
             state_dir: None,
             heartbeat: Duration::from_millis(200),
+            tls: None,
         },
         None,
         token.clone(),

@@ -111,7 +111,7 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
     // Apply the pool through the public AdminService, as `trackwire apply` does.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut admin = loop {
-        match trackwire_cli::admin::connect(std::slice::from_ref(&url)).await {
+        match trackwire_cli::admin::connect_urls(std::slice::from_ref(&url)).await {
             Ok(c) => break c,
             Err(e) => {
                 assert!(
@@ -138,6 +138,7 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
             zone: "a".into(),
             state_dir: None,
             heartbeat: Duration::from_millis(500),
+            tls: None,
         },
         None,
         others.clone(),
@@ -153,6 +154,7 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
             state_dir,
             proxy_id: "e2e".into(),
             drain_grace: Duration::from_secs(1),
+            tls: None,
         },
         listeners,
         None,
@@ -328,6 +330,7 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
             state_dir: Some(dir.path().to_path_buf()),
             proxy_id: "restarted".into(),
             drain_grace: Duration::from_secs(1),
+            tls: None,
         },
         listeners,
         None,

@@ -131,7 +131,9 @@ async fn hello(
     n: usize,
     state: pb::HealthState,
 ) -> Result<(), tonic::Status> {
-    let channel = trackwire_connect::channel(url).await.expect("connect");
+    let channel = trackwire_connect::channel(url, None)
+        .await
+        .expect("connect");
     let hello = pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::AgentHello {
             agent_id: id.to_string(),

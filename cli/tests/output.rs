@@ -49,7 +49,7 @@ async fn start() -> Stack {
         trackwire_control_plane::Listeners { grpc, http: None },
         token.clone(),
     ));
-    let mut admin = trackwire_cli::admin::connect(std::slice::from_ref(&url))
+    let mut admin = trackwire_cli::admin::connect_urls(std::slice::from_ref(&url))
         .await
         .expect("connect");
     let pool = PoolSpec {
@@ -90,6 +90,7 @@ async fn start() -> Stack {
             zone: "zone-a".into(),
             state_dir: None,
             heartbeat: Duration::from_millis(100),
+            tls: None,
         },
         None,
         token.clone(),

@@ -115,6 +115,7 @@ async fn proxy(
             state_dir,
             proxy_id: "pools-test".into(),
             drain_grace: Duration::from_secs(1),
+            tls: None,
         },
         bound,
         Some(http),
@@ -310,7 +311,7 @@ async fn a_new_epoch_without_a_served_pool_keeps_it_stale() {
     assert_eq!((code, body.as_str()), (200, "ready\n"));
 
     // Deleted by an operator within the epoch: it goes, as before.
-    let mut admin = trackwire_cli::admin::connect(&[url_b])
+    let mut admin = trackwire_cli::admin::connect_urls(&[url_b])
         .await
         .expect("admin");
     admin

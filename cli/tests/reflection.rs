@@ -21,7 +21,7 @@ async fn python_grpcio_discovers_and_calls_the_control_plane() {
     let cp = support::start_cp(store, trackwire_control_plane::Config::default()).await;
     let addr = cp.url.trim_start_matches("http://").to_string();
     // Wait until serving (health reports SERVING once facts are loaded).
-    trackwire_cli::admin::connect(&[format!("http://{addr}")])
+    trackwire_cli::admin::connect_urls(&[format!("http://{addr}")])
         .await
         .expect("connect")
         .list_pools(trackwire_proto::v1::ListPoolsRequest {})

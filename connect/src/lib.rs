@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use trackwire_core::backoff::Backoff;
+use trackwire_transport::Tls;
+use trackwire_transport::client::TlsConnector;
 
 /// First retry delay after a session ends.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -19,16 +21,101 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A channel to one control-plane URL with the settings every long-lived
 /// client uses: a short connect timeout, no Nagle delay on small updates,
 /// and HTTP/2 keep-alives so a dead peer is noticed within seconds.
-pub async fn channel(url: &str) -> Result<Channel, String> {
-    tonic::transport::Endpoint::from_shared(url.to_string())
+///
+/// `https://` URLs need `tls` (mutual TLS with this process's certificate,
+/// re-read for every new connection so a rotated certificate is used from
+/// the next reconnect); `http://` URLs are plaintext and refuse `tls`.
+pub async fn channel(url: &str, tls: Option<&Tls>) -> Result<Channel, String> {
+    endpoint(url, tls)?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {}", error_chain(&e)))
+}
+
+/// What [`channel`] connects, without connecting yet.
+pub fn endpoint(url: &str, tls: Option<&Tls>) -> Result<Connector, String> {
+    check_scheme(url, tls.is_some())?;
+    // Our connector does TLS; tonic sees a plain URL so that its own TLS
+    // (compiled in for etcd's client) stays out of the way.
+    let plain = match url.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => url.to_string(),
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(plain)
         .map_err(|e| format!("invalid endpoint {url:?}: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e}"))
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(Connector {
+        endpoint,
+        tls: tls.cloned(),
+    })
+}
+
+/// Whether `url`'s scheme agrees with the presence of TLS material.
+pub fn check_scheme(url: &str, tls: bool) -> Result<(), String> {
+    match (url.starts_with("https://"), tls) {
+        (true, false) => Err(format!(
+            "{url}: an https:// control plane needs --tls-ca, --tls-cert and --tls-key"
+        )),
+        (false, true) => Err(format!(
+            "{url}: TLS material given for an http:// URL; use https:// (or drop the --tls-* flags)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An endpoint and how to secure it.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    endpoint: tonic::transport::Endpoint,
+    tls: Option<Tls>,
+}
+
+impl Connector {
+    /// A deadline for each call's response.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.endpoint = self.endpoint.timeout(d);
+        self
+    }
+
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => {
+                self.endpoint
+                    .connect_with_connector(TlsConnector::new(tls.clone()))
+                    .await
+            }
+            None => self.endpoint.connect().await,
+        }
+    }
+
+    /// A channel that connects on first use (and reconnects after).
+    pub fn connect_lazy(&self) -> Channel {
+        match &self.tls {
+            Some(tls) => self
+                .endpoint
+                .connect_with_connector_lazy(TlsConnector::new(tls.clone())),
+            None => self.endpoint.connect_lazy(),
+        }
+    }
+}
+
+/// An error with its sources, so a TLS failure says why ("certificate
+/// expired", "unknown issuer") instead of "transport error".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// Whether an attempt got as far as a working session (then the backoff

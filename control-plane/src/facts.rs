@@ -104,7 +104,51 @@ pub struct DampFact {
     pub mod_revision: u64,
 }
 
+/// Which backends one agent checks, as assignment computes it over the
+/// live agents with this one among them (it may be registering now).
+pub struct Checker<'a> {
+    facts: &'a SharedFacts,
+    agent: &'a str,
+    agents: Vec<(&'a str, &'a str)>,
+}
+
+impl Checker<'_> {
+    /// Whether the agent is one of `pool/backend`'s checkers: the backend
+    /// exists, its pool has a check, and assignment picks the agent.
+    pub fn checks(&self, pool: &str, backend: &str) -> bool {
+        let Some(spec) = self.facts.pools.get(pool) else {
+            return false;
+        };
+        spec.check.is_some()
+            && spec.backends.iter().any(|b| b.name == backend)
+            && crate::assign::assign_zoned(
+                pool,
+                backend,
+                &self.agents,
+                spec.replicas,
+                spec.zone_spread,
+            )
+            .contains(&self.agent)
+    }
+}
+
 impl SharedFacts {
+    /// The backends `agent` (in `zone`) checks; see [`Checker`].
+    pub fn checker<'a>(&'a self, agent: &'a str, zone: &'a str) -> Checker<'a> {
+        let mut agents: Vec<(&'a str, &'a str)> = self
+            .agents
+            .iter()
+            .filter(|(id, _)| id.as_str() != agent)
+            .map(|(id, a)| (id.as_str(), a.zone.as_str()))
+            .collect();
+        agents.push((agent, zone));
+        Checker {
+            facts: self,
+            agent,
+            agents,
+        }
+    }
+
     /// Whether `pool` exists and has a backend named `backend`.
     pub fn has_backend(&self, pool: &str, backend: &str) -> bool {
         self.pools

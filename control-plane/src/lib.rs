@@ -33,10 +33,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 use trackwire_proto::v1::admin_service_server::AdminServiceServer;
 use trackwire_proto::v1::health_map_service_server::HealthMapServiceServer;
 use trackwire_proto::v1::probe_service_server::ProbeServiceServer;
+
+use trackwire_core::limits::{HttpLimits, ServerLimits};
+use trackwire_transport::{Access, AuthLayer, Tls, Token};
 
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -52,6 +55,13 @@ pub struct Config {
     /// How long a stale backend state is trusted (`None`: without bound);
     /// see [`recorder`].
     pub stale_max: Option<Duration>,
+    /// Mutual TLS on the gRPC port (`None`: plaintext, with a warning).
+    pub tls: Option<Tls>,
+    /// The admin bearer token (`--admin-token-file`), for admin clients
+    /// without a certificate.
+    pub admin_token: Option<Token>,
+    pub limits: ServerLimits,
+    pub http_limits: HttpLimits,
 }
 
 impl Default for Config {
@@ -60,6 +70,10 @@ impl Default for Config {
             prefix: "/trackwire/".into(),
             agent_ttl: Duration::from_secs(10),
             stale_max: Some(recorder::DEFAULT_STALE_MAX),
+            tls: None,
+            admin_token: None,
+            limits: ServerLimits::default(),
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -71,6 +85,14 @@ impl Config {
             return Err(Error::Config(
                 "agent_ttl: must be between 2s and 300s".into(),
             ));
+        }
+        self.limits.validate().map_err(Error::Config)?;
+        if let Some(tls) = &self.tls {
+            if tls.server_config().is_none() {
+                return Err(Error::Config(
+                    "--tls-cert: material was loaded for a client, not a server".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -192,6 +214,7 @@ pub async fn run(
         state: state.clone(),
         metrics: Arc::clone(&metrics),
         agent_ttl: config.agent_ttl,
+        reports_per_second: config.limits.agent_reports_per_second,
         results: Arc::clone(&results),
         shutdown: shutdown.clone(),
     };
@@ -217,37 +240,78 @@ pub async fn run(
     };
 
     let grpc_addr = listeners.grpc.local_addr()?;
-    info!(%grpc_addr, "control plane gRPC listening");
+    match &config.tls {
+        Some(tls) => {
+            let id = tls.identity();
+            info!(%grpc_addr, identity = %id, token = config.admin_token.is_some(), "control plane gRPC listening (mutual TLS)");
+            let _ = metrics.tls.set(tls.clone());
+            tls.spawn_reloader(shutdown.clone());
+        }
+        None => {
+            info!(%grpc_addr, "control plane gRPC listening");
+            warn!(
+                %grpc_addr,
+                "gRPC is PLAINTEXT: anyone who can reach this port can change and delete pools, \
+                 drain backends, vote as any agent and read the health map{}; give --tls-ca, \
+                 --tls-cert and --tls-key for mutual TLS",
+                if config.admin_token.is_some() { " (admin calls need the bearer token)" } else { "" }
+            );
+        }
+    }
+    let limits = config.limits;
+    let max = limits.max_message_bytes;
+    let access = AuthLayer::new(Access {
+        tls: config.tls.is_some(),
+        token: config.admin_token.clone(),
+        table: grpc::ROLE_TABLE,
+    });
     let grpc = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_interval))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .layer(access)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(ProbeServiceServer::new(probe))
-        .add_service(HealthMapServiceServer::new(healthmap))
-        .add_service(AdminServiceServer::new(admin))
+        .add_service(
+            ProbeServiceServer::new(probe)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            HealthMapServiceServer::new(healthmap)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            AdminServiceServer::new(admin)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY, Nagle and delayed ACKs hold small health-map
-            // deltas back by up to 40 ms.
-            tonic::transport::server::TcpIncoming::from(listeners.grpc)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(30))),
+            trackwire_transport::server::incoming(
+                listeners.grpc,
+                config.tls.clone(),
+                limits,
+                Arc::clone(&metrics.grpc_listener),
+                shutdown.clone(),
+            ),
             shutdown.clone().cancelled_owned(),
         );
 
     let http = async {
         if let Some(l) = listeners.http {
             info!(http_addr = %l.local_addr()?, "control plane HTTP listening");
-            axum::serve(
+            trackwire_transport::http::serve(
                 l,
                 http::router(
                     state.clone(),
                     Arc::clone(&metrics),
                     Arc::clone(&subscribers),
                 ),
+                config.http_limits,
+                shutdown.clone(),
             )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
         }
         Ok::<(), Error>(())

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub stale_max_seconds: AtomicU64,
     /// Verdicts an agent sent about backends not assigned to it (dropped).
     pub verdicts_rejected: AtomicU64,
+    /// The gRPC port's connection counters.
+    pub grpc_listener: std::sync::Arc<trackwire_transport::ListenerStats>,
+    /// The TLS material served with, once loaded.
+    pub tls: std::sync::OnceLock<trackwire_transport::Tls>,
 }
 
 impl Metrics {
@@ -167,6 +171,21 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 v.load(Relaxed)
             );
+        }
+        let l = &self.grpc_listener;
+        let _ = writeln!(
+            out,
+            "# HELP trackwire_grpc_connections_accepted_total connections accepted on the gRPC port\n# TYPE trackwire_grpc_connections_accepted_total counter\ntrackwire_grpc_connections_accepted_total {}\n\
+             # HELP trackwire_grpc_connections_active established connections on the gRPC port\n# TYPE trackwire_grpc_connections_active gauge\ntrackwire_grpc_connections_active {}\n\
+             # HELP trackwire_grpc_connections_dropped_total connections dropped before they were established, by reason\n# TYPE trackwire_grpc_connections_dropped_total counter\n\
+             trackwire_grpc_connections_dropped_total{{reason=\"handshake\"}} {}\ntrackwire_grpc_connections_dropped_total{{reason=\"preface\"}} {}",
+            l.accepted.load(Relaxed),
+            l.active.load(Relaxed),
+            l.handshake_failures.load(Relaxed),
+            l.preface_timeouts.load(Relaxed),
+        );
+        if let Some(tls) = self.tls.get() {
+            tls.render_metrics(&mut out);
         }
         out
     }

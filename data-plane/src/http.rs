@@ -16,19 +16,21 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 use crate::status::View;
+use trackwire_transport::Tls;
 
 #[derive(Clone)]
 struct Ctx {
     view: View,
     metrics: Arc<Metrics>,
+    tls: Option<Tls>,
 }
 
-pub fn router(view: View, metrics: Arc<Metrics>) -> Router {
+pub fn router(view: View, metrics: Arc<Metrics>, tls: Option<Tls>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Ctx { view, metrics })
+        .with_state(Ctx { view, metrics, tls })
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
@@ -42,8 +44,11 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ctx.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut body = ctx.metrics.render();
+        if let Some(tls) = &ctx.tls {
+            tls.render_metrics(&mut body);
+        }
+        body
+    })
 }

@@ -56,6 +56,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 use trackwire_core::config::ListenerSpec;
+use trackwire_core::limits::HttpLimits;
+use trackwire_transport::{Role, Tls};
 
 use crate::metrics::Metrics;
 
@@ -68,12 +70,27 @@ pub struct Config {
     pub proxy_id: String,
     /// How long open sessions may run after shutdown before they are cut.
     pub drain_grace: Duration,
+    /// Mutual TLS to `https://` control planes; the proxy id is then the
+    /// certificate's name.
+    pub tls: Option<Tls>,
 }
 
 impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         if self.control_plane.is_empty() {
             return Err(Error::Config("control_plane: at least one endpoint".into()));
+        }
+        for url in &self.control_plane {
+            trackwire_connect::check_scheme(url, self.tls.is_some()).map_err(Error::Config)?;
+        }
+        if let Some(tls) = &self.tls {
+            let id = tls.identity();
+            if id.role != Role::Proxy {
+                return Err(Error::Config(format!(
+                    "--tls-cert: identity {id} has role {}; a data-plane proxy needs a proxy certificate",
+                    id.role
+                )));
+            }
         }
         if self.listeners.is_empty() {
             return Err(Error::Config(
@@ -183,6 +200,9 @@ pub async fn run(
         initial.stale.len() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
+    if let Some(tls) = &config.tls {
+        tls.spawn_reloader(shutdown.clone());
+    }
     let (tx, rx) = watch::channel(Arc::new(initial.map));
     let (stale_tx, stale_rx) = watch::channel::<BTreeSet<String>>(initial.stale);
     let view = status::View {
@@ -197,8 +217,12 @@ pub async fn run(
             subscribe::SubscribeConfig {
                 control_plane: config.control_plane.clone(),
                 pools: config.pools(),
-                proxy_id: config.proxy_id.clone(),
+                proxy_id: match &config.tls {
+                    Some(tls) => tls.identity().name,
+                    None => config.proxy_id.clone(),
+                },
                 state_dir: config.state_dir.clone(),
+                tls: config.tls.clone(),
             },
             subscribe::Publish {
                 map: tx,
@@ -236,10 +260,14 @@ pub async fn run(
     }
     if let Some(l) = http {
         info!(http_addr = %l.local_addr().map_err(Error::Http)?, "data plane HTTP listening");
-        axum::serve(l, http::router(view, Arc::clone(&metrics)))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .await
-            .map_err(Error::Http)?;
+        trackwire_transport::http::serve(
+            l,
+            http::router(view, Arc::clone(&metrics), config.tls.clone()),
+            HttpLimits::default(),
+            stop.clone(),
+        )
+        .await
+        .map_err(Error::Http)?;
     }
     stop.cancelled().await;
     let mut failed = None;

@@ -29,6 +29,7 @@ pub struct SubscribeConfig {
     pub pools: Vec<String>,
     pub proxy_id: String,
     pub state_dir: Option<PathBuf>,
+    pub tls: Option<trackwire_transport::Tls>,
 }
 
 /// Where the subscription publishes: the map routing reads, and its stale
@@ -102,7 +103,7 @@ async fn stream(
     metrics: &Metrics,
     established: &mut bool,
 ) -> Result<(), String> {
-    let channel = trackwire_connect::channel(url).await?;
+    let channel = trackwire_connect::channel(url, cfg.tls.as_ref()).await?;
     // Offer the map held (from any replica of the same store, or the
     // cache): a replica that still has that revision answers with a delta.
     let (resume_epoch, resume_revision) = {

@@ -52,6 +52,7 @@ async fn start(grace: Duration) -> Proxy {
             state_dir: Some(dir.path().to_path_buf()),
             proxy_id: "shutdown-test".into(),
             drain_grace: grace,
+            tls: None,
         },
         listeners,
         None,

@@ -11,16 +11,23 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::runner::Shared;
+use trackwire_transport::Tls;
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shared>, tls: Option<Tls>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(shared)
+        .with_state(Ctx { shared, tls })
 }
 
-async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    tls: Option<Tls>,
+}
+
+async fn readyz(State(Ctx { shared: s, .. }): State<Ctx>) -> impl IntoResponse {
     if s.connected.load(Relaxed) == 1 {
         (StatusCode::OK, "ready\n")
     } else {
@@ -31,7 +38,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(Ctx { shared: s, tls }): State<Ctx>) -> impl IntoResponse {
     let mut body = format!(
         "# HELP trackwire_agent_targets checks assigned to this agent\n# TYPE trackwire_agent_targets gauge\ntrackwire_agent_targets {}\n\
          # HELP trackwire_agent_checks_total checks run\n# TYPE trackwire_agent_checks_total counter\ntrackwire_agent_checks_total {}\n\
@@ -61,6 +68,9 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         "trackwire_agent_check_duration_seconds",
         "check duration, connect to verdict",
     );
+    if let Some(tls) = tls {
+        tls.render_metrics(&mut body);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -77,7 +87,7 @@ mod tests {
         let shared = Arc::new(Shared::default());
         shared.outcomes[Outcome::L7Sts.index()].fetch_add(2, Relaxed);
         shared.lateness.observe(std::time::Duration::from_millis(3));
-        let resp = router(Arc::clone(&shared))
+        let resp = router(Arc::clone(&shared), None)
             .oneshot(
                 axum::http::Request::get("/metrics")
                     .body(Body::empty())
@@ -96,7 +106,7 @@ mod tests {
             text.contains("trackwire_agent_check_lateness_seconds_bucket{le=\"0.005\"} 1"),
             "{text}"
         );
-        let ready = router(shared)
+        let ready = router(shared, None)
             .oneshot(
                 axum::http::Request::get("/readyz")
                     .body(Body::empty())

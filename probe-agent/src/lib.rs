@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::runner::Shared;
+use trackwire_core::limits::HttpLimits;
+use trackwire_transport::{Role, Tls};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,6 +32,9 @@ pub struct Config {
     /// Holds `agent-id`, so the agent keeps its identity across restarts.
     pub state_dir: Option<PathBuf>,
     pub heartbeat: Duration,
+    /// Mutual TLS to `https://` control planes; the agent id is then the
+    /// certificate's name and the state dir's `agent-id` is not used.
+    pub tls: Option<Tls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         if self.control_plane.is_empty() {
             return Err(Error::Config("control_plane: at least one endpoint".into()));
+        }
+        for url in &self.control_plane {
+            trackwire_connect::check_scheme(url, self.tls.is_some()).map_err(Error::Config)?;
+        }
+        if let Some(tls) = &self.tls {
+            let id = tls.identity();
+            if id.role != Role::Agent {
+                return Err(Error::Config(format!(
+                    "--tls-cert: identity {id} has role {}; a probe agent needs an agent certificate",
+                    id.role
+                )));
+            }
         }
         if self.zone.len() > 63 {
             return Err(Error::Config("zone: at most 63 bytes".into()));
@@ -116,9 +133,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.validate()?;
-    let agent_id = match &config.state_dir {
-        Some(dir) => load_or_create_agent_id(dir)?,
-        None => {
+    let agent_id = match (&config.tls, &config.state_dir) {
+        // The certificate is the identity: one agent cannot speak for another.
+        (Some(tls), _) => tls.identity().name,
+        (None, Some(dir)) => load_or_create_agent_id(dir)?,
+        (None, None) => {
             let id = uuid::Uuid::new_v4().to_string();
             warn!(agent_id = %id, "no state dir: this agent gets a new identity on every start");
             id
@@ -134,17 +153,25 @@ pub async fn run(
                 instance_id: uuid::Uuid::new_v4().to_string(),
                 zone: config.zone.clone(),
                 heartbeat: config.heartbeat,
+                tls: config.tls.clone(),
             },
             Arc::clone(&shared),
             shutdown.clone(),
         )
         .instrument(info_span!("agent", id = %agent_id)),
     );
+    if let Some(tls) = &config.tls {
+        tls.spawn_reloader(shutdown.clone());
+    }
     if let Some(l) = http {
         info!(http_addr = %l.local_addr()?, "probe agent HTTP listening");
-        axum::serve(l, http::router(Arc::clone(&shared)))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        trackwire_transport::http::serve(
+            l,
+            http::router(Arc::clone(&shared), config.tls.clone()),
+            HttpLimits::default(),
+            shutdown.clone(),
+        )
+        .await?;
     }
     shutdown.cancelled().await;
     let _ = session.await;

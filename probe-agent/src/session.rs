@@ -29,6 +29,7 @@ pub struct SessionConfig {
     pub instance_id: String,
     pub zone: String,
     pub heartbeat: Duration,
+    pub tls: Option<trackwire_transport::Tls>,
 }
 
 pub async fn run(cfg: SessionConfig, shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -59,7 +60,7 @@ async fn session(
     runner: &mut Runner,
     established: &mut bool,
 ) -> Result<(), String> {
-    let channel = trackwire_connect::channel(url).await?;
+    let channel = trackwire_connect::channel(url, cfg.tls.as_ref()).await?;
     let (tx, rx) = mpsc::channel(64);
     let hello = pb::AgentHello {
         agent_id: cfg.agent_id.clone(),

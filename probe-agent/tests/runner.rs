@@ -205,6 +205,7 @@ async fn verdicts_are_resent_after_failover() {
             zone: "z".into(),
             state_dir: Some(dir.path().to_path_buf()),
             heartbeat: Duration::from_millis(300),
+            tls: None,
         },
         None,
         agent_token.clone(),

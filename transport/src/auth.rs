@@ -80,8 +80,7 @@ impl Token {
         let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let text = String::from_utf8(raw)
             .map_err(|_| format!("{}: the token is not UTF-8", path.display()))?;
-        Token::new(text.trim())
-            .map_err(|e| format!("{}: {e}", path.display()))
+        Token::new(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn new(token: &str) -> Result<Token, String> {
@@ -92,6 +91,11 @@ impl Token {
             return Err("the admin token must be printable ASCII without spaces".into());
         }
         Ok(Token(token.as_bytes().into()))
+    }
+
+    /// The token itself, to send it (clients only; never log it).
+    pub fn expose(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// Constant-time comparison (the length is not secret).
@@ -278,7 +282,10 @@ mod tests {
             table: TABLE,
         };
         let none = http::HeaderMap::new();
-        assert!(tls.authorize(Some(&peer(Role::Admin)), &none, "/a.Admin/Get").is_ok());
+        assert!(
+            tls.authorize(Some(&peer(Role::Admin)), &none, "/a.Admin/Get")
+                .is_ok()
+        );
         let e = tls
             .authorize(Some(&peer(Role::Proxy)), &none, "/a.Admin/Get")
             .expect_err("proxy");
@@ -288,14 +295,21 @@ mod tests {
             .authorize(Some(&peer(Role::Agent)), &none, "/a.Probe/Other")
             .expect_err("unknown");
         assert!(e.message().contains("no such method"), "{}", e.message());
-        assert!(tls
-            .authorize(Some(&peer(Role::Proxy)), &none, "/grpc.health.v1.Health/Check")
-            .is_ok());
+        assert!(
+            tls.authorize(
+                Some(&peer(Role::Proxy)),
+                &none,
+                "/grpc.health.v1.Health/Check"
+            )
+            .is_ok()
+        );
         let anon = Peer {
             identity: None,
             ..peer(Role::Admin)
         };
-        let e = tls.authorize(Some(&anon), &none, "/a.Admin/Get").expect_err("no cert");
+        let e = tls
+            .authorize(Some(&anon), &none, "/a.Admin/Get")
+            .expect_err("no cert");
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         let mut good = http::HeaderMap::new();
         good.insert(
@@ -303,7 +317,8 @@ mod tests {
             "Bearer 0123456789abcdef0123".parse().expect("header"),
         );
         assert_eq!(
-            tls.authorize(Some(&anon), &good, "/a.Admin/Get").expect("token"),
+            tls.authorize(Some(&anon), &good, "/a.Admin/Get")
+                .expect("token"),
             Caller::Token
         );
         let e = tls
@@ -311,8 +326,13 @@ mod tests {
             .expect_err("token is admin only");
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let mut bad = http::HeaderMap::new();
-        bad.insert("authorization", "Bearer 0123456789abcdef0124".parse().expect("h"));
-        let e = tls.authorize(Some(&anon), &bad, "/a.Admin/Get").expect_err("bad");
+        bad.insert(
+            "authorization",
+            "Bearer 0123456789abcdef0124".parse().expect("h"),
+        );
+        let e = tls
+            .authorize(Some(&anon), &bad, "/a.Admin/Get")
+            .expect_err("bad");
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         assert!(!e.message().contains("0123"), "the token is never echoed");
 
@@ -321,8 +341,14 @@ mod tests {
             token: Some(token),
             table: TABLE,
         };
-        assert!(plain.authorize(Some(&anon), &none, "/a.Probe/Connect").is_ok());
-        let e = plain.authorize(Some(&anon), &none, "/a.Admin/Get").expect_err("guarded");
+        assert!(
+            plain
+                .authorize(Some(&anon), &none, "/a.Probe/Connect")
+                .is_ok()
+        );
+        let e = plain
+            .authorize(Some(&anon), &none, "/a.Admin/Get")
+            .expect_err("guarded");
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         assert!(plain.authorize(Some(&anon), &good, "/a.Admin/Get").is_ok());
         assert!(format!("{:?}", plain.token).contains("redacted"));

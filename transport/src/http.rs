@@ -51,9 +51,10 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)

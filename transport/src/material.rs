@@ -20,8 +20,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
@@ -405,8 +405,8 @@ impl Tls {
         );
         let cert = self.0.files.cert.display().to_string();
         let ca = self.0.files.ca.display().to_string();
-        for (kind, file, v) in std::iter::once(("leaf", &cert, &m.leaf))
-            .chain(m.cas.iter().map(|v| ("ca", &ca, v)))
+        for (kind, file, v) in
+            std::iter::once(("leaf", &cert, &m.leaf)).chain(m.cas.iter().map(|v| ("ca", &ca, v)))
         {
             let _ = writeln!(
                 out,
@@ -432,7 +432,9 @@ impl Tls {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// WebPKI client verification, then exactly one trackwire identity in the

@@ -92,14 +92,10 @@ impl Ca {
         check_trust_domain(trust_domain).map_err(PkiError::Invalid)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(
-            DnType::CommonName,
-            format!("trackwire CA ({trust_domain})"),
-        );
+        dn.push(DnType::CommonName, format!("trackwire CA ({trust_domain})"));
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{trust_domain}").try_into()?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -212,7 +208,12 @@ impl Ca {
 
 impl Leaf {
     /// Writes `DIR/ROLE-NAME.crt` and `DIR/ROLE-NAME.key`, each whole; returns their paths.
-    pub fn write(&self, dir: &Path, role: Role, name: &str) -> Result<(PathBuf, PathBuf), PkiError> {
+    pub fn write(
+        &self,
+        dir: &Path,
+        role: Role,
+        name: &str,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
         let crt = dir.join(format!("{role}-{name}.crt"));
         let key = dir.join(format!("{role}-{name}.key"));
         // The key first: a reloading process waits for a certificate that
@@ -229,7 +230,9 @@ fn check_dns_name(s: &str) -> Result<(), PkiError> {
         && s.split('.').enumerate().all(|(i, label)| {
             !label.is_empty()
                 && label.len() <= 63
-                && ((label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && ((label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     && !label.starts_with('-')
                     && !label.ends_with('-'))
                     || (i == 0 && label == "*"))
@@ -283,14 +286,19 @@ mod tests {
         let leaf = ca
             .issue(Role::Agent, "agent-1", &["10.0.0.1".into()], 5)
             .expect("issue");
-        let (crt, _) = leaf.write(dir.path(), Role::Agent, "agent-1").expect("write");
+        let (crt, _) = leaf
+            .write(dir.path(), Role::Agent, "agent-1")
+            .expect("write");
         assert!(crt.ends_with("agent-agent-1.crt"));
         let der = rustls::pki_types::CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes())
             .expect("pem");
         let id = Identity::from_cert(&der, "example.org").expect("identity");
         assert_eq!((id.role, id.name.as_str()), (Role::Agent, "agent-1"));
         let e = Identity::from_cert(&der, "other.org").expect_err("other domain");
-        assert!(matches!(e, crate::identity::IdentityError::TrustDomain { .. }));
+        assert!(matches!(
+            e,
+            crate::identity::IdentityError::TrustDomain { .. }
+        ));
 
         for bad in ["a b", "-", "x..y."] {
             let e = ca

@@ -300,9 +300,7 @@ async fn establish(
             // The verifier already checked the identity; read it back.
             let identity = match session.peer_certificates().and_then(|c| c.first()) {
                 Some(der) => {
-                    let trust_domain = tls
-                        .map(|t| t.identity().trust_domain)
-                        .unwrap_or_default();
+                    let trust_domain = tls.map(|t| t.identity().trust_domain).unwrap_or_default();
                     Some(
                         Identity::from_cert(der, &trust_domain)
                             .map_err(|e| Failure::Handshake(e.to_string()))?,

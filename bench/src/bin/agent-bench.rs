@@ -60,6 +60,7 @@ async fn agent(child: ChildArgs) -> anyhow::Result<()> {
             zone: "bench".into(),
             state_dir: None,
             heartbeat: Duration::from_secs(2),
+            tls: None,
         },
         Some(http),
         CancellationToken::new(),

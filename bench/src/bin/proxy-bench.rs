@@ -109,6 +109,7 @@ async fn proxy(child: ChildArgs) -> anyhow::Result<()> {
             state_dir: child.state_dir,
             proxy_id: "bench".into(),
             drain_grace: Duration::from_secs(1),
+            tls: None,
         },
         listeners,
         None,

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::store::{EtcdOptions, EtcdStore, Store};
 use trackwire_core::HealthMap;
 use trackwire_proto::v1::admin_service_client::AdminServiceClient;
+use trackwire_transport::{Role, Side, Tls, TlsFiles};
 
 /// Logs to the test's output (shown when it fails), filtered by `RUST_LOG`
 /// (default `info`).
@@ -98,6 +99,7 @@ pub async fn start_agent(
             zone: zone.into(),
             state_dir: Some(dir.to_path_buf()),
             heartbeat: Duration::from_millis(300),
+            tls: None,
         },
         None,
         token.clone(),
@@ -139,6 +141,7 @@ pub fn follow_with_metrics(
             pools: vec![],
             proxy_id: "test".into(),
             state_dir: None,
+            tls: None,
         },
         tx,
         Arc::clone(&metrics),
@@ -190,9 +193,64 @@ pub async fn wait_map(
 }
 
 pub async fn admin(url: &str) -> AdminServiceClient<tonic::transport::Channel> {
-    trackwire_cli::admin::connect(&[url.to_string()])
-        .await
-        .expect("connect admin")
+    AdminServiceClient::new(
+        trackwire_connect::channel(url, None)
+            .await
+            .expect("connect admin"),
+    )
+}
+
+/// A throwaway CA for mutual-TLS tests, writing PEM files in a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: trackwire_transport::pki::Ca,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        Pki::for_domain("trackwire.test")
+    }
+
+    pub fn for_domain(trust_domain: &str) -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = trackwire_transport::pki::Ca::generate(trust_domain, 30).expect("CA");
+        std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).expect("write CA");
+        Pki { dir, ca }
+    }
+
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// Issues (or re-issues) `role`/`name`; control planes get the loopback names.
+    pub fn files(&self, role: Role, name: &str) -> TlsFiles {
+        let sans: Vec<String> = if role == Role::ControlPlane {
+            vec!["127.0.0.1".into(), "localhost".into()]
+        } else {
+            vec![]
+        };
+        let leaf = self.ca.issue(role, name, &sans, 5).expect("issue");
+        let (cert, key) = leaf.write(self.dir.path(), role, name).expect("write");
+        TlsFiles {
+            ca: self.ca_path(),
+            cert,
+            key,
+        }
+    }
+
+    pub fn server(&self) -> Tls {
+        Tls::load(
+            self.files(Role::ControlPlane, "cp"),
+            Side::Server {
+                client_cert_optional: false,
+            },
+        )
+        .expect("server TLS")
+    }
+
+    pub fn client(&self, role: Role, name: &str) -> Tls {
+        Tls::load(self.files(role, name), Side::Client).expect("client TLS")
+    }
 }
 
 /// GETs `path` from an HTTP port; (status, body).

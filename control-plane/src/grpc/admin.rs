@@ -5,6 +5,7 @@
 //! key's revision); domain errors become statuses here, at the edge.
 
 use std::sync::Arc;
+use tracing::info;
 
 use tonic::{Request, Response, Status};
 use trackwire_core::PoolSpec;
@@ -63,8 +64,10 @@ impl AdminService for AdminSvc {
         &self,
         request: Request<pb::ApplyPoolsRequest>,
     ) -> Result<Response<pb::ApplyPoolsResponse>, Status> {
+        let (caller, peer) = (super::caller(&request), super::peer_addr(&request));
         let req = request.into_inner();
         let specs = validate_pools(&req.pools)?;
+        let dry_run = req.dry_run;
         // Run to completion even if the client goes away: a large apply is
         // several transactions, and stopping between them helps nobody.
         let store = Arc::clone(&self.store);
@@ -82,6 +85,9 @@ impl AdminService for AdminSvc {
         .await
         .map_err(|e| Status::internal(format!("apply task: {e}")))?
         .map_err(write_status)?;
+        if !dry_run && !(applied.created.is_empty() && applied.updated.is_empty()) {
+            info!(%caller, %peer, created = ?applied.created, updated = ?applied.updated, revision = applied.revision, "pools applied");
+        }
         Ok(Response::new(pb::ApplyPoolsResponse {
             revision: applied.revision,
             created: applied.created,
@@ -181,16 +187,19 @@ impl AdminService for AdminSvc {
         &self,
         request: Request<pb::DeletePoolRequest>,
     ) -> Result<Response<pb::DeletePoolResponse>, Status> {
+        let (caller, peer) = (super::caller(&request), super::peer_addr(&request));
         let name = request.into_inner().name;
         trackwire_core::model::validate_name(&name)
             .map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
         let store = Arc::clone(&self.store);
         let keys = self.keys.clone();
+        let pool = name.clone();
         let revision =
-            tokio::spawn(async move { crate::writes::delete(store.as_ref(), &keys, &name).await })
+            tokio::spawn(async move { crate::writes::delete(store.as_ref(), &keys, &pool).await })
                 .await
                 .map_err(|e| Status::internal(format!("delete task: {e}")))?
                 .map_err(write_status)?;
+        info!(%caller, %peer, pool = %name, revision, "pool deleted");
         Ok(Response::new(pb::DeletePoolResponse { revision }))
     }
 
@@ -198,6 +207,7 @@ impl AdminService for AdminSvc {
         &self,
         request: Request<pb::SetBackendStateRequest>,
     ) -> Result<Response<pb::SetBackendStateResponse>, Status> {
+        let (caller, peer) = (super::caller(&request), super::peer_addr(&request));
         let req = request.into_inner();
         let state = match pb::AdminState::try_from(req.state) {
             Ok(pb::AdminState::Unspecified) => None,
@@ -219,12 +229,20 @@ impl AdminService for AdminSvc {
             &req.backend,
             state,
             crate::writes::OverrideNote {
-                reason: req.reason,
-                set_by: req.set_by,
+                reason: req.reason.clone(),
+                // A certificate names who did it; the client's own claim is kept beside it.
+                set_by: match (&caller, req.set_by.is_empty()) {
+                    (trackwire_transport::Caller::Peer(id), true) => id.name.clone(),
+                    (trackwire_transport::Caller::Peer(id), false) => {
+                        format!("{} ({})", req.set_by, id.name)
+                    }
+                    _ => req.set_by.clone(),
+                },
             },
         )
         .await
         .map_err(write_status)?;
+        info!(%caller, %peer, pool = %req.pool, backend = %req.backend, state = ?state, reason = %req.reason, revision, "admin state set");
         Ok(Response::new(pb::SetBackendStateResponse { revision }))
     }
 

@@ -47,11 +47,17 @@ impl HealthMapService for HealthMapSvc {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = super::peer_addr(&request);
+        let caller = super::caller(&request);
         let req = request.into_inner();
+        if let Some(name) = super::bound_name(&caller) {
+            if req.proxy_id != name {
+                return Err(Status::permission_denied(format!(
+                    "proxy_id {:?}: the certificate {caller} may subscribe only as {name:?}",
+                    req.proxy_id
+                )));
+            }
+        }
         for (i, p) in req.pools.iter().enumerate() {
             validate_name(p).map_err(|e| Status::invalid_argument(format!("pools[{i}]: {e}")))?;
         }

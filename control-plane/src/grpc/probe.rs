@@ -47,6 +47,8 @@ pub struct ProbeSvc {
     pub state: StateRx,
     pub metrics: Arc<Metrics>,
     pub agent_ttl: Duration,
+    /// Messages one session may send per second (`--agent-reports-per-second`).
+    pub reports_per_second: u32,
     pub results: Arc<crate::results::Results>,
     pub shutdown: CancellationToken,
 }
@@ -92,10 +94,8 @@ impl ProbeService for ProbeSvc {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<ConnectStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer = super::peer_addr(&request);
+        let caller = super::caller(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -108,8 +108,20 @@ impl ProbeService for ProbeSvc {
                 "the first message must be an AgentHello",
             ));
         };
-        uuid::Uuid::parse_str(&hello.agent_id)
-            .map_err(|e| Status::invalid_argument(format!("hello.agent_id: not a UUID ({e})")))?;
+        // The id is a store key part: the same rules as a certificate's name.
+        trackwire_transport::identity::check_name(&hello.agent_id)
+            .map_err(|e| Status::invalid_argument(format!("hello.agent_id: {e}")))?;
+        // With a certificate, the agent id is the certificate's name: one
+        // agent cannot speak for another.
+        if let Some(name) = super::bound_name(&caller) {
+            if hello.agent_id != name {
+                warn!(%peer, claimed = %hello.agent_id, %caller, "refused an agent speaking for another agent id");
+                return Err(Status::permission_denied(format!(
+                    "hello.agent_id {:?}: the certificate {caller} may speak only as agent {name:?}",
+                    hello.agent_id
+                )));
+            }
+        }
         if hello.instance_id.is_empty() || hello.instance_id.len() > 64 {
             return Err(Status::invalid_argument(
                 "hello.instance_id: required, at most 64 bytes",
@@ -174,14 +186,19 @@ impl ProbeService for ProbeSvc {
             }),
             lease: Some(lease),
         }];
-        // Only verdicts about backends that exist are stored.
+        // Only verdicts about backends this agent checks — as assigned over
+        // the live agents and itself — are stored: never about pools or
+        // backends that do not exist, nor about another agent's backends.
         let mut written: BTreeMap<(String, String), u64> = BTreeMap::new();
         let mut latest: BTreeMap<(&str, &str), &pb::Verdict> = BTreeMap::new();
         for v in &hello.verdicts {
             latest.insert((&v.pool, &v.backend), v);
         }
+        let checker = snap.facts.checker(&hello.agent_id, &hello.zone);
+        let mut rejected = 0u64;
         for v in latest.into_values() {
-            if !snap.facts.has_backend(&v.pool, &v.backend) {
+            if !checker.checks(&v.pool, &v.backend) {
+                rejected += 1;
                 continue;
             }
             written.insert((v.pool.clone(), v.backend.clone()), v.fingerprint);
@@ -223,6 +240,10 @@ impl ProbeService for ProbeSvc {
         self.metrics
             .verdict_writes
             .fetch_add(written.len() as u64, Relaxed);
+        if rejected > 0 {
+            self.metrics.verdicts_rejected.fetch_add(rejected, Relaxed);
+            warn!(agent = %hello.agent_id, rejected, "hello verdicts about backends not assigned to this agent were not stored");
+        }
         info!(agent = %hello.agent_id, instance = %hello.instance_id, zone = %hello.zone, %peer, verdicts = written.len(), "agent connected");
 
         let (tx, rx) = mpsc::channel(4);
@@ -231,6 +252,7 @@ impl ProbeService for ProbeSvc {
             keys: self.keys.clone(),
             metrics: Arc::clone(&self.metrics),
             agent: hello.agent_id.clone(),
+            zone: hello.zone.clone(),
             agent_key,
             owner_rev,
             lease,
@@ -239,6 +261,7 @@ impl ProbeService for ProbeSvc {
             written,
             assigned: None,
             keepalive,
+            rate: Bucket::new(self.reports_per_second),
         };
         let span = info_span!("agent_session", agent = %hello.agent_id);
         let shutdown = self.shutdown.clone();
@@ -252,6 +275,7 @@ struct Session {
     keys: Keys,
     metrics: Arc<Metrics>,
     agent: String,
+    zone: String,
     agent_key: String,
     /// The agent key's revision written by this session's hello: every write
     /// requires it unchanged, so a session that lost its claim writes nothing.
@@ -264,6 +288,42 @@ struct Session {
     /// The last assignment sent: (pool, backend) → fingerprint.
     assigned: Option<BTreeMap<(String, String), u64>>,
     keepalive: KeepAlive,
+    rate: Bucket,
+}
+
+/// A token bucket: `rate` per second, bursts of ten seconds' worth. An
+/// agent over its rate is read more slowly (HTTP/2 flow control pushes back
+/// on it); nothing is dropped.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(per_second: u32) -> Bucket {
+        let rate = f64::from(per_second.max(1));
+        Bucket {
+            rate,
+            burst: rate * 10.0,
+            tokens: rate * 10.0,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            tokio::time::sleep(Duration::from_secs_f64((1.0 - self.tokens) / self.rate)).await;
+            self.tokens = 1.0;
+            self.at = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
 }
 
 /// Renews a session's lease every third of its TTL until stopped (or
@@ -518,6 +578,7 @@ impl Session {
     ) -> Result<(), Status> {
         let mut merged: Option<pb::VerdictReport> = None;
         for m in msgs {
+            self.rate.take().await;
             match m.msg {
                 Some(pb::agent_message::Msg::Report(r)) => match &mut merged {
                     Some(all) => all.verdicts.extend(r.verdicts),
@@ -566,9 +627,11 @@ impl Session {
                             Some(a) => {
                                 a.get(&(v.pool.clone(), v.backend.clone())) == Some(&v.fingerprint)
                             }
-                            None => snap
-                                .as_ref()
-                                .is_some_and(|s| s.facts.has_backend(&v.pool, &v.backend)),
+                            None => snap.as_ref().is_some_and(|s| {
+                                s.facts
+                                    .checker(&self.agent, &self.zone)
+                                    .checks(&v.pool, &v.backend)
+                            }),
                         })
                         .collect()
                 };

@@ -27,6 +27,25 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// Attempts for idempotent requests (get, list, put, delete).
     pub attempts: u32,
+    /// TLS for `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+}
+
+/// PEM material for TLS to etcd: the CA its server certificate chains to,
+/// and a client certificate and key for `--client-cert-auth`.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("EtcdTls")
+            .field("client_cert", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdOptions {
@@ -36,6 +55,7 @@ impl EtcdOptions {
             request_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             attempts: 3,
+            tls: None,
         }
     }
 }
@@ -87,6 +107,17 @@ impl EtcdStore {
             .with_connect_timeout(opts.connect_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
+        let base = match &opts.tls {
+            Some(t) => {
+                let mut tls = etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&t.ca_pem));
+                if let Some((cert, key)) = &t.identity {
+                    tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+                }
+                base.with_tls(tls)
+            }
+            None => base,
+        };
         let unary = Client::connect(
             &opts.endpoints,
             Some(base.clone().with_timeout(opts.request_timeout)),

@@ -12,7 +12,7 @@ mod mem;
 
 use std::time::Duration;
 
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use mem::MemStore;
 
 pub type LeaseId = i64;
