@@ -12,17 +12,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::hit;
 
+use support::Pki;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trackwire_cli::demo::DemoBackend;
+use trackwire_control_plane::store::EtcdTls;
 use trackwire_control_plane::store::{EtcdOptions, EtcdStore, MemStore, Store};
 use trackwire_core::config::ListenerSpec;
 use trackwire_core::convert::pool_to_pb;
 use trackwire_core::{BackendSpec, CheckSpec, PoolSpec, StatusSet};
 use trackwire_proto::v1 as pb;
+use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 use trackwire_testkit::EtcdCluster;
+use trackwire_testkit::etcd::EtcdTlsFiles;
+use trackwire_transport::Role;
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const RISE: u32 = 2;
@@ -85,7 +90,12 @@ fn pool(backends: &[DemoBackend]) -> PoolSpec {
     }
 }
 
-async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> Stack {
+/// Starts the fleet; with `pki`, every gRPC link is mutual TLS.
+async fn start(
+    store: Arc<dyn Store>,
+    state_dir: Option<std::path::PathBuf>,
+    pki: Option<&Pki>,
+) -> Stack {
     let backend_token = CancellationToken::new();
     let mut backends = Vec::new();
     for i in 1..=3 {
@@ -99,10 +109,14 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
         );
     }
     let grpc = local().await;
-    let url = format!("http://{}", grpc.local_addr().expect("addr"));
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", grpc.local_addr().expect("addr"));
     let cp_token = CancellationToken::new();
     let cp = tokio::spawn(trackwire_control_plane::run(
-        trackwire_control_plane::Config::default(),
+        trackwire_control_plane::Config {
+            tls: pki.map(Pki::server),
+            ..Default::default()
+        },
         store,
         trackwire_control_plane::Listeners { grpc, http: None },
         cp_token.clone(),
@@ -110,9 +124,10 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
 
     // Apply the pool through the public AdminService, as `trackwire apply` does.
     let deadline = Instant::now() + Duration::from_secs(10);
+    let admin_tls = pki.map(|p| p.client(Role::Admin, "ops"));
     let mut admin = loop {
-        match trackwire_cli::admin::connect_urls(std::slice::from_ref(&url)).await {
-            Ok(c) => break c,
+        match trackwire_connect::channel(&url, admin_tls.as_ref()).await {
+            Ok(c) => break AdminServiceClient::new(c),
             Err(e) => {
                 assert!(
                     Instant::now() < deadline,
@@ -138,7 +153,7 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
             zone: "a".into(),
             state_dir: None,
             heartbeat: Duration::from_millis(500),
-            tls: None,
+            tls: pki.map(|p| p.client(Role::Agent, "agent-1")),
         },
         None,
         others.clone(),
@@ -154,7 +169,7 @@ async fn start(store: Arc<dyn Store>, state_dir: Option<std::path::PathBuf>) -> 
             state_dir,
             proxy_id: "e2e".into(),
             drain_grace: Duration::from_secs(1),
-            tls: None,
+            tls: pki.map(|p| p.client(Role::Proxy, "e2e")),
         },
         listeners,
         None,
@@ -189,8 +204,8 @@ async fn spread(proxy: SocketAddr, n: usize) -> HashMap<String, usize> {
     counts
 }
 
-async fn scenario(store: Arc<dyn Store>) {
-    let mut stack = start(store, None).await;
+async fn scenario(store: Arc<dyn Store>, pki: Option<&Pki>) {
+    let mut stack = start(store, None, pki).await;
     let proxy = stack.proxy;
 
     // 1. All three UP: 300 connections reach all three.
@@ -275,21 +290,80 @@ async fn etcd_store(cluster: &EtcdCluster) -> Arc<dyn Store> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vertical_slice_on_memstore() {
-    scenario(Arc::new(MemStore::new())).await;
+    scenario(Arc::new(MemStore::new()), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn vertical_slice_on_etcd() {
     let etcd = EtcdCluster::start();
-    scenario(etcd_store(&etcd).await).await;
+    scenario(etcd_store(&etcd).await, None).await;
+}
+
+/// The same slice with mutual TLS on every gRPC link (agent, proxy and
+/// admin certificates) and on the link to etcd, which requires a client
+/// certificate (`--client-cert-auth`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vertical_slice_with_mtls_everywhere_on_etcd_over_mtls() {
+    let pki = Pki::new();
+    let server = pki.files(Role::ControlPlane, "etcd");
+    let client = pki.files(Role::ControlPlane, "etcd-client");
+    let etcd = EtcdCluster::start_tls(&EtcdTlsFiles {
+        ca: pki.ca_path(),
+        server_cert: server.cert,
+        server_key: server.key,
+        client_cert: client.cert.clone(),
+        client_key: client.key.clone(),
+    });
+    assert!(etcd.endpoints()[0].starts_with("https://"));
+    let read = |p: &std::path::Path| std::fs::read(p).expect("read PEM");
+    let tls = EtcdTls {
+        ca_pem: read(&pki.ca_path()),
+        identity: Some((read(&client.cert), read(&client.key))),
+    };
+    // Without a client certificate etcd refuses the connection.
+    let refused = EtcdStore::connect(&EtcdOptions {
+        tls: Some(EtcdTls {
+            identity: None,
+            ..tls.clone()
+        }),
+        ..EtcdOptions::new(etcd.endpoints())
+    })
+    .await;
+    assert!(
+        refused.is_err(),
+        "etcd accepted a client without a certificate"
+    );
+    let store = EtcdStore::connect(&EtcdOptions {
+        tls: Some(tls),
+        ..EtcdOptions::new(etcd.endpoints())
+    })
+    .await
+    .expect("connect etcd over mTLS");
+    scenario(Arc::new(store), Some(&pki)).await;
+}
+
+/// The restart-from-cache scenario with mutual TLS on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_restart_with_mtls_uses_cached_map() {
+    let pki = Pki::new();
+    restart_from_cache(Some(&pki)).await;
 }
 
 /// A proxy restarted while no control plane answers routes on the map it
 /// persisted before (fail static across restarts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn proxy_restart_without_control_plane_uses_cached_map() {
+    restart_from_cache(None).await;
+}
+
+async fn restart_from_cache(pki: Option<&Pki>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut stack = start(Arc::new(MemStore::new()), Some(dir.path().to_path_buf())).await;
+    let mut stack = start(
+        Arc::new(MemStore::new()),
+        Some(dir.path().to_path_buf()),
+        pki,
+    )
+    .await;
     wait_all_up(stack.proxy).await;
     // Wait until the cache on disk has all three backends UP.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -315,7 +389,8 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
 
     // A new proxy pointed at a control plane that does not exist.
     let dead = local().await;
-    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let dead_url = format!("{scheme}://{}", dead.local_addr().expect("addr"));
     drop(dead);
     let listeners = trackwire_data_plane::bind(&[web_listener()])
         .await
@@ -330,7 +405,7 @@ async fn proxy_restart_without_control_plane_uses_cached_map() {
             state_dir: Some(dir.path().to_path_buf()),
             proxy_id: "restarted".into(),
             drain_grace: Duration::from_secs(1),
-            tls: None,
+            tls: pki.map(|p| p.client(Role::Proxy, "restarted")),
         },
         listeners,
         None,

@@ -22,6 +22,19 @@ pub struct EtcdCluster {
     _dir: tempfile::TempDir,
 }
 
+/// PEM files for an etcd serving TLS to clients with `--client-cert-auth`:
+/// its CA (client certificates must chain to it), its server certificate
+/// (valid for 127.0.0.1) and key, and a client certificate and key the
+/// harness uses for its health probe.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+}
+
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
@@ -45,6 +58,56 @@ fn healthy(url: &str) -> bool {
     buf.starts_with("HTTP/1.") && buf.contains(" 200 ") && buf.contains("\"health\":\"true\"")
 }
 
+/// [`healthy`] over TLS with the harness's client certificate.
+fn healthy_tls(url: &str, tls: &EtcdTlsFiles) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let Some(hostport) = url.strip_prefix("https://") else {
+        return false;
+    };
+    let config = (|| -> Option<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&tls.ca).ok()? {
+            roots.add(c.ok()?).ok()?;
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.client_cert)
+            .ok()?
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let key = PrivateKeyDer::from_pem_file(&tls.client_key).ok()?;
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .ok()
+    })();
+    let Some(config) = config else {
+        return false;
+    };
+    let Ok(name) = ServerName::try_from("127.0.0.1") else {
+        return false;
+    };
+    let Ok(conn) = rustls::ClientConnection::new(std::sync::Arc::new(config), name) else {
+        return false;
+    };
+    let Ok(tcp) = TcpStream::connect(hostport) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.") && buf.contains(" 200 ") && buf.contains("\"health\":\"true\"")
+}
+
 impl EtcdCluster {
     /// One member.
     pub fn start() -> EtcdCluster {
@@ -54,6 +117,15 @@ impl EtcdCluster {
     /// `n` members in one cluster, with short heartbeat/election timers so
     /// failover tests run in well under a second.
     pub fn start_n(n: usize) -> EtcdCluster {
+        Self::start_with(n, None)
+    }
+
+    /// One member serving clients over TLS, requiring client certificates.
+    pub fn start_tls(tls: &EtcdTlsFiles) -> EtcdCluster {
+        Self::start_with(1, Some(tls))
+    }
+
+    fn start_with(n: usize, tls: Option<&EtcdTlsFiles>) -> EtcdCluster {
         // On tmpfs when there is one: etcd fsyncs every write, and the tests
         // measure trackwire, not the disk (a slow disk made etcd the
         // bottleneck of fleet-sized tests).
@@ -74,12 +146,23 @@ impl EtcdCluster {
         let mut members = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("n{i}");
-            let client_url = format!("http://127.0.0.1:{client}");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let data = dir.path().join(&name);
             let log = std::fs::File::create(dir.path().join(format!("{name}.log")))
                 .expect("etcd log file");
-            let child = Command::new("etcd")
+            let mut cmd = Command::new("etcd");
+            if let Some(t) = tls {
+                cmd.arg("--cert-file")
+                    .arg(&t.server_cert)
+                    .arg("--key-file")
+                    .arg(&t.server_key)
+                    .arg("--trusted-ca-file")
+                    .arg(&t.ca)
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd
                 .args(["--name", &name])
                 .arg("--data-dir")
                 .arg(&data)
@@ -106,7 +189,10 @@ impl EtcdCluster {
         }
         let cluster = EtcdCluster { members, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster.members.iter().all(|m| healthy(&m.client_url)) {
+        while !cluster.members.iter().all(|m| match tls {
+            Some(t) => healthy_tls(&m.client_url, t),
+            None => healthy(&m.client_url),
+        }) {
             assert!(
                 Instant::now() < deadline,
                 "etcd did not become healthy within 20s"

@@ -261,24 +261,12 @@ pub fn check_trust_domain(td: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A name becomes a store key part (the agent id) and a file name: letters,
-/// digits, `.`, `-`, `_`; 1 to 63 characters; not `.` or `..`.
+/// A name becomes a store key part (the agent id) and a file name: the
+/// same rule as pool and backend names (`trackwire_core::model::validate_name`:
+/// 1–63 letters, digits, `-`, `_`, `.`, starting with a letter or digit), so
+/// no `/`, `..` or control character can escape a key prefix.
 pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 63 {
-        return Err(format!("name {name:?}: 1 to 63 characters"));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("name {name:?}: not a path component"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(format!(
-            "name {name:?}: only letters, digits, '.', '-' and '_'"
-        ));
-    }
-    Ok(())
+    trackwire_core::model::validate_name(name)
 }
 
 #[cfg(test)]
@@ -294,10 +282,11 @@ mod tests {
             ("https://example.org/trackwire/agent/a", "spiffe://"),
             ("spiffe://example.org/other/agent/a", "path"),
             ("spiffe://example.org/trackwire/root/a", "unknown role"),
-            ("spiffe://example.org/trackwire/agent/..", "path component"),
-            ("spiffe://example.org/trackwire/agent/a/b", "only letters"),
+            ("spiffe://example.org/trackwire/agent/..", "invalid name"),
+            ("spiffe://example.org/trackwire/agent/a/b", "invalid name"),
+            ("spiffe://example.org/trackwire/agent/a\nb", "invalid name"),
             ("spiffe://Example.org/trackwire/agent/a", "lowercase"),
-            ("spiffe://example.org/trackwire/agent/", "1 to 63"),
+            ("spiffe://example.org/trackwire/agent/", "invalid name"),
         ] {
             let e = Identity::parse_uri(uri).expect_err(uri).to_string();
             assert!(e.contains(part), "{uri}: {e}");
