@@ -27,8 +27,17 @@ pub async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpL
         .with_context(|| format!("bind {what} {addr}"))
 }
 
-/// Cancels `token` on SIGINT/SIGTERM.
+/// Cancels `token` on SIGINT/SIGTERM. Also takes SIGHUP over from its
+/// default (terminate): `systemctl reload` sends it, and it reloads TLS
+/// material ([`Tls`] listens for it too); without TLS it is only logged.
 pub fn cancel_on_signal(token: &CancellationToken) {
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: reloading TLS material if any; nothing else to reload");
+            }
+        });
+    }
     let t = token.clone();
     tokio::spawn(async move {
         crate::signal().await;

@@ -813,3 +813,243 @@ fn separate_processes_on_etcd() {
     }
     token.cancel();
 }
+
+/// `dev --tls`: every link mutual TLS with a dev CA in the state dir; the
+/// banner's admin command works as printed; a plaintext client and a
+/// proxy certificate are refused.
+#[test]
+fn dev_with_tls_runs_the_whole_path_over_mutual_tls() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(BIN)
+        .args([
+            "dev",
+            "--tls",
+            "--proxy-bind",
+            "127.0.0.1:0",
+            "--grpc-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(state.path())
+        .env("TRACKWIRE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start trackwire dev --tls");
+    let mut dev = Running(child);
+    let stdout = dev.0.stdout.take().expect("stdout");
+    let mut proxy = String::new();
+    let mut get = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("banner line");
+        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        match words.first().map(String::as_str) {
+            Some("proxy") => proxy = words[1].clone(),
+            Some("trackwire") if words.get(1).map(String::as_str) == Some("get") => {
+                get = words[1..].to_vec();
+            }
+            Some("grpcurl") => break,
+            _ => {}
+        }
+    }
+    assert!(!proxy.is_empty(), "no proxy line in the banner");
+    let get: Vec<&str> = get.iter().map(String::as_str).collect();
+    assert!(
+        get.contains(&"--tls-cert") && get.iter().any(|w| w.starts_with("https://")),
+        "banner command {get:?}"
+    );
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "admin-dev.crt",
+        "agent-dev.key",
+        "proxy-dev.crt",
+    ] {
+        assert!(state.path().join(f).exists(), "{f} not in the state dir");
+    }
+    wait_listening(&proxy);
+    // Agent and proxy over mTLS: the proxy routes to all three backends.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen: std::collections::HashSet<String> = (0..9)
+            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
+            .collect();
+        if seen.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all backends UP: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The printed admin command, as printed.
+    let (code, out, err) = run(&get);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" UP ")).count(),
+        3,
+        "{out}"
+    );
+    // The agent registered under its certificate's name.
+    let mut agents: Vec<&str> = get.clone();
+    agents[1] = "agents";
+    let (code, out, err) = run(&agents);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("dev ")), "{out}");
+    // Plaintext against the TLS port fails.
+    let url = get
+        .iter()
+        .find(|w| w.starts_with("https://"))
+        .expect("url")
+        .to_string();
+    let plain = url.replace("https://", "http://");
+    let (code, _, err) = run(&["get", "pools", "--control-plane", &plain]);
+    assert_eq!(code, 1, "plaintext client must fail: {err}");
+    // A proxy certificate may not drain.
+    let dir = state.path();
+    let (code, _, err) = run(&[
+        "drain",
+        "demo/backend-1",
+        "--control-plane",
+        &url,
+        "--tls-ca",
+        &dir.join("ca.crt").to_string_lossy(),
+        "--tls-cert",
+        &dir.join("proxy-dev.crt").to_string_lossy(),
+        "--tls-key",
+        &dir.join("proxy-dev.key").to_string_lossy(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("role proxy") && err.contains("SetBackendState"),
+        "{err}"
+    );
+}
+
+/// `certs init` and `certs issue` write what a fleet needs, refuse to
+/// replace a CA key, and name bad input.
+#[test]
+fn certs_init_and_issue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_string_lossy().to_string();
+    let (code, out, err) = run(&[
+        "certs",
+        "init",
+        "--dir",
+        &d,
+        "--trust-domain",
+        "example.org",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("example.org"), "{out}");
+    let (code, _, err) = run(&["certs", "init", "--dir", &d]);
+    assert_eq!(code, 2, "a second init must not replace the CA key");
+    assert!(err.contains("ca.key"), "{err}");
+    let (code, out, err) = run(&[
+        "certs",
+        "issue",
+        "--dir",
+        &d,
+        "--role",
+        "control-plane",
+        "--name",
+        "cp-1",
+        "--san",
+        "10.0.0.1",
+        "--san",
+        "cp-1.example.org",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("spiffe://example.org/trackwire/control-plane/cp-1"),
+        "{out}"
+    );
+    let key = dir.path().join("control-plane-cp-1.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "keys are private");
+    }
+    let (code, _, err) = run(&[
+        "certs", "issue", "--dir", &d, "--role", "root", "--name", "x",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("root"), "{err}");
+    let (code, _, err) = run(&[
+        "certs", "issue", "--dir", &d, "--role", "agent", "--name", "../x",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("../x"), "{err}");
+}
+
+/// SIGHUP (`systemctl reload`) reloads TLS material; a plaintext process
+/// must survive it too, not die of the signal's default action. An expired
+/// certificate is refused at start, naming the file and the date.
+#[test]
+fn sighup_does_not_kill_and_expired_certificates_are_refused_at_start() {
+    let (grpc, http_addr) = (free_addr(), free_addr());
+    let child = Command::new(BIN)
+        .args([
+            "control-plane",
+            "--grpc-bind",
+            &grpc,
+            "--http-bind",
+            &http_addr,
+        ])
+        .env("TRACKWIRE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start control plane");
+    let mut cp = Running(child);
+    wait_listening(&http_addr);
+    let pid = cp.0.id().to_string();
+    let status = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // Still serving, and still running a moment later.
+    assert!(http(&http_addr, "GET", "/healthz").contains("200"));
+    assert!(cp.0.try_wait().expect("wait").is_none(), "SIGHUP killed it");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = trackwire_transport::pki::Ca::generate("trackwire.test", 30).expect("ca");
+    std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).expect("write");
+    let id = trackwire_transport::Identity::new(
+        "trackwire.test",
+        trackwire_transport::Role::ControlPlane,
+        "old",
+    )
+    .expect("id");
+    let mut spec = trackwire_transport::pki::LeafSpec::for_identity(&id, &[], 1);
+    spec.not_before = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    spec.not_after = std::time::UNIX_EPOCH + Duration::from_secs(1_600_086_400);
+    let leaf = ca.sign(&spec).expect("sign");
+    let (crt, key) = leaf
+        .write(dir.path(), trackwire_transport::Role::ControlPlane, "old")
+        .expect("write");
+    let out = Command::new(BIN)
+        .args([
+            "control-plane",
+            "--grpc-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
+        .arg("--tls-ca")
+        .arg(dir.path().join("ca.crt"))
+        .arg("--tls-cert")
+        .arg(&crt)
+        .arg("--tls-key")
+        .arg(&key)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("control-plane-old.crt") && err.contains("expired on 2020-09-14"),
+        "{err}"
+    );
+}

@@ -1,0 +1,1827 @@
+//! Security of the gRPC and HTTP ports on real loopback sockets, with
+//! certificates generated per test: mutual TLS for every role, refused
+//! handshakes (plaintext, no certificate, another CA, expired, not yet
+//! valid, another trust domain, no or two identities) counted in
+//! `/metrics`, the role table method by method, ids bound to certificates,
+//! verdicts only about the sender's assignment, the admin bearer token,
+//! reloading (and refusing) TLS material under open streams, a CA rollover,
+//! the expiry gauge, and the accept loops' deadlines for silent peers.
+
+mod support;
+
+use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+use trackwire_control_plane::Config;
+use trackwire_control_plane::keys::{Keys, decode_verdict};
+use trackwire_control_plane::store::{MemStore, Store};
+use trackwire_core::convert::{pool_to_pb, target_fingerprint};
+use trackwire_core::limits::{HttpLimits, ServerLimits};
+use trackwire_core::{BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec};
+use trackwire_proto::v1 as pb;
+use trackwire_proto::v1::admin_service_client::AdminServiceClient;
+use trackwire_proto::v1::health_map_service_client::HealthMapServiceClient;
+use trackwire_proto::v1::probe_service_client::ProbeServiceClient;
+use trackwire_testkit::http::TestHttp;
+use trackwire_transport::identity::Validity;
+use trackwire_transport::pki::{Leaf, LeafSpec};
+use trackwire_transport::{Role, Side, Tls, TlsFiles, Token};
+
+use support::*;
+
+const TRUST_DOMAIN: &str = "trackwire.test";
+const DAY: Duration = Duration::from_secs(86_400);
+const HANDSHAKE_FAILURES: &str = "trackwire_tls_handshake_failures_total";
+const DROPPED_HANDSHAKE: &str = "trackwire_grpc_connections_dropped_total{reason=\"handshake\"}";
+const DROPPED_PREFACE: &str = "trackwire_grpc_connections_dropped_total{reason=\"preface\"}";
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn mem() -> Arc<dyn Store> {
+    Arc::new(MemStore::new())
+}
+
+fn keys() -> Keys {
+    Keys::new("/trackwire/").expect("prefix")
+}
+
+/// The control plane's gRPC URL with the TLS scheme.
+fn https(cp: &Cp) -> String {
+    cp.url.replacen("http://", "https://", 1)
+}
+
+/// `host:port` of the control plane's gRPC port.
+fn grpc_addr(cp: &Cp) -> String {
+    cp.url.trim_start_matches("http://").to_string()
+}
+
+fn tls_config(tls: Tls) -> Config {
+    Config {
+        tls: Some(tls),
+        ..Default::default()
+    }
+}
+
+/// Fails the test when `fut` takes longer than `secs`.
+async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {secs}s"))
+}
+
+async fn admin_tls(url: &str, tls: &Tls) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(
+        trackwire_connect::channel(url, Some(tls))
+            .await
+            .expect("connect admin over mutual TLS"),
+    )
+}
+
+/// One series' value on the control plane's `/metrics` (`series` is the
+/// name with its labels, exactly as exported).
+async fn metric(http: &str, series: &str) -> u64 {
+    let (status, body) = within(5, "GET /metrics", http_get(http, "/metrics")).await;
+    assert_eq!(status, 200, "/metrics: {body}");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
+}
+
+/// Waits until `series` exceeds `before` (the server counts a refused
+/// connection on its own task, possibly after the client has given up).
+async fn wait_metric_above(http: &str, series: &str, before: u64, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metric(http, series).await;
+        if now > before {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {series} stayed at {now} (was {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The DER of the first PEM block of `pem` (a small base64 decoder: this
+/// crate's tests have no PEM parser of their own).
+fn pem_der(pem: &str) -> Vec<u8> {
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {:?}", c as char),
+        }
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in body
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+    {
+        acc = (acc << 6) | value(c);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn validity_of_pem(pem: &str) -> Validity {
+    Validity::of(&pem_der(pem)).expect("certificate parses")
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
+}
+
+/// Opens a new TLS connection with `tls` (client material) and returns the
+/// serial of the certificate the server presented.
+async fn served_serial(addr: &str, tls: &Tls) -> String {
+    use tonic::codegen::Service;
+    let mut connector = trackwire_transport::client::TlsConnector::new(tls.clone());
+    let uri: tonic::transport::Uri = format!("https://{addr}").parse().expect("uri");
+    let io = within(5, "TLS connection", connector.call(uri))
+        .await
+        .unwrap_or_else(|e| panic!("TLS connection to {addr}: {e}"));
+    let (_, session) = io.inner().get_ref();
+    let certs = session
+        .peer_certificates()
+        .expect("the server presented a certificate");
+    Validity::of(&certs[0])
+        .expect("server certificate parses")
+        .serial
+}
+
+/// A leaf with exactly the given URI SANs and validity window.
+fn odd_leaf(pki: &Pki, uris: Vec<String>, not_before: SystemTime, not_after: SystemTime) -> Leaf {
+    pki.ca
+        .sign(&LeafSpec {
+            common_name: "ops".into(),
+            uris,
+            sans: vec![],
+            not_before,
+            not_after,
+            server: false,
+        })
+        .expect("sign")
+}
+
+fn admin_uri(trust_domain: &str, name: &str) -> String {
+    format!("spiffe://{trust_domain}/trackwire/admin/{name}")
+}
+
+fn write_leaf(dir: &Path, name: &str, ca: &Path, leaf: &Leaf) -> TlsFiles {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, &leaf.cert_pem).expect("write cert");
+    std::fs::write(&key, &leaf.key_pem).expect("write key");
+    TlsFiles {
+        ca: ca.to_path_buf(),
+        cert,
+        key,
+    }
+}
+
+/// A ListPools over a TLS client built by hand (tonic's own rustls client,
+/// which checks nothing about its own certificate): trusts `ca_pem`,
+/// presents `leaf` if any. `Err` says why the call failed.
+async fn hand_call(url: &str, ca_pem: &str, leaf: Option<&Leaf>) -> Result<(), String> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some(l) = leaf {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            &l.cert_pem,
+            &l.key_pem,
+        ));
+    }
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5));
+    let attempt = async {
+        let ch = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {}", trackwire_connect::error_chain(&e)))?;
+        AdminServiceClient::new(ch)
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    };
+    tokio::time::timeout(Duration::from_secs(8), attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// A plaintext ListPools (on a TLS port it must fail).
+async fn plaintext_call(url: &str) -> Result<(), String> {
+    let attempt = async {
+        let ch = trackwire_connect::channel(url, None).await?;
+        AdminServiceClient::new(ch)
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    };
+    tokio::time::timeout(Duration::from_secs(8), attempt)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+fn hello(id: &str, verdicts: Vec<pb::Verdict>) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::AgentHello {
+            agent_id: id.into(),
+            zone: "z".into(),
+            verdicts,
+            version: "test".into(),
+            instance_id: format!("{id}-instance"),
+        })),
+    }
+}
+
+fn verdict(pool: &str, backend: &str, fingerprint: u64, reason: &str) -> pb::Verdict {
+    pb::Verdict {
+        pool: pool.into(),
+        backend: backend.into(),
+        state: pb::HealthState::Up as i32,
+        since_ms: 1,
+        reason: reason.into(),
+        fingerprint,
+    }
+}
+
+/// Subscribes as `proxy_id`; Ok once the first message arrived.
+async fn subscribe_first(ch: Channel, proxy_id: &str) -> Result<(), Status> {
+    let mut stream = HealthMapServiceClient::new(ch)
+        .subscribe(pb::SubscribeRequest {
+            proxy_id: proxy_id.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    match stream.message().await? {
+        Some(_) => Ok(()),
+        None => Err(Status::unknown("stream ended before its first message")),
+    }
+}
+
+fn checked_pool(name: &str, backends: Vec<BackendSpec>) -> PoolSpec {
+    PoolSpec {
+        check: Some(CheckSpec {
+            rise: 1,
+            fall: 1,
+            ..CheckSpec::every(Duration::from_millis(100))
+        }),
+        replicas: 1,
+        ..PoolSpec::new(name, backends)
+    }
+}
+
+fn plain_pool(name: &str) -> PoolSpec {
+    PoolSpec::new(
+        name,
+        vec![
+            BackendSpec::new("b1", "127.0.0.1:9"),
+            BackendSpec::new("b2", "127.0.0.1:9"),
+        ],
+    )
+}
+
+async fn apply(
+    admin: &mut AdminServiceClient<Channel>,
+    pools: &[PoolSpec],
+) -> pb::ApplyPoolsResponse {
+    admin
+        .apply_pools(pb::ApplyPoolsRequest {
+            pools: pools.iter().map(pool_to_pb).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("apply pools")
+        .into_inner()
+}
+
+/// The `trackwire` binary: (exit code, stdout, stderr), within 30 s.
+async fn cli(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackwire"));
+    cmd.args(args).kill_on_drop(true);
+    for var in [
+        "TRACKWIRE_CONTROL_PLANE",
+        "TRACKWIRE_TOKEN_FILE",
+        "TRACKWIRE_TLS_CA",
+        "TRACKWIRE_TLS_CERT",
+        "TRACKWIRE_TLS_KEY",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = within(30, "trackwire CLI", cmd.output())
+        .await
+        .expect("run trackwire");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+// A hand-rolled prost codec for calls the generated clients cannot make
+// (unknown methods) or that this crate has no client for (grpc.health.v1).
+
+struct Prost<T, U>(PhantomData<fn(T) -> U>);
+
+impl<T, U> Default for Prost<T, U> {
+    fn default() -> Self {
+        Prost(PhantomData)
+    }
+}
+
+struct ProstEncoder<T>(PhantomData<fn(T)>);
+struct ProstDecoder<U>(PhantomData<fn() -> U>);
+
+impl<T, U> Codec for Prost<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+    fn encoder(&mut self) -> ProstEncoder<T> {
+        ProstEncoder(PhantomData)
+    }
+    fn decoder(&mut self) -> ProstDecoder<U> {
+        ProstDecoder(PhantomData)
+    }
+}
+
+impl<T: prost::Message> Encoder for ProstEncoder<T> {
+    type Item = T;
+    type Error = Status;
+    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encode: {e}")))
+    }
+}
+
+impl<U: prost::Message + Default> Decoder for ProstDecoder<U> {
+    type Item = U;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decode: {e}")))
+    }
+}
+
+async fn raw_unary<Req, Resp>(ch: Channel, path: &'static str, req: Req) -> Result<Resp, Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(req),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        Prost::<Req, Resp>::default(),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse` (status 1: SERVING).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+async fn health_check(ch: Channel) -> Result<i32, Status> {
+    raw_unary::<HealthCheckRequest, HealthCheckResponse>(
+        ch,
+        "/grpc.health.v1.Health/Check",
+        HealthCheckRequest {
+            service: String::new(),
+        },
+    )
+    .await
+    .map(|r| r.status)
+}
+
+// ---------------------------------------------------------------------------
+// 1. Every role over mutual TLS
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_works_over_mutual_tls() {
+    logs();
+    let pki = Pki::new();
+    let cp = start_cp(mem(), tls_config(pki.server())).await;
+    let url = https(&cp);
+    let backend = TestHttp::start().await;
+
+    // Admin: apply and list.
+    let mut admin = admin_tls(&url, &pki.client(Role::Admin, "ops")).await;
+    let applied = apply(
+        &mut admin,
+        &[checked_pool(
+            "web",
+            vec![BackendSpec::new("b1", backend.address())],
+        )],
+    )
+    .await;
+    assert_eq!(applied.created, ["web"]);
+    let listed = admin
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .expect("list pools as admin")
+        .into_inner();
+    assert_eq!(
+        listed
+            .pools
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["web"]
+    );
+
+    // A real probe agent: its id is its certificate's name.
+    let others = CancellationToken::new();
+    tokio::spawn(trackwire_probe_agent::run(
+        trackwire_probe_agent::Config {
+            control_plane: vec![url.clone()],
+            zone: "a".into(),
+            state_dir: None,
+            heartbeat: Duration::from_millis(300),
+            tls: Some(pki.client(Role::Agent, "agent-1")),
+        },
+        None,
+        others.clone(),
+    ));
+    wait_for("agent-1 listed by ListAgents", 10, || {
+        let mut a = admin.clone();
+        async move {
+            a.list_agents(pb::ListAgentsRequest {})
+                .await
+                .is_ok_and(|r| !r.into_inner().agents.is_empty())
+        }
+    })
+    .await;
+    let agents = admin
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .expect("list agents")
+        .into_inner()
+        .agents;
+    assert_eq!(
+        agents
+            .iter()
+            .map(|a| a.agent_id.as_str())
+            .collect::<Vec<_>>(),
+        ["agent-1"],
+        "the agent registers under its certificate's name"
+    );
+
+    // A real proxy subscription.
+    let (tx, map) = watch::channel(Arc::new(HealthMap::default()));
+    tokio::spawn(trackwire_data_plane::subscribe::run(
+        trackwire_data_plane::subscribe::SubscribeConfig {
+            control_plane: vec![url.clone()],
+            pools: vec![],
+            proxy_id: "edge-1".into(),
+            state_dir: None,
+            tls: Some(pki.client(Role::Proxy, "edge-1")),
+        },
+        tx,
+        Arc::new(trackwire_data_plane::metrics::Metrics::default()),
+        others.clone(),
+    ));
+    wait_map(&map, "web/b1 UP on agent-1's live verdict", 10, |m| {
+        m.pools
+            .get("web")
+            .and_then(|p| p.get("b1"))
+            .is_some_and(|e| e.state == HealthState::Up && e.votes == 1 && !e.stale)
+    })
+    .await;
+    let health = admin
+        .get_health(pb::GetHealthRequest { pool: "web".into() })
+        .await
+        .expect("get health")
+        .into_inner();
+    let votes: Vec<&str> = health
+        .backends
+        .iter()
+        .flat_map(|b| b.votes.iter().map(|v| v.agent_id.as_str()))
+        .collect();
+    assert_eq!(votes, ["agent-1"], "the UP vote is agent-1's");
+    let subscribers = admin
+        .list_subscribers(pb::ListSubscribersRequest {})
+        .await
+        .expect("list subscribers")
+        .into_inner();
+    assert!(
+        subscribers
+            .subscribers
+            .iter()
+            .any(|s| s.proxy_id == "edge-1"),
+        "{subscribers:?}"
+    );
+    others.cancel();
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 2. Refused handshakes
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_are_refused_and_counted() {
+    logs();
+    let pki = Pki::new();
+    let cp = start_cp(mem(), tls_config(pki.server())).await;
+    let url = https(&cp);
+    let ca = pki.ca.cert_pem.clone();
+    let now = SystemTime::now();
+    let valid = (now - Duration::from_secs(300), now + DAY);
+
+    // The hand-built client itself works: with a good certificate it gets through.
+    let good = pki.ca.issue(Role::Admin, "ops", &[], 5).expect("issue");
+    hand_call(&url, &ca, Some(&good))
+        .await
+        .expect("a good certificate through the hand-built client");
+    let failures_after_good = metric(&cp.http, HANDSHAKE_FAILURES).await;
+    assert_eq!(failures_after_good, 0, "a good handshake is no failure");
+
+    // Plaintext on the TLS port.
+    let before = metric(&cp.http, HANDSHAKE_FAILURES).await;
+    let r = plaintext_call(&cp.url).await;
+    assert!(r.is_err(), "a plaintext client got through: {r:?}");
+    wait_metric_above(&cp.http, HANDSHAKE_FAILURES, before, "plaintext client").await;
+
+    let another_ca = Pki::new();
+    let another_domain = Pki::for_domain("other.test");
+    // (what, certificate presented, whether trackwire's own client material
+    // would refuse it before connecting)
+    let cases: Vec<(&str, Option<Leaf>, bool)> = vec![
+        ("no client certificate", None, false),
+        (
+            "a certificate from another CA",
+            Some(
+                another_ca
+                    .ca
+                    .issue(Role::Admin, "ops", &[], 5)
+                    .expect("issue"),
+            ),
+            false,
+        ),
+        (
+            "an expired certificate",
+            Some(odd_leaf(
+                &pki,
+                vec![admin_uri(TRUST_DOMAIN, "ops")],
+                now - 2 * DAY,
+                now - DAY,
+            )),
+            true,
+        ),
+        (
+            "a certificate not valid yet",
+            Some(odd_leaf(
+                &pki,
+                vec![admin_uri(TRUST_DOMAIN, "ops")],
+                now + DAY,
+                now + 2 * DAY,
+            )),
+            true,
+        ),
+        (
+            "a certificate of another trust domain's CA",
+            Some(
+                another_domain
+                    .ca
+                    .issue(Role::Admin, "ops", &[], 5)
+                    .expect("issue"),
+            ),
+            false,
+        ),
+        (
+            "our CA, but an identity in another trust domain",
+            Some(odd_leaf(
+                &pki,
+                vec![admin_uri("other.test", "ops")],
+                valid.0,
+                valid.1,
+            )),
+            false,
+        ),
+        (
+            "a certificate without a URI SAN",
+            Some(odd_leaf(&pki, vec![], valid.0, valid.1)),
+            true,
+        ),
+        (
+            "a certificate with two trackwire identities",
+            Some(odd_leaf(
+                &pki,
+                vec![
+                    admin_uri(TRUST_DOMAIN, "ops"),
+                    admin_uri(TRUST_DOMAIN, "ops2"),
+                ],
+                valid.0,
+                valid.1,
+            )),
+            true,
+        ),
+    ];
+    for (what, leaf, _) in &cases {
+        let before = metric(&cp.http, HANDSHAKE_FAILURES).await;
+        let r = hand_call(&url, &ca, leaf.as_ref()).await;
+        assert!(r.is_err(), "{what}: the call went through");
+        wait_metric_above(&cp.http, HANDSHAKE_FAILURES, before, what).await;
+    }
+    // The refusals were the server's: a good certificate still works.
+    hand_call(&url, &ca, Some(&good))
+        .await
+        .expect("a good certificate after the refusals");
+
+    // trackwire's own client material refuses the odd certificates before
+    // any connection is made, naming the certificate file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, (what, leaf, refused)) in cases.iter().enumerate() {
+        let (Some(leaf), true) = (leaf, refused) else {
+            continue;
+        };
+        let files = write_leaf(dir.path(), &format!("odd-{i}"), &pki.ca_path(), leaf);
+        let e = Tls::load(files.clone(), Side::Client).expect_err(what);
+        assert_eq!(e.file, files.cert, "{what}: {e}");
+    }
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 3. The role table
+// ---------------------------------------------------------------------------
+
+fn expect_access(role: Role, allowed: bool, path: &str, r: Result<(), Status>) {
+    if allowed {
+        if let Err(e) = r {
+            panic!(
+                "role {role} must be allowed {path}: {:?} {}",
+                e.code(),
+                e.message()
+            );
+        }
+    } else {
+        let Err(e) = r else {
+            panic!("role {role} must be refused {path}");
+        };
+        assert_eq!(
+            e.code(),
+            Code::PermissionDenied,
+            "role {role} on {path}: {}",
+            e.message()
+        );
+        assert!(
+            e.message().contains(&format!("role {role}")) && e.message().contains(path),
+            "role {role} on {path}: the refusal names neither: {}",
+            e.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_table_admits_exactly_the_allowed_calls() {
+    logs();
+    let pki = Pki::new();
+    let cp = start_cp(mem(), tls_config(pki.server())).await;
+    let url = https(&cp);
+    for role in Role::ALL {
+        let name = match role {
+            Role::Admin => "ops",
+            Role::Agent => "agent-1",
+            Role::Proxy => "edge-1",
+            Role::ControlPlane => "cp-2",
+        };
+        let tls = pki.client(role, name);
+        let ch = trackwire_connect::channel(&url, Some(&tls))
+            .await
+            .unwrap_or_else(|e| panic!("connect as {role}: {e}"));
+
+        let r = within(
+            5,
+            "ListPools",
+            AdminServiceClient::new(ch.clone()).list_pools(pb::ListPoolsRequest {}),
+        )
+        .await
+        .map(|_| ());
+        expect_access(
+            role,
+            role == Role::Admin,
+            "/trackwire.v1.AdminService/ListPools",
+            r,
+        );
+
+        let r = within(5, "Subscribe", subscribe_first(ch.clone(), name)).await;
+        expect_access(
+            role,
+            role == Role::Proxy,
+            "/trackwire.v1.HealthMapService/Subscribe",
+            r,
+        );
+
+        // Nothing valid sent: the agent passes the role check and is told
+        // its first message must be a hello; every other role is refused
+        // before that matters.
+        let r = within(
+            5,
+            "Connect",
+            ProbeServiceClient::new(ch.clone())
+                .connect(tokio_stream::iter(vec![pb::AgentMessage { msg: None }])),
+        )
+        .await
+        .map(|_| ());
+        if role == Role::Agent {
+            let e = r.expect_err("an empty first message");
+            assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+            assert!(e.message().contains("AgentHello"), "{}", e.message());
+        } else {
+            expect_access(role, false, "/trackwire.v1.ProbeService/Connect", r);
+        }
+
+        let status = within(5, "Health/Check", health_check(ch.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("role {role} health check: {e:?}"));
+        assert_eq!(status, 1, "role {role}: SERVING");
+    }
+
+    // Unknown methods, as admin: under the admin prefix the call passes the
+    // role check and the service says it has no such method; elsewhere the
+    // role table refuses it.
+    let ch = trackwire_connect::channel(&url, Some(&pki.client(Role::Admin, "ops")))
+        .await
+        .expect("connect as admin");
+    let e = within(
+        5,
+        "NoSuchMethod",
+        raw_unary::<pb::ListPoolsRequest, pb::ListPoolsResponse>(
+            ch.clone(),
+            "/trackwire.v1.AdminService/NoSuchMethod",
+            pb::ListPoolsRequest {},
+        ),
+    )
+    .await
+    .expect_err("no such method");
+    assert_eq!(e.code(), Code::Unimplemented, "{}", e.message());
+    let e = within(
+        5,
+        "Nope/X",
+        raw_unary::<pb::ListPoolsRequest, pb::ListPoolsResponse>(
+            ch,
+            "/trackwire.v1.Nope/X",
+            pb::ListPoolsRequest {},
+        ),
+    )
+    .await
+    .expect_err("unknown service");
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(
+        e.message().contains("/trackwire.v1.Nope/X") && e.message().contains("role admin"),
+        "{}",
+        e.message()
+    );
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. Ids bound to certificates
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_proxies_speak_only_for_their_certificate() {
+    logs();
+    let pki = Pki::new();
+    let store = mem();
+    let cp = start_cp(Arc::clone(&store), tls_config(pki.server())).await;
+    let url = https(&cp);
+    let agent = pki.client(Role::Agent, "agent-1");
+    let ch = trackwire_connect::channel(&url, Some(&agent))
+        .await
+        .expect("connect as agent-1");
+
+    let e = within(
+        5,
+        "hello as agent-2",
+        ProbeServiceClient::new(ch.clone())
+            .connect(tokio_stream::iter(vec![hello("agent-2", vec![])])),
+    )
+    .await
+    .expect_err("agent-1 speaking as agent-2");
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(
+        e.message().contains("\"agent-2\"") && e.message().contains("\"agent-1\""),
+        "{}",
+        e.message()
+    );
+    assert!(
+        store
+            .get(&keys().agent("agent-2"))
+            .await
+            .expect("get")
+            .is_none(),
+        "nothing registered as agent-2"
+    );
+
+    // As itself the same certificate registers.
+    within(
+        5,
+        "hello as agent-1",
+        ProbeServiceClient::new(ch).connect(tokio_stream::iter(vec![hello("agent-1", vec![])])),
+    )
+    .await
+    .expect("agent-1 as itself");
+    assert!(
+        store
+            .get(&keys().agent("agent-1"))
+            .await
+            .expect("get")
+            .is_some()
+    );
+
+    // The same binding for proxies.
+    let proxy = pki.client(Role::Proxy, "edge-1");
+    let ch = trackwire_connect::channel(&url, Some(&proxy))
+        .await
+        .expect("connect as edge-1");
+    let e = within(
+        5,
+        "subscribe as edge-2",
+        subscribe_first(ch.clone(), "edge-2"),
+    )
+    .await
+    .expect_err("edge-1 subscribing as edge-2");
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(
+        e.message().contains("edge-2") && e.message().contains("edge-1"),
+        "{}",
+        e.message()
+    );
+    within(5, "subscribe as edge-1", subscribe_first(ch, "edge-1"))
+        .await
+        .expect("edge-1 as itself");
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 5. Verdicts only about the sender's assignment
+// ---------------------------------------------------------------------------
+
+async fn verdict_keys(store: &dyn Store) -> Vec<String> {
+    store
+        .list(&format!("{}verdicts/", keys().root()))
+        .await
+        .expect("list verdicts")
+        .0
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_about_other_agents_backends_are_not_stored() {
+    logs();
+    let store = mem();
+    let pools: Vec<PoolSpec> = ["p1", "p2"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            checked_pool(
+                p,
+                (0..4)
+                    .map(|b| {
+                        BackendSpec::new(format!("b{b}"), format!("127.0.0.{}:{}", i + 1, 9000 + b))
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    trackwire_control_plane::writes::apply(store.as_ref(), &keys(), &pools, 0, false)
+        .await
+        .expect("apply");
+    let cp = start_cp(
+        Arc::clone(&store),
+        Config {
+            agent_ttl: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await;
+    let fp = |pool: &str, backend: &str| {
+        let p = pools.iter().find(|p| p.name == pool).expect("pool");
+        let b = p
+            .backends
+            .iter()
+            .find(|b| b.name == backend)
+            .expect("backend");
+        target_fingerprint(&b.address, p.check.as_ref().expect("check"))
+    };
+
+    // Which backend goes to which of the two agents (replicas = 1).
+    let agents = [("agent-a", "z"), ("agent-b", "z")];
+    let mut mine = None;
+    let mut foreign = None;
+    for p in &pools {
+        for b in &p.backends {
+            let chosen =
+                trackwire_control_plane::assign::assign_zoned(&p.name, &b.name, &agents, 1, false);
+            match chosen.as_slice() {
+                ["agent-a"] if mine.is_none() => mine = Some((p.name.clone(), b.name.clone())),
+                ["agent-b"] if foreign.is_none() => {
+                    foreign = Some((p.name.clone(), b.name.clone()))
+                }
+                _ => {}
+            }
+        }
+    }
+    let (mine, foreign) = (
+        mine.expect("a backend assigned to agent-a"),
+        foreign.expect("a backend assigned to agent-b"),
+    );
+
+    // Agent B: a live session holding a verdict about its own backend.
+    let ch = trackwire_connect::channel(&cp.url, None)
+        .await
+        .expect("connect");
+    let (b_tx, b_rx) = tokio::sync::mpsc::channel(16);
+    b_tx.send(hello(
+        "agent-b",
+        vec![verdict(
+            &foreign.0,
+            &foreign.1,
+            fp(&foreign.0, &foreign.1),
+            "b's own",
+        )],
+    ))
+    .await
+    .expect("queue hello");
+    let _b_session = within(
+        5,
+        "agent-b hello",
+        ProbeServiceClient::new(ch.clone()).connect(ReceiverStream::new(b_rx)),
+    )
+    .await
+    .expect("agent-b registers");
+    let b_key = keys().verdict("agent-b", &foreign.0, &foreign.1);
+    assert!(
+        verdict_keys(store.as_ref()).await.contains(&b_key),
+        "agent-b's verdict about its own backend is stored"
+    );
+    let mut admin = admin(&cp.url).await;
+    wait_for("agent-b in the control plane's view", 5, || {
+        let mut a = admin.clone();
+        async move {
+            a.list_agents(pb::ListAgentsRequest {})
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner()
+                        .agents
+                        .iter()
+                        .any(|a| a.agent_id == "agent-b")
+                })
+        }
+    })
+    .await;
+
+    // Agent A's hello: its own backend, agent B's, and a pool that does not exist.
+    let rejected_before = metric(&cp.http, "trackwire_verdicts_rejected_total").await;
+    let (a_tx, a_rx) = tokio::sync::mpsc::channel(16);
+    a_tx.send(hello(
+        "agent-a",
+        vec![
+            verdict(&mine.0, &mine.1, fp(&mine.0, &mine.1), "hello"),
+            verdict(&foreign.0, &foreign.1, fp(&foreign.0, &foreign.1), "hello"),
+            verdict("ghost", "b0", 1, "hello"),
+        ],
+    ))
+    .await
+    .expect("queue hello");
+    let mut a_inbound = within(
+        5,
+        "agent-a hello",
+        ProbeServiceClient::new(ch).connect(ReceiverStream::new(a_rx)),
+    )
+    .await
+    .expect("agent-a registers")
+    .into_inner();
+    let mine_key = keys().verdict("agent-a", &mine.0, &mine.1);
+    let foreign_key = keys().verdict("agent-a", &foreign.0, &foreign.1);
+    let ghost_key = keys().verdict("agent-a", "ghost", "b0");
+    let stored = verdict_keys(store.as_ref()).await;
+    assert!(stored.contains(&mine_key), "{stored:?}");
+    assert!(!stored.contains(&foreign_key), "{stored:?}");
+    assert!(!stored.contains(&ghost_key), "{stored:?}");
+    let rejected = metric(&cp.http, "trackwire_verdicts_rejected_total").await;
+    assert_eq!(rejected, rejected_before + 2, "two hello verdicts rejected");
+
+    // The assignment agent A gets agrees: its backend, not agent B's.
+    let first = within(5, "agent-a's assignment", a_inbound.message())
+        .await
+        .expect("assignment")
+        .expect("a message");
+    let Some(pb::control_message::Msg::Assignment(assignment)) = first.msg else {
+        panic!("not an assignment: {first:?}");
+    };
+    let targets: Vec<(String, String)> = assignment
+        .targets
+        .iter()
+        .map(|t| (t.pool.clone(), t.backend.clone()))
+        .collect();
+    assert!(targets.contains(&mine), "{targets:?}");
+    assert!(!targets.contains(&foreign), "{targets:?}");
+
+    // A report: the same three; only agent A's own backend is written.
+    a_tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Report(pb::VerdictReport {
+            verdicts: vec![
+                verdict(&mine.0, &mine.1, fp(&mine.0, &mine.1), "report"),
+                verdict(&foreign.0, &foreign.1, fp(&foreign.0, &foreign.1), "report"),
+                verdict("ghost", "b0", 1, "report"),
+            ],
+        })),
+    })
+    .await
+    .expect("queue report");
+    wait_for("agent-a's reported verdict stored", 5, || {
+        let store = Arc::clone(&store);
+        let key = mine_key.clone();
+        async move {
+            store
+                .get(&key)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|kv| decode_verdict(&kv.value).is_ok_and(|v| v.reason == "report"))
+        }
+    })
+    .await;
+    let stored = verdict_keys(store.as_ref()).await;
+    assert!(!stored.contains(&foreign_key), "{stored:?}");
+    assert!(!stored.contains(&ghost_key), "{stored:?}");
+    assert!(
+        !stored.iter().any(|k| k.contains("/ghost/")),
+        "no verdict about a nonexistent pool: {stored:?}"
+    );
+    let b_value = store
+        .get(&b_key)
+        .await
+        .expect("get")
+        .expect("agent-b's verdict");
+    assert_eq!(
+        decode_verdict(&b_value.value).expect("verdict").reason,
+        "b's own",
+        "agent-b's verdict untouched"
+    );
+    assert_eq!(
+        metric(&cp.http, "trackwire_verdicts_rejected_total").await,
+        rejected + 2,
+        "two report verdicts rejected"
+    );
+    // The admin view agrees that nobody else voted on agent B's backend.
+    let health = admin
+        .get_health(pb::GetHealthRequest {
+            pool: foreign.0.clone(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    let voters: Vec<&str> = health
+        .backends
+        .iter()
+        .filter(|b| b.endpoint.as_ref().is_some_and(|e| e.backend == foreign.1))
+        .flat_map(|b| b.votes.iter().map(|v| v.agent_id.as_str()))
+        .collect();
+    assert!(!voters.contains(&"agent-a"), "{voters:?}");
+    drop(a_tx);
+    drop(b_tx);
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 6. A proxy certificate cannot drain
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_certificate_cannot_change_backend_state() {
+    logs();
+    let pki = Pki::new();
+    let store = mem();
+    let cp = start_cp(Arc::clone(&store), tls_config(pki.server())).await;
+    let url = https(&cp);
+    let mut admin = admin_tls(&url, &pki.client(Role::Admin, "ops")).await;
+    apply(&mut admin, &[plain_pool("web")]).await;
+
+    let proxy = pki.client(Role::Proxy, "edge-1");
+    let e = within(
+        5,
+        "SetBackendState",
+        admin_tls(&url, &proxy)
+            .await
+            .set_backend_state(pb::SetBackendStateRequest {
+                pool: "web".into(),
+                backend: "b1".into(),
+                state: pb::AdminState::Drain as i32,
+                reason: "not mine to drain".into(),
+                set_by: "edge-1".into(),
+            }),
+    )
+    .await
+    .expect_err("a proxy draining a backend");
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(
+        e.message().contains("role proxy")
+            && e.message()
+                .contains("/trackwire.v1.AdminService/SetBackendState"),
+        "{}",
+        e.message()
+    );
+    let override_key = keys().admin("web", "b1");
+    assert!(store.get(&override_key).await.expect("get").is_none());
+
+    // The CLI with the proxy's certificate: refused, exit code non-zero.
+    let files = pki.files(Role::Proxy, "edge-cli");
+    let (code, out, err) = cli(&[
+        "drain",
+        "web/b1",
+        "--control-plane",
+        &url,
+        "--tls-ca",
+        path_str(&files.ca),
+        "--tls-cert",
+        path_str(&files.cert),
+        "--tls-key",
+        path_str(&files.key),
+    ])
+    .await;
+    assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.to_lowercase().contains("permission") && err.contains("role proxy"),
+        "stderr: {err}"
+    );
+    assert!(store.get(&override_key).await.expect("get").is_none());
+
+    // The same command with an admin certificate drains.
+    let files = pki.files(Role::Admin, "ops-cli");
+    let (code, out, err) = cli(&[
+        "drain",
+        "web/b1",
+        "--control-plane",
+        &url,
+        "--tls-ca",
+        path_str(&files.ca),
+        "--tls-cert",
+        path_str(&files.cert),
+        "--tls-key",
+        path_str(&files.key),
+    ])
+    .await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("backend/web/b1 drain"), "{out}");
+    assert!(store.get(&override_key).await.expect("get").is_some());
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. The admin bearer token (plaintext port)
+// ---------------------------------------------------------------------------
+
+const TOKEN: &str = "s3cret-admin-token-0123456789";
+
+fn with_bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_admin_calls_only() {
+    logs();
+    let store = mem();
+    trackwire_control_plane::writes::apply(store.as_ref(), &keys(), &[plain_pool("web")], 0, false)
+        .await
+        .expect("apply");
+    let cp = start_cp(
+        Arc::clone(&store),
+        Config {
+            admin_token: Some(Token::new(TOKEN).expect("token")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ch = trackwire_connect::channel(&cp.url, None)
+        .await
+        .expect("connect");
+    let mut admin = AdminServiceClient::new(ch.clone());
+
+    let e = admin
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    assert!(e.message().contains("bearer token"), "{}", e.message());
+
+    let pools = admin
+        .list_pools(with_bearer(pb::ListPoolsRequest {}, TOKEN))
+        .await
+        .expect("with the token")
+        .into_inner();
+    assert_eq!(pools.pools.len(), 1);
+
+    let wrong = "wrong-token-abcdef0123456789";
+    let e = admin
+        .list_pools(with_bearer(pb::ListPoolsRequest {}, wrong))
+        .await
+        .expect_err("wrong token");
+    assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    assert!(
+        !e.message().contains(wrong) && !e.message().contains(TOKEN),
+        "a token echoed: {}",
+        e.message()
+    );
+    let e = admin
+        .set_backend_state(with_bearer(
+            pb::SetBackendStateRequest {
+                pool: "web".into(),
+                backend: "b1".into(),
+                state: pb::AdminState::Drain as i32,
+                reason: String::new(),
+                set_by: "x".into(),
+            },
+            wrong,
+        ))
+        .await
+        .expect_err("wrong token drains");
+    assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    assert!(
+        store
+            .get(&keys().admin("web", "b1"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // Agents and proxies need no token on a plaintext port.
+    within(
+        5,
+        "hello",
+        ProbeServiceClient::new(ch.clone())
+            .connect(tokio_stream::iter(vec![hello("agent-x", vec![])])),
+    )
+    .await
+    .expect("ProbeService is open without a token");
+    within(5, "subscribe", subscribe_first(ch, "edge-x"))
+        .await
+        .expect("HealthMapService is open without a token");
+
+    // The CLI with --token-file; without it; with a wrong one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("token");
+    std::fs::write(&good, format!("{TOKEN}\n")).expect("write token");
+    let bad = dir.path().join("bad-token");
+    std::fs::write(&bad, wrong).expect("write token");
+    let (code, out, err) = cli(&[
+        "get",
+        "pools",
+        "--control-plane",
+        &cp.url,
+        "--token-file",
+        path_str(&good),
+    ])
+    .await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("web"), "{out}");
+    let (code, out, err) = cli(&["get", "pools", "--control-plane", &cp.url]).await;
+    assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("bearer token"), "stderr: {err}");
+    let (code, out, err) = cli(&[
+        "get",
+        "pools",
+        "--control-plane",
+        &cp.url,
+        "--token-file",
+        path_str(&bad),
+    ])
+    .await;
+    assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        !err.contains(wrong) && !out.contains(wrong),
+        "the wrong token printed: {err}"
+    );
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 8. Reload under an open stream
+// ---------------------------------------------------------------------------
+
+/// Reads the stream until an update names `pool` (or fails after `secs`).
+async fn wait_update_for(
+    stream: &mut tonic::Streaming<pb::HealthMapUpdate>,
+    pool: &str,
+    secs: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no update about {pool} within {secs}s"))
+            .unwrap_or_else(|e| panic!("stream failed: {e:?}"))
+            .expect("stream ended");
+        if msg.pools.iter().any(|p| p.pool == pool) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_open_streams_and_serves_the_new_certificate() {
+    logs();
+    let pki = Pki::new();
+    let tls = pki.server();
+    let cp = start_cp(mem(), tls_config(tls.clone())).await;
+    let url = https(&cp);
+    let mut admin = admin_tls(&url, &pki.client(Role::Admin, "ops")).await;
+    apply(&mut admin, &[plain_pool("web")]).await;
+    let proxy = pki.client(Role::Proxy, "edge-1");
+    let old_serial = tls.current().leaf.serial.clone();
+    assert_eq!(served_serial(&grpc_addr(&cp), &proxy).await, old_serial);
+
+    let ch = trackwire_connect::channel(&url, Some(&proxy))
+        .await
+        .expect("connect as proxy");
+    let mut stream = HealthMapServiceClient::new(ch)
+        .subscribe(pb::SubscribeRequest {
+            proxy_id: "edge-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    wait_update_for(&mut stream, "web", 5).await;
+
+    // A new certificate for the same identity, written over the old files
+    // (key first, then certificate), and a forced reload.
+    let leaf = pki
+        .ca
+        .issue(
+            Role::ControlPlane,
+            "cp",
+            &["127.0.0.1".into(), "localhost".into()],
+            5,
+        )
+        .expect("issue");
+    let (crt, key) = leaf
+        .write(pki.dir.path(), Role::ControlPlane, "cp")
+        .expect("write");
+    assert_eq!((&crt, &key), (&tls.files().cert, &tls.files().key));
+    let new_serial = validity_of_pem(&leaf.cert_pem).serial;
+    assert_ne!(new_serial, old_serial);
+    // (The control plane's own poller may have picked the files up first.)
+    let reloaded = tls.reload(true).expect("reload");
+    assert!(reloaded);
+    assert_eq!(tls.current().leaf.serial, new_serial);
+
+    // The stream opened before the reload carries on.
+    apply(&mut admin, &[plain_pool("web"), plain_pool("api")]).await;
+    wait_update_for(&mut stream, "api", 5).await;
+
+    // A new connection sees the new certificate; the gauge names it.
+    assert_eq!(served_serial(&grpc_addr(&cp), &proxy).await, new_serial);
+    let fresh = admin_tls(&url, &pki.client(Role::Admin, "ops2")).await;
+    within(
+        5,
+        "ListPools",
+        fresh.clone().list_pools(pb::ListPoolsRequest {}),
+    )
+    .await
+    .expect("a new connection after the reload");
+    let (_, body) = http_get(&cp.http, "/metrics").await;
+    assert!(
+        body.lines().any(|l| l
+            .starts_with("trackwire_tls_certificate_not_after_seconds{kind=\"leaf\"")
+            && l.contains(&format!("serial=\"{new_serial}\""))),
+        "{body}"
+    );
+    assert!(metric(&cp.http, "trackwire_tls_reloads_total{result=\"ok\"}").await >= 1);
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 9. A half-written key is refused
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_written_key_is_not_swapped_in() {
+    logs();
+    let pki = Pki::new();
+    let tls = pki.server();
+    let cp = start_cp(mem(), tls_config(tls.clone())).await;
+    let url = https(&cp);
+    let proxy = pki.client(Role::Proxy, "edge-1");
+    let old_serial = tls.current().leaf.serial.clone();
+    let errors = "trackwire_tls_reloads_total{result=\"error\"}";
+    let errors_before = metric(&cp.http, errors).await;
+
+    let key = tls.files().key.clone();
+    let bytes = std::fs::read(&key).expect("read key");
+    std::fs::write(&key, &bytes[..bytes.len() / 2]).expect("truncate key");
+    let e = tls.reload(true).expect_err("half a key");
+    assert_eq!(e.file, key, "{e}");
+    assert!(
+        e.to_string().contains(path_str(&key)),
+        "the error names the key file: {e}"
+    );
+    assert_eq!(tls.current().leaf.serial, old_serial);
+    let errors_after = metric(&cp.http, errors).await;
+    assert!(
+        errors_after > errors_before,
+        "{errors}: {errors_before} → {errors_after}"
+    );
+
+    // New connections still work, with the old certificate.
+    assert_eq!(served_serial(&grpc_addr(&cp), &proxy).await, old_serial);
+    let mut admin = admin_tls(&url, &pki.client(Role::Admin, "ops")).await;
+    within(5, "ListPools", admin.list_pools(pb::ListPoolsRequest {}))
+        .await
+        .expect("a new connection after the refused reload");
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 10. CA rollover
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_the_old_and_the_new_ca_both_connect_during_a_rollover() {
+    logs();
+    let old = Pki::new();
+    let new = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("ca-bundle.crt");
+    std::fs::write(&bundle, format!("{}{}", old.ca.cert_pem, new.ca.cert_pem))
+        .expect("write bundle");
+    let with_bundle = |files: TlsFiles| TlsFiles {
+        ca: bundle.clone(),
+        ..files
+    };
+    let server = Tls::load(
+        with_bundle(new.files(Role::ControlPlane, "cp")),
+        Side::Server {
+            client_cert_optional: false,
+        },
+    )
+    .expect("server TLS with a CA bundle");
+    assert_eq!(server.current().cas.len(), 2);
+    let cp = start_cp(mem(), tls_config(server)).await;
+    let url = https(&cp);
+
+    for (pki, name) in [(&old, "ops-old"), (&new, "ops-new")] {
+        let client =
+            Tls::load(with_bundle(pki.files(Role::Admin, name)), Side::Client).expect("client TLS");
+        let mut admin = admin_tls(&url, &client).await;
+        within(5, "ListPools", admin.list_pools(pb::ListPoolsRequest {}))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    }
+    // A third CA is still a stranger.
+    let stranger = Pki::new();
+    let client = Tls::load(
+        with_bundle(stranger.files(Role::Admin, "ops-x")),
+        Side::Client,
+    )
+    .expect("client TLS");
+    let r = within(5, "stranger", async {
+        let ch = trackwire_connect::channel(&url, Some(&client)).await?;
+        AdminServiceClient::new(ch)
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(r.is_err(), "a third CA's client got through");
+    let (_, body) = http_get(&cp.http, "/metrics").await;
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("trackwire_tls_certificate_not_after_seconds{kind=\"ca\""))
+            .count(),
+        2,
+        "{body}"
+    );
+    cp.stop().await;
+
+    // Without the old CA in the server's bundle, the old client is refused.
+    let server = Tls::load(
+        TlsFiles {
+            ca: new.ca_path(),
+            ..new.files(Role::ControlPlane, "cp")
+        },
+        Side::Server {
+            client_cert_optional: false,
+        },
+    )
+    .expect("server TLS");
+    let cp = start_cp(mem(), tls_config(server)).await;
+    let client = Tls::load(with_bundle(old.files(Role::Admin, "ops-old")), Side::Client)
+        .expect("client TLS");
+    let url = https(&cp);
+    let r = within(5, "old client", async {
+        let ch = trackwire_connect::channel(&url, Some(&client)).await?;
+        AdminServiceClient::new(ch)
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(
+        r.is_err(),
+        "the old CA's client got through without the old CA"
+    );
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 11. The expiry gauge
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_gauge_shows_the_certificates_not_after() {
+    logs();
+    let pki = Pki::new();
+    let tls = pki.server();
+    let cp = start_cp(mem(), tls_config(tls.clone())).await;
+    let (status, body) = http_get(&cp.http, "/metrics").await;
+    assert_eq!(status, 200);
+    let value_of = |prefix: &str| -> (String, u64) {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{body}"));
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        (line.to_string(), value)
+    };
+    let leaf = validity_of_pem(&std::fs::read_to_string(&tls.files().cert).expect("read cert"));
+    let (line, value) = value_of("trackwire_tls_certificate_not_after_seconds{kind=\"leaf\"");
+    assert_eq!(value, unix_secs(leaf.not_after), "{line}");
+    assert!(
+        line.contains(&format!("serial=\"{}\"", leaf.serial)),
+        "{line}"
+    );
+    // Issued for 5 days.
+    let in_five_days = unix_secs(SystemTime::now() + 5 * DAY);
+    assert!(value.abs_diff(in_five_days) < 3600, "{line}");
+    let ca = validity_of_pem(&pki.ca.cert_pem);
+    let (line, value) = value_of("trackwire_tls_certificate_not_after_seconds{kind=\"ca\"");
+    assert_eq!(value, unix_secs(ca.not_after), "{line}");
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 12. Silent connections on the TLS port
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_block_no_handshake_and_are_dropped() {
+    logs();
+    let pki = Pki::new();
+
+    // Default deadlines (5 s): three silent peers hold their slots while a
+    // real client connects and calls.
+    let cp = start_cp(mem(), tls_config(pki.server())).await;
+    let url = https(&cp);
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(grpc_addr(&cp)).await.expect("connect"));
+    }
+    wait_for("the silent connections accepted", 5, || {
+        let http = cp.http.clone();
+        async move { metric(&http, "trackwire_grpc_connections_accepted_total").await >= 3 }
+    })
+    .await;
+    let admin_tls_material = pki.client(Role::Admin, "ops");
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut admin = admin_tls(&url, &admin_tls_material).await;
+        admin.list_pools(pb::ListPoolsRequest {}).await
+    })
+    .await;
+    let took = started.elapsed();
+    r.unwrap_or_else(|_| panic!("the admin call did not complete within 2s beside silent peers"))
+        .expect("list pools");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    for s in &silent {
+        let mut buf = [0u8; 16];
+        match s.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a silent connection should still be open: {other:?}"),
+        }
+    }
+    drop(silent);
+    cp.stop().await;
+
+    // A 300 ms handshake deadline: silent peers are closed and counted.
+    let cp = start_cp(
+        mem(),
+        Config {
+            tls: Some(pki.server()),
+            limits: ServerLimits {
+                handshake_timeout: Duration::from_millis(300),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let before = metric(&cp.http, DROPPED_HANDSHAKE).await;
+    let opened = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(grpc_addr(&cp)).await.expect("connect"));
+    }
+    let deadline = opened + Duration::from_millis(1500);
+    for s in &mut silent {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => panic!("the server sent {n} bytes to a silent peer"),
+            Err(_) => panic!(
+                "a silent connection still open {:?} after it was made",
+                opened.elapsed()
+            ),
+        }
+    }
+    wait_for("three handshake drops counted", 5, || {
+        let http = cp.http.clone();
+        async move { metric(&http, DROPPED_HANDSHAKE).await >= before + 3 }
+    })
+    .await;
+    assert!(metric(&cp.http, HANDSHAKE_FAILURES).await >= 3);
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 13. Idle peers on the HTTP port
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_peers_neither_starve_healthz_nor_stay() {
+    logs();
+    let cp = start_cp(
+        mem(),
+        Config {
+            http_limits: HttpLimits {
+                max_connections: 512,
+                header_read_timeout: Duration::from_millis(500),
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = cp.http.trim_start_matches("http://").to_string();
+    let opened = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        s.write_all(b"GET /heal")
+            .await
+            .expect("partial request line");
+        idle.push(s);
+    }
+    let (status, body) = within(
+        2,
+        "/healthz beside 50 idle peers",
+        http_get(&cp.http, "/healthz"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let deadline = opened + Duration::from_secs(3);
+    for (i, s) in idle.iter_mut().enumerate() {
+        let mut rest = Vec::new();
+        match tokio::time::timeout_at(deadline, s.read_to_end(&mut rest)).await {
+            Ok(_) => {}
+            Err(_) => panic!(
+                "idle connection {i} still open {:?} after it was made",
+                opened.elapsed()
+            ),
+        }
+    }
+    // And the port still answers.
+    let (status, _) = within(2, "/healthz afterwards", http_get(&cp.http, "/healthz")).await;
+    assert_eq!(status, 200);
+    cp.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// 14. No HTTP/2 preface on the plaintext gRPC port
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_peer_without_a_preface_is_dropped() {
+    logs();
+    let cp = start_cp(
+        mem(),
+        Config {
+            limits: ServerLimits {
+                preface_timeout: Duration::from_millis(300),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let before = metric(&cp.http, DROPPED_PREFACE).await;
+    let opened = Instant::now();
+    let mut silent = TcpStream::connect(grpc_addr(&cp)).await.expect("connect");
+    let mut garbage = TcpStream::connect(grpc_addr(&cp)).await.expect("connect");
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let deadline = opened + Duration::from_millis(1500);
+    for (what, s) in [("silent", &mut silent), ("HTTP/1.1", &mut garbage)] {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => panic!("{what}: the server sent {n} bytes"),
+            Err(_) => panic!(
+                "{what}: still open {:?} after it was made",
+                opened.elapsed()
+            ),
+        }
+    }
+    wait_for("two preface drops counted", 5, || {
+        let http = cp.http.clone();
+        async move { metric(&http, DROPPED_PREFACE).await >= before + 2 }
+    })
+    .await;
+    assert_eq!(metric(&cp.http, DROPPED_HANDSHAKE).await, 0);
+    // A real client still gets through.
+    let mut admin = admin(&cp.url).await;
+    within(5, "ListPools", admin.list_pools(pb::ListPoolsRequest {}))
+        .await
+        .expect("a plaintext client with a preface");
+    cp.stop().await;
+}
