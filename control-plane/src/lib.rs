@@ -87,12 +87,12 @@ impl Config {
             ));
         }
         self.limits.validate().map_err(Error::Config)?;
-        if let Some(tls) = &self.tls {
-            if tls.server_config().is_none() {
-                return Err(Error::Config(
-                    "--tls-cert: material was loaded for a client, not a server".into(),
-                ));
-            }
+        if let Some(tls) = &self.tls
+            && tls.server_config().is_none()
+        {
+            return Err(Error::Config(
+                "--tls-cert: material was loaded for a client, not a server".into(),
+            ));
         }
         Ok(())
     }

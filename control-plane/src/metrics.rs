@@ -178,11 +178,12 @@ impl Metrics {
             "# HELP trackwire_grpc_connections_accepted_total connections accepted on the gRPC port\n# TYPE trackwire_grpc_connections_accepted_total counter\ntrackwire_grpc_connections_accepted_total {}\n\
              # HELP trackwire_grpc_connections_active established connections on the gRPC port\n# TYPE trackwire_grpc_connections_active gauge\ntrackwire_grpc_connections_active {}\n\
              # HELP trackwire_grpc_connections_dropped_total connections dropped before they were established, by reason\n# TYPE trackwire_grpc_connections_dropped_total counter\n\
-             trackwire_grpc_connections_dropped_total{{reason=\"handshake\"}} {}\ntrackwire_grpc_connections_dropped_total{{reason=\"preface\"}} {}",
+             trackwire_grpc_connections_dropped_total{{reason=\"handshake\"}} {}\ntrackwire_grpc_connections_dropped_total{{reason=\"preface\"}} {}\ntrackwire_grpc_connections_dropped_total{{reason=\"evicted\"}} {}",
             l.accepted.load(Relaxed),
             l.active.load(Relaxed),
             l.handshake_failures.load(Relaxed),
             l.preface_timeouts.load(Relaxed),
+            l.evicted.load(Relaxed),
         );
         if let Some(tls) = self.tls.get() {
             tls.render_metrics(&mut out);

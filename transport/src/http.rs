@@ -1,22 +1,29 @@
 //! Serving an HTTP port (status page, `/metrics`, `/healthz`) so that slow
-//! and idle clients cannot starve the health probes: a connection cap (at
-//! the cap new connections wait in the kernel's backlog), a deadline for
-//! each request's headers that is also the idle timeout between requests
-//! (slowloris), accept errors such as EMFILE backed off rather than fatal,
-//! and graceful shutdown.
+//! and idle clients cannot starve the health probes:
+//!
+//! - each request's headers must arrive within `header_read_timeout`, which
+//!   is also the idle timeout between requests (slowloris);
+//! - at the connection cap, or out of file descriptors, the oldest
+//!   connection with no request in progress is closed to make room (see
+//!   [`crate::slots`]), so a new probe is accepted at once rather than
+//!   queued behind idle connections;
+//! - graceful shutdown lets requests in progress finish (5 s at most).
+//!
+//! A streaming response (none today) counts as idle once its headers are
+//! sent, so under such a flood it may be cut.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 use trackwire_core::limits::HttpLimits;
 
 use crate::server::LogLimiter;
+use crate::slots::{Slots, out_of_fds};
 
 /// Serves `router` on `listener` until `shutdown`; open requests finish.
 pub async fn serve(
@@ -25,35 +32,46 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let open = Arc::new(Semaphore::new(limits.max_connections));
-    let accept_errors = LogLimiter::new(Duration::from_secs(1));
+    let slots = Slots::new();
+    let logs = LogLimiter::new(Duration::from_secs(1));
     let conns = tokio_util::task::TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&open).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = shutdown.cancelled() => break,
-        };
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(a) => a,
                 Err(e) => {
-                    if accept_errors.allow().is_some() {
-                        warn!(error = %e, "HTTP accept failed");
+                    let made_room = out_of_fds(&e) && slots.evict_oldest_idle();
+                    if let Some(suppressed) = logs.allow() {
+                        warn!(error = %e, made_room, suppressed, "HTTP accept failed");
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if !made_room {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     continue;
                 }
             },
             () = shutdown.cancelled() => break,
         };
+        if slots.len() >= limits.max_connections && !slots.evict_oldest_idle() {
+            // Every connection is busy with a request: refuse this one.
+            debug!(peer = %addr, "HTTP port full; connection refused");
+            continue;
+        }
+        let slot = slots.take();
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let shutdown = shutdown.clone();
         conns.spawn(async move {
-            let _permit = permit;
+            let busy = std::sync::Arc::clone(&slot.busy);
             let service =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    router.clone().oneshot(req.map(axum::body::Body::new))
+                    let (router, busy) = (router.clone(), std::sync::Arc::clone(&busy));
+                    busy.fetch_add(1, Relaxed);
+                    async move {
+                        let r = router.oneshot(req.map(axum::body::Body::new)).await;
+                        busy.fetch_sub(1, Relaxed);
+                        r
+                    }
                 });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -67,11 +85,15 @@ pub async fn serve(
                         debug!(peer = %addr, error = %e, "HTTP connection ended");
                     }
                 }
+                () = slot.evicted.cancelled() => {
+                    debug!(peer = %addr, "idle HTTP connection closed to make room");
+                }
                 () = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                 }
             }
+            drop(slot);
         });
     }
     conns.close();

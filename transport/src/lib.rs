@@ -1,7 +1,7 @@
 //! trackwire's links, secured and hardened.
 //!
-//! - [`identity`]: `spiffe://<trust-domain>/trackwire/<role>/<name>`
-//!   identities and the rules a certificate must meet.
+//! - [`identity`]: the identities, `spiffe://<trust-domain>/trackwire/<role>/<name>`,
+//!   and the rules a certificate must meet.
 //! - [`material`]: CA bundle, certificate and key → checked rustls configs;
 //!   [`Tls`] reloads them without downtime (mtime poll and SIGHUP) and
 //!   exports their expiry.
@@ -24,6 +24,7 @@ pub mod identity;
 pub mod material;
 pub mod pki;
 pub mod server;
+pub mod slots;
 
 pub use auth::{Access, Allow, AuthLayer, Caller, Token};
 pub use identity::{Identity, Role};

@@ -247,10 +247,19 @@ pub struct TlsStats {
 }
 
 /// Reloadable TLS material; cheap to clone (one shared state).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tls(Arc<Inner>);
 
-#[derive(Debug)]
+/// The identity and the file names only: never key material.
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("identity", &self.identity().uri())
+            .field("files", &self.0.files)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     files: TlsFiles,
     side: Side,

@@ -2,7 +2,9 @@
 //! connections still in their handshake, a deadline for the TLS handshake
 //! and one for the HTTP/2 preface. Each connection is established on a task
 //! of its own, so a silent peer holds one pending slot for at most the
-//! deadlines and never delays anyone else's handshake. Established
+//! deadlines and never delays anyone else's handshake; when the pending
+//! slots are all taken (or file descriptors run out) the oldest pending
+//! connection is dropped to make room (see [`crate::slots`]). Established
 //! connections reach tonic through [`incoming`] carrying a [`Peer`] (address
 //! and verified identity) as their connect info.
 
@@ -18,6 +20,8 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::slots::{Slots, out_of_fds};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -47,6 +51,8 @@ pub struct ListenerStats {
     /// failed or timed out, or no HTTP/2 preface in time.
     pub handshake_failures: AtomicU64,
     pub preface_timeouts: AtomicU64,
+    /// Pending connections dropped to make room for newer ones.
+    pub evicted: AtomicU64,
 }
 
 /// At most one log line per interval, with the count of lines held back.
@@ -200,7 +206,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let pending = Arc::new(Semaphore::new(limits.max_pending_handshakes));
+    let pending = Slots::new();
     let failures = Arc::new(LogLimiter::new(Duration::from_secs(1)));
     let accept_errors = LogLimiter::new(Duration::from_secs(1));
     loop {
@@ -214,20 +220,24 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(a) => a,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    if accept_errors.allow().is_some() {
-                        warn!(error = %e, "accept failed");
+                    // Out of descriptors: drop the oldest connection still
+                    // handshaking; otherwise back off instead of spinning.
+                    let made_room = out_of_fds(&e) && pending.evict_oldest_idle();
+                    if let Some(suppressed) = accept_errors.allow() {
+                        warn!(error = %e, made_room, suppressed, "accept failed");
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if !made_room {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     continue;
                 }
             },
             () = shutdown.cancelled() => return,
         };
-        let slot = tokio::select! {
-            p = Arc::clone(&pending).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            () = shutdown.cancelled() => return,
-        };
+        if pending.len() >= limits.max_pending_handshakes {
+            pending.evict_oldest_idle();
+        }
+        let slot = pending.take();
         stats.accepted.fetch_add(1, Relaxed);
         let _ = tcp.set_nodelay(true);
         let (tls, stats, tx, failures) = (
@@ -238,7 +248,10 @@ async fn accept_loop(
         );
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let result = establish(tcp, addr, tls.as_ref(), &limits).await;
+            let result = tokio::select! {
+                r = establish(tcp, tls.as_ref(), &limits) => r,
+                () = slot.evicted.cancelled() => Err(Failure::Evicted),
+            };
             drop(slot);
             match result {
                 Ok((io, preface, identity)) => {
@@ -266,6 +279,10 @@ async fn accept_loop(
                     stats.preface_timeouts.fetch_add(1, Relaxed);
                     debug!(peer = %addr, %reason, "connection dropped before HTTP/2 started");
                 }
+                Err(Failure::Evicted) => {
+                    stats.evicted.fetch_add(1, Relaxed);
+                    debug!(peer = %addr, "pending connection dropped to make room for a new one");
+                }
             }
         });
     }
@@ -274,15 +291,14 @@ async fn accept_loop(
 enum Failure {
     Handshake(String),
     Preface(String),
+    Evicted,
 }
 
 async fn establish(
     tcp: TcpStream,
-    addr: SocketAddr,
     tls: Option<&Tls>,
     limits: &ServerLimits,
 ) -> Result<(Io, [u8; 24], Option<Identity>), Failure> {
-    let _ = addr;
     let (mut io, identity) = match tls.and_then(|t| t.server_config().map(|c| (t, c))) {
         None => (Io::Plain(tcp), None),
         Some((_, config)) => {

@@ -102,7 +102,7 @@ async fn start_cp(tls: Option<Tls>, shutdown: &CancellationToken) -> anyhow::Res
     let pool = PoolSpec::new(
         "bench",
         (0..3)
-            .map(|i| BackendSpec::new(&format!("b{i}"), format!("127.0.0.1:{}", 9000 + i)))
+            .map(|i| BackendSpec::new(format!("b{i}"), format!("127.0.0.1:{}", 9000 + i)))
             .collect(),
     );
     trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[pool], 0, false).await?;

@@ -85,7 +85,7 @@ impl AdminService for AdminSvc {
         .await
         .map_err(|e| Status::internal(format!("apply task: {e}")))?
         .map_err(write_status)?;
-        if !dry_run && !(applied.created.is_empty() && applied.updated.is_empty()) {
+        if !dry_run && (!applied.created.is_empty() || !applied.updated.is_empty()) {
             info!(%caller, %peer, created = ?applied.created, updated = ?applied.updated, revision = applied.revision, "pools applied");
         }
         Ok(Response::new(pb::ApplyPoolsResponse {

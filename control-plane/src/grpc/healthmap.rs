@@ -50,13 +50,13 @@ impl HealthMapService for HealthMapSvc {
         let peer = super::peer_addr(&request);
         let caller = super::caller(&request);
         let req = request.into_inner();
-        if let Some(name) = super::bound_name(&caller) {
-            if req.proxy_id != name {
-                return Err(Status::permission_denied(format!(
-                    "proxy_id {:?}: the certificate {caller} may subscribe only as {name:?}",
-                    req.proxy_id
-                )));
-            }
+        if let Some(name) = super::bound_name(&caller)
+            && req.proxy_id != name
+        {
+            return Err(Status::permission_denied(format!(
+                "proxy_id {:?}: the certificate {caller} may subscribe only as {name:?}",
+                req.proxy_id
+            )));
         }
         for (i, p) in req.pools.iter().enumerate() {
             validate_name(p).map_err(|e| Status::invalid_argument(format!("pools[{i}]: {e}")))?;

@@ -113,14 +113,14 @@ impl ProbeService for ProbeSvc {
             .map_err(|e| Status::invalid_argument(format!("hello.agent_id: {e}")))?;
         // With a certificate, the agent id is the certificate's name: one
         // agent cannot speak for another.
-        if let Some(name) = super::bound_name(&caller) {
-            if hello.agent_id != name {
-                warn!(%peer, claimed = %hello.agent_id, %caller, "refused an agent speaking for another agent id");
-                return Err(Status::permission_denied(format!(
-                    "hello.agent_id {:?}: the certificate {caller} may speak only as agent {name:?}",
-                    hello.agent_id
-                )));
-            }
+        if let Some(name) = super::bound_name(&caller)
+            && hello.agent_id != name
+        {
+            warn!(%peer, claimed = %hello.agent_id, %caller, "refused an agent speaking for another agent id");
+            return Err(Status::permission_denied(format!(
+                "hello.agent_id {:?}: the certificate {caller} may speak only as agent {name:?}",
+                hello.agent_id
+            )));
         }
         if hello.instance_id.is_empty() || hello.instance_id.len() > 64 {
             return Err(Status::invalid_argument(
@@ -686,5 +686,30 @@ impl Session {
             )),
             None => Err(Status::invalid_argument("empty AgentMessage")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session may burst ten seconds' worth of messages, then is read at
+    /// its rate.
+    #[tokio::test(start_paused = true)]
+    async fn report_rate_allows_a_burst_then_paces() {
+        let mut b = Bucket::new(5);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..50 {
+            b.take().await;
+        }
+        assert_eq!(t0.elapsed(), Duration::ZERO, "the burst is free");
+        for _ in 0..10 {
+            b.take().await;
+        }
+        let paced = t0.elapsed();
+        assert!(
+            paced >= Duration::from_millis(1990) && paced <= Duration::from_millis(2010),
+            "10 more at 5/s take 2s, took {paced:?}"
+        );
     }
 }
