@@ -200,8 +200,15 @@ pub async fn run(
         initial.stale.len() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
-    if let Some(tls) = &config.tls {
-        tls.spawn_reloader(shutdown.clone());
+    match &config.tls {
+        Some(tls) => {
+            tls.spawn_reloader(shutdown.clone());
+        }
+        None => warn!(
+            "the control-plane link is PLAINTEXT: anyone on the path can read the health map \
+             and forge it (routing traffic anywhere); give --tls-ca, --tls-cert, --tls-key and \
+             https:// URLs"
+        ),
     }
     let (tx, rx) = watch::channel(Arc::new(initial.map));
     let (stale_tx, stale_rx) = watch::channel::<BTreeSet<String>>(initial.stale);

@@ -144,6 +144,13 @@ pub async fn run(
         }
     };
     info!(agent_id = %agent_id, zone = %config.zone, "probe agent starting");
+    if config.tls.is_none() {
+        warn!(
+            "the control-plane link is PLAINTEXT: anyone on the path can read this agent's \
+             assignment and forge or suppress its verdicts; give --tls-ca, --tls-cert, --tls-key \
+             and https:// URLs"
+        );
+    }
     let shared = Arc::new(Shared::default());
     let session = tokio::spawn(
         session::run(
