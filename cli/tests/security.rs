@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +19,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use trackwire_control_plane::Config;
@@ -121,40 +119,13 @@ async fn wait_metric_above(http: &str, series: &str, before: u64, what: &str) ->
     }
 }
 
-/// The DER of the first PEM block of `pem` (a small base64 decoder: this
-/// crate's tests have no PEM parser of their own).
+/// The DER of the first PEM block of `pem`.
 fn pem_der(pem: &str) -> Vec<u8> {
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {:?}", c as char),
-        }
-    };
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in body
-        .bytes()
-        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
-    {
-        acc = (acc << 6) | value(c);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("a PEM certificate")
+        .to_vec()
 }
 
 fn validity_of_pem(pem: &str) -> Validity {
@@ -362,55 +333,7 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
-// A hand-rolled prost codec for calls the generated clients cannot make
-// (unknown methods) or that this crate has no client for (grpc.health.v1).
-
-struct Prost<T, U>(PhantomData<fn(T) -> U>);
-
-impl<T, U> Default for Prost<T, U> {
-    fn default() -> Self {
-        Prost(PhantomData)
-    }
-}
-
-struct ProstEncoder<T>(PhantomData<fn(T)>);
-struct ProstDecoder<U>(PhantomData<fn() -> U>);
-
-impl<T, U> Codec for Prost<T, U>
-where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
-{
-    type Encode = T;
-    type Decode = U;
-    type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
-    fn encoder(&mut self) -> ProstEncoder<T> {
-        ProstEncoder(PhantomData)
-    }
-    fn decoder(&mut self) -> ProstDecoder<U> {
-        ProstDecoder(PhantomData)
-    }
-}
-
-impl<T: prost::Message> Encoder for ProstEncoder<T> {
-    type Item = T;
-    type Error = Status;
-    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encode: {e}")))
-    }
-}
-
-impl<U: prost::Message + Default> Decoder for ProstDecoder<U> {
-    type Item = U;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("decode: {e}")))
-    }
-}
+// Calls the generated clients cannot make (unknown methods).
 
 async fn raw_unary<Req, Resp>(ch: Channel, path: &'static str, req: Req) -> Result<Resp, Status>
 where
@@ -424,36 +347,17 @@ where
     grpc.unary(
         tonic::Request::new(req),
         tonic::codegen::http::uri::PathAndQuery::from_static(path),
-        Prost::<Req, Resp>::default(),
+        tonic_prost::ProstCodec::<Req, Resp>::default(),
     )
     .await
     .map(tonic::Response::into_inner)
 }
 
-/// `grpc.health.v1.HealthCheckRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HealthCheckRequest {
-    #[prost(string, tag = "1")]
-    service: String,
-}
-
-/// `grpc.health.v1.HealthCheckResponse` (status 1: SERVING).
-#[derive(Clone, PartialEq, prost::Message)]
-struct HealthCheckResponse {
-    #[prost(int32, tag = "1")]
-    status: i32,
-}
-
 async fn health_check(ch: Channel) -> Result<i32, Status> {
-    raw_unary::<HealthCheckRequest, HealthCheckResponse>(
-        ch,
-        "/grpc.health.v1.Health/Check",
-        HealthCheckRequest {
-            service: String::new(),
-        },
-    )
-    .await
-    .map(|r| r.status)
+    tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .map(|r| r.into_inner().status)
 }
 
 // ---------------------------------------------------------------------------
