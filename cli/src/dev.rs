@@ -227,7 +227,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             "  trackwire get backends --control-plane {control_url}\n"
         )),
     }
-    println!("{banner}");
+    // One write, and a closed stdout (`trackwire dev | head`) is not fatal:
+    // the fleet keeps running.
+    banner.push('\n');
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), banner.as_bytes());
 
     let (cp, agent, dp) = tokio::join!(cp, agent, dp);
     cp??;

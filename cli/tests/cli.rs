@@ -842,7 +842,9 @@ fn dev_with_tls_runs_the_whole_path_over_mutual_tls() {
     let stdout = dev.0.stdout.take().expect("stdout");
     let mut proxy = String::new();
     let mut get = Vec::new();
-    for line in BufReader::new(stdout).lines() {
+    // Kept open for the whole test (a closed pipe is not what this tests).
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.expect("banner line");
         let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
         match words.first().map(String::as_str) {
