@@ -1,7 +1,8 @@
 //! The client end of a TLS link to the control plane: a tower connector
 //! for tonic's `Endpoint::connect_with_connector` that reads the current
 //! [`Tls`] material for every new connection, so a rotated client
-//! certificate is used from the next reconnect on.
+//! certificate is used from the next reconnect on, and that accepts only a
+//! server whose certificate names a control plane of its trust domain.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::identity::{Identity, Role};
 use crate::material::Tls;
 
 /// Connects TCP, then TLS with the server name from the URI's host.
@@ -59,6 +61,23 @@ impl tower::Service<Uri> for TlsConnector {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+            // WebPKI checked the chain and the host name; the server must
+            // also be a control plane of our trust domain, so an agent's or
+            // a proxy's certificate cannot pose as one.
+            let trust_domain = tls.identity().trust_domain;
+            let der = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or_else(|| format!("{host}:{port}: no server certificate"))?;
+            let id = Identity::from_cert(der, &trust_domain)
+                .map_err(|e| format!("{host}:{port}: server {e}"))?;
+            if id.role != Role::ControlPlane {
+                return Err(
+                    format!("{host}:{port}: server identity {id} is not a control plane").into(),
+                );
+            }
             Ok(TokioIo::new(stream))
         })
     }

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
@@ -205,15 +205,12 @@ pub fn load(files: &TlsFiles, side: Side, now: SystemTime) -> Result<Material, M
             )
             .build()
             .map_err(|e| err(&files.ca, e))?;
-            let verifier = Arc::new(ControlPlaneVerifier {
-                inner: webpki,
-                trust_domain,
-            });
+            // The server's identity (role control-plane, this trust domain)
+            // is checked by the connector once the handshake is done.
             let mut config = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| err(&files.cert, e))?
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
+                .with_webpki_verifier(webpki)
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| err(&files.cert, e))?;
             config.alpn_protocols = h2;
@@ -476,61 +473,6 @@ impl ClientCertVerifier for PeerVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         Identity::from_cert(end_entity, &self.trust_domain)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        Ok(ok)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// WebPKI server verification (chain and host name), then the server must
-/// be a control-plane replica of the client's trust domain: an agent's or a
-/// proxy's certificate cannot pose as a control plane.
-#[derive(Debug)]
-struct ControlPlaneVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    trust_domain: String,
-}
-
-impl ServerCertVerifier for ControlPlaneVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ok = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
-        let id = Identity::from_cert(end_entity, &self.trust_domain)
-            .map_err(|e| rustls::Error::General(format!("server {e}")))?;
-        if id.role != Role::ControlPlane {
-            return Err(rustls::Error::General(format!(
-                "server identity {id} is not a control plane"
-            )));
-        }
         Ok(ok)
     }
     fn verify_tls12_signature(

@@ -1,0 +1,93 @@
+//! The client connector accepts only a control plane of its trust domain.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tower::Service;
+use trackwire_transport::client::TlsConnector;
+use trackwire_transport::pki::{Ca, LeafSpec};
+use trackwire_transport::{Identity, Role, Side, Tls, TlsFiles};
+
+/// A bare TLS server presenting `uri` as its identity (valid for 127.0.0.1).
+async fn server_as(ca: &Ca, uri: &str) -> String {
+    let now = SystemTime::now();
+    let leaf = ca
+        .sign(&LeafSpec {
+            common_name: "server".into(),
+            uris: vec![uri.to_string()],
+            sans: vec!["127.0.0.1".into()],
+            not_before: now - Duration::from_secs(60),
+            not_after: now + Duration::from_secs(3600),
+            server: true,
+        })
+        .expect("sign");
+    let chain = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("cert")];
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+    let config =
+        rustls::ServerConfig::builder_with_provider(trackwire_transport::material::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut s) = acceptor.accept(tcp).await {
+                    let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 16]).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn only_a_control_plane_certificate_is_accepted_as_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::generate("trackwire.test", 2).expect("ca");
+    std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).expect("write");
+    let leaf = ca.issue(Role::Agent, "me", &[], 1).expect("issue");
+    let (cert, key) = leaf.write(dir.path(), Role::Agent, "me").expect("write");
+    let tls = Tls::load(
+        TlsFiles {
+            ca: dir.path().join("ca.crt"),
+            cert,
+            key,
+        },
+        Side::Client,
+    )
+    .expect("client material");
+    let mut connector = TlsConnector::new(tls);
+    let id = |role| {
+        Identity::new("trackwire.test", role, "x")
+            .expect("id")
+            .uri()
+    };
+
+    let good = server_as(&ca, &id(Role::ControlPlane)).await;
+    assert!(connector.call(good.parse().expect("uri")).await.is_ok());
+
+    let agent = server_as(&ca, &id(Role::Agent)).await;
+    let e = connector
+        .call(agent.parse().expect("uri"))
+        .await
+        .err()
+        .expect("an agent's certificate posing as a control plane");
+    assert!(e.to_string().contains("is not a control plane"), "{e}");
+
+    let other = server_as(&ca, "spiffe://other.test/trackwire/control-plane/x").await;
+    let e = connector
+        .call(other.parse().expect("uri"))
+        .await
+        .err()
+        .expect("another trust domain");
+    assert!(e.to_string().contains("trust domain"), "{e}");
+}
