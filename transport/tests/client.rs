@@ -87,3 +87,88 @@ async fn only_a_control_plane_certificate_is_accepted_as_the_server() {
     };
     assert!(e.to_string().contains("trust domain"), "{e}");
 }
+
+/// A client's rotated certificate is used from its next connection on.
+#[tokio::test]
+async fn a_client_presents_its_rotated_certificate_on_the_next_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::generate("trackwire.test", 2).expect("ca");
+    let ca_path = dir.path().join("ca.crt");
+    std::fs::write(&ca_path, &ca.cert_pem).expect("write");
+    // A server requiring client certificates that reports each client's serial.
+    let server = ca
+        .issue(Role::ControlPlane, "cp", &["127.0.0.1".into()], 1)
+        .expect("issue");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca"))
+        .expect("root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        trackwire_transport::material::provider(),
+    )
+    .build()
+    .expect("verifier");
+    let config =
+        rustls::ServerConfig::builder_with_provider(trackwire_transport::material::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).expect("cert")],
+                PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).expect("key"),
+            )
+            .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, mut serials) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(s) = acceptor.accept(tcp).await
+                && let Some(der) = s.get_ref().1.peer_certificates().and_then(|c| c.first())
+            {
+                let v = trackwire_transport::identity::Validity::of(der).expect("validity");
+                let _ = tx.send(v.serial);
+            }
+        }
+    });
+
+    let issue = || {
+        ca.issue(Role::Agent, "a1", &[], 1)
+            .expect("issue")
+            .write(dir.path(), Role::Agent, "a1")
+            .expect("write")
+    };
+    let (cert, key) = issue();
+    let tls = Tls::load(
+        TlsFiles {
+            ca: ca_path.clone(),
+            cert,
+            key,
+        },
+        Side::Client,
+    )
+    .expect("client material");
+    let first = tls.current().leaf.serial.clone();
+    let mut connector = TlsConnector::new(tls.clone());
+    drop(
+        connector
+            .call(url.parse().expect("uri"))
+            .await
+            .expect("connect"),
+    );
+    assert_eq!(serials.recv().await.expect("serial"), first);
+
+    issue();
+    assert!(tls.reload(true).expect("reload"), "new material taken");
+    let second = tls.current().leaf.serial.clone();
+    assert_ne!(first, second);
+    drop(
+        connector
+            .call(url.parse().expect("uri"))
+            .await
+            .expect("connect"),
+    );
+    assert_eq!(serials.recv().await.expect("serial"), second);
+}
