@@ -18,6 +18,15 @@ pub struct Cli {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `trackwire=debug`.
     #[arg(long, env = "TRACKWIRE_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// Log lines as plain text or as one JSON object each (for log shippers).
+    #[arg(
+        long,
+        env = "TRACKWIRE_LOG_FORMAT",
+        value_enum,
+        default_value = "plain",
+        global = true
+    )]
+    pub log_format: LogFormat,
     /// Output of get, describe and watch: an aligned table or JSON.
     #[arg(
         short = 'o',
@@ -30,6 +39,12 @@ pub struct Cli {
     pub output: Output,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -115,9 +115,44 @@ pub struct Written(BTreeMap<(String, String), (HealthState, u64, u64)>);
 struct RecordWrite {
     id: (String, String),
     state: HealthState,
+    /// The state before (recorded, else the pool's initial state), for the log.
+    from: Option<HealthState>,
+    /// Votes and reason, for the log.
+    why: Why,
     fingerprint: u64,
     op: Op,
     compare: Compare,
+}
+
+/// What a transition's log line says about its votes.
+#[derive(Debug, Default)]
+struct Why {
+    up: usize,
+    down: usize,
+    ignored: usize,
+    reason: String,
+}
+
+impl Why {
+    fn of(detail: &crate::derive::BackendDetail, state: HealthState) -> Why {
+        let mut why = Why::default();
+        for v in &detail.votes {
+            if !v.counted {
+                why.ignored += 1;
+            } else if v.verdict.state == HealthState::Up {
+                why.up += 1;
+            } else {
+                why.down += 1;
+            }
+        }
+        why.reason = detail
+            .votes
+            .iter()
+            .find(|v| v.counted && v.verdict.state == state)
+            .map(|v| v.verdict.reason.clone())
+            .unwrap_or_default();
+        why
+    }
 }
 
 /// Makes the writes one snapshot calls for; returns when the next stale
@@ -166,6 +201,11 @@ pub async fn step(
                     writes.push(RecordWrite {
                         id: id.clone(),
                         state,
+                        // Never decided: the pool's initial state was in force.
+                        from: record
+                            .map(|r| r.state)
+                            .or_else(|| facts.pools.get(pool).map(|p| p.initial_state)),
+                        why: Why::of(detail, state),
                         fingerprint: detail.fingerprint,
                         op: Op::Put {
                             key,
@@ -239,14 +279,27 @@ pub async fn step(
             let (ops, compares): (Vec<Op>, Vec<Compare>) = chunk
                 .into_iter()
                 .map(|w| {
-                    ids.push((w.id, w.state, w.fingerprint));
+                    ids.push((w.id, w.state, w.from, w.why, w.fingerprint));
                     (w.op, w.compare)
                 })
                 .unzip();
             match store.txn(compares, ops).await {
                 Ok(r) if r.succeeded => {
-                    for (id, state, fp) in ids {
-                        written.0.insert(id, (state, fp, r.revision));
+                    for ((pool, backend), state, from, why, fp) in ids {
+                        // Once per transition in the fleet: the replica whose
+                        // compare-and-set wrote the record logs it.
+                        if from.is_some_and(|f| f != state) {
+                            info!(
+                                %pool, %backend,
+                                from = from.map_or("-", HealthState::as_str),
+                                to = state.as_str(),
+                                votes_up = why.up, votes_down = why.down, votes_ignored = why.ignored,
+                                reason = %why.reason,
+                                revision = r.revision,
+                                "backend state changed"
+                            );
+                        }
+                        written.0.insert((pool, backend), (state, fp, r.revision));
                     }
                 }
                 Ok(_) => debug!("decision records changed meanwhile (another replica wrote them)"),
