@@ -3,9 +3,9 @@
 //! exit code 2 with the failing field named for invalid configs; a proxy
 //! refusing to start on a port in use (1) or a state dir that is a file (2).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Lines, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_trackwire");
@@ -52,8 +52,46 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-#[test]
-fn dev_runs_the_whole_path_and_stops_cleanly() {
+/// Starts `trackwire` with `args` and `envs`, logging warnings only, its
+/// output discarded.
+fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Running {
+    Running(
+        Command::new(BIN)
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("TRACKWIRE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn trackwire"),
+    )
+}
+
+/// Sends `signal` (`-TERM`, `-HUP`) to `child`.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal}: {status:?}");
+}
+
+/// What `trackwire dev` prints as it starts.
+#[derive(Default)]
+struct Banner {
+    proxy: String,
+    control: String,
+    status: String,
+    /// (name, host:port) of each demo backend.
+    backends: Vec<(String, String)>,
+    /// The admin command it prints, without the leading `trackwire`.
+    get: Vec<String>,
+}
+
+/// Starts `trackwire dev` on free ports with `extra` flags and reads its
+/// banner up to the admin command. The rest of its stdout is returned, so
+/// that the pipe stays open while the caller keeps it.
+fn start_dev(extra: &[&str]) -> (Running, Banner, Lines<BufReader<ChildStdout>>) {
     let child = Command::new(BIN)
         .args([
             "dev",
@@ -64,51 +102,104 @@ fn dev_runs_the_whole_path_and_stops_cleanly() {
             "--http-bind",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .env("TRACKWIRE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start trackwire dev");
     let mut dev = Running(child);
-    // The banner names every address; read it.
     let stdout = dev.0.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut proxy, mut control, mut status) = (String::new(), String::new(), String::new());
-    let mut backends = Vec::new();
+    let mut banner = Banner::default();
     for line in lines.by_ref() {
         let line = line.expect("banner line");
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["proxy", addr, ..] => proxy = addr.to_string(),
-            ["control-plane", url, ..] => control = url.to_string(),
-            ["status-page", url] => status = url.to_string(),
+            ["proxy", addr, ..] => banner.proxy = addr.to_string(),
+            ["control-plane", url, ..] => banner.control = url.to_string(),
+            ["status-page", url] => banner.status = url.to_string(),
             [name, url] if name.starts_with("backend-") => {
-                backends.push((
+                banner.backends.push((
                     name.to_string(),
                     url.trim_start_matches("http://").to_string(),
                 ));
             }
-            [] if !backends.is_empty() => break,
+            ["trackwire", "get", ..] => {
+                banner.get = words[1..].iter().map(|w| w.to_string()).collect();
+                break;
+            }
             _ => {}
         }
     }
+    (dev, banner, lines)
+}
+
+/// Waits (15 s at most) until connections through `proxy` reach all three
+/// backends.
+fn wait_all_three_backends(proxy: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen: std::collections::HashSet<String> = (0..9)
+            .filter_map(|_| backend_of(&http(proxy, "GET", "/")))
+            .collect();
+        if seen.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all backends reachable through {proxy}: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (`secs` at most) until every connection through `proxy` is
+/// answered, none of them by `backend`.
+fn wait_out_of_rotation(proxy: &str, backend: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let seen: Vec<String> = (0..6)
+            .filter_map(|_| backend_of(&http(proxy, "GET", "/")))
+            .collect();
+        assert_eq!(seen.len(), 6, "every connection is answered");
+        if !seen.iter().any(|b| b == backend) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{backend} still in rotation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `args` (a `get backends`): it succeeds, listing three backends UP.
+fn expect_three_up(args: &[&str]) {
+    let (code, out, err) = run(args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" UP ")).count(),
+        3,
+        "{out}"
+    );
+}
+
+#[test]
+fn dev_runs_the_whole_path_and_stops_cleanly() {
+    // The banner names every address.
+    let (mut dev, banner, _stdout) = start_dev(&[]);
+    let Banner {
+        proxy,
+        control,
+        status,
+        backends,
+        ..
+    } = banner;
     assert!(!proxy.is_empty() && !control.is_empty() && !status.is_empty());
     assert_eq!(backends.len(), 3);
     // The proxy listens once it holds a health map.
     wait_listening(&proxy);
 
     // All three backends get connections once their checks pass.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let seen: std::collections::HashSet<String> = (0..9)
-            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
-            .collect();
-        if seen.len() == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not all backends UP: {seen:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_all_three_backends(&proxy);
 
     // The status page and the admin CLI see the pool.
     let page = http(
@@ -117,29 +208,12 @@ fn dev_runs_the_whole_path_and_stops_cleanly() {
         "/",
     );
     assert!(page.contains("backend-2") && page.contains("up"), "{page}");
-    let (code, out, err) = run(&["get", "backends", "--control-plane", &control]);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out.lines().filter(|l| l.contains(" UP ")).count(),
-        3,
-        "{out}"
-    );
+    expect_three_up(&["get", "backends", "--control-plane", &control]);
 
     // Flip backend-2 to 503: the proxy stops sending to it (1s interval, fall 3).
     let b2 = &backends[1].1;
     assert!(http(b2, "POST", "/down").contains("503"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let seen: Vec<String> = (0..6)
-            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
-            .collect();
-        assert_eq!(seen.len(), 6, "every connection is answered");
-        if !seen.iter().any(|b| b == "backend-2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "backend-2 still in rotation");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_out_of_rotation(&proxy, "backend-2", 10);
     let (_, out, _) = run(&["get", "backends", "--control-plane", &control]);
     assert!(
         out.lines()
@@ -267,14 +341,7 @@ fn dev_runs_the_whole_path_and_stops_cleanly() {
     );
 
     // SIGTERM: everything shuts down and the process exits 0.
-    let pid = dev.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    signal(&dev.0, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = dev.0.try_wait().expect("wait") {
@@ -465,14 +532,9 @@ fn import_haproxy_output_is_accepted_unchanged() {
 #[test]
 fn apply_refuses_a_stale_expected_revision() {
     let (grpc, http) = (free_addr(), free_addr());
-    let _cp = Running(
-        Command::new(BIN)
-            .args(["control-plane", "--grpc-bind", &grpc, "--http-bind", &http])
-            .env("TRACKWIRE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn control plane"),
+    let _cp = spawn(
+        &["control-plane", "--grpc-bind", &grpc, "--http-bind", &http],
+        &[],
     );
     wait_listening(&grpc);
     let control = format!("http://{grpc}");
@@ -726,18 +788,6 @@ fn separate_processes_on_etcd() {
 
     let (grpc, cp_http) = (free_addr(), free_addr());
     let control = format!("http://{grpc}");
-    let spawn = |args: &[&str], envs: &[(&str, &str)]| {
-        Running(
-            Command::new(BIN)
-                .args(args)
-                .envs(envs.iter().copied())
-                .env("TRACKWIRE_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn trackwire"),
-        )
-    };
     let etcd_urls = etcd.endpoints().join(",");
     let _cp = spawn(
         &[
@@ -780,37 +830,13 @@ fn separate_processes_on_etcd() {
         &[("TRACKWIRE_CONTROL_PLANE", &control)],
     );
     wait_listening(&proxy);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let seen: std::collections::HashSet<String> = (0..9)
-            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
-            .collect();
-        if seen.len() == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not all backends reachable: {seen:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_all_three_backends(&proxy);
     // The agent kept its identity in its state dir.
     let id = std::fs::read_to_string(dir.path().join("agent/agent-id")).expect("agent-id written");
     assert!(uuid::Uuid::parse_str(id.trim()).is_ok(), "{id}");
 
     backends[0].set_ready(false);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let seen: Vec<String> = (0..6)
-            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
-            .collect();
-        assert_eq!(seen.len(), 6, "every connection answered");
-        if !seen.iter().any(|b| b == "b1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "b1 still in rotation");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_out_of_rotation(&proxy, "b1", 5);
     token.cancel();
 }
 
@@ -820,44 +846,13 @@ fn separate_processes_on_etcd() {
 #[test]
 fn dev_with_tls_runs_the_whole_path_over_mutual_tls() {
     let state = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(BIN)
-        .args([
-            "dev",
-            "--tls",
-            "--proxy-bind",
-            "127.0.0.1:0",
-            "--grpc-bind",
-            "127.0.0.1:0",
-            "--http-bind",
-            "127.0.0.1:0",
-        ])
-        .arg("--state-dir")
-        .arg(state.path())
-        .env("TRACKWIRE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start trackwire dev --tls");
-    let mut dev = Running(child);
-    let stdout = dev.0.stdout.take().expect("stdout");
-    let mut proxy = String::new();
-    let mut get = Vec::new();
-    // Kept open for the whole test (a closed pipe is not what this tests).
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.expect("banner line");
-        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-        match words.first().map(String::as_str) {
-            Some("proxy") => proxy = words[1].clone(),
-            Some("trackwire") if words.get(1).map(String::as_str) == Some("get") => {
-                get = words[1..].to_vec();
-            }
-            Some("grpcurl") => break,
-            _ => {}
-        }
-    }
+    let state_dir = state.path().to_string_lossy().into_owned();
+    // Its stdout is kept open for the whole test (a closed pipe is not what
+    // this tests).
+    let (_dev, banner, _stdout) = start_dev(&["--tls", "--state-dir", &state_dir]);
+    let proxy = banner.proxy;
     assert!(!proxy.is_empty(), "no proxy line in the banner");
-    let get: Vec<&str> = get.iter().map(String::as_str).collect();
+    let get: Vec<&str> = banner.get.iter().map(String::as_str).collect();
     assert!(
         get.contains(&"--tls-cert") && get.iter().any(|w| w.starts_with("https://")),
         "banner command {get:?}"
@@ -873,25 +868,9 @@ fn dev_with_tls_runs_the_whole_path_over_mutual_tls() {
     }
     wait_listening(&proxy);
     // Agent and proxy over mTLS: the proxy routes to all three backends.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let seen: std::collections::HashSet<String> = (0..9)
-            .filter_map(|_| backend_of(&http(&proxy, "GET", "/")))
-            .collect();
-        if seen.len() == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not all backends UP: {seen:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_all_three_backends(&proxy);
     // The printed admin command, as printed.
-    let (code, out, err) = run(&get);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out.lines().filter(|l| l.contains(" UP ")).count(),
-        3,
-        "{out}"
-    );
+    expect_three_up(&get);
     // The agent registered under its certificate's name.
     let mut agents: Vec<&str> = get.clone();
     agents[1] = "agents";
@@ -991,27 +970,18 @@ fn certs_init_and_issue() {
 #[test]
 fn sighup_does_not_kill_and_expired_certificates_are_refused_at_start() {
     let (grpc, http_addr) = (free_addr(), free_addr());
-    let child = Command::new(BIN)
-        .args([
+    let mut cp = spawn(
+        &[
             "control-plane",
             "--grpc-bind",
             &grpc,
             "--http-bind",
             &http_addr,
-        ])
-        .env("TRACKWIRE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start control plane");
-    let mut cp = Running(child);
+        ],
+        &[],
+    );
     wait_listening(&http_addr);
-    let pid = cp.0.id().to_string();
-    let status = Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal(&cp.0, "-HUP");
     // Still serving, and still running a moment later.
     assert!(http(&http_addr, "GET", "/healthz").contains("200"));
     assert!(cp.0.try_wait().expect("wait").is_none(), "SIGHUP killed it");
@@ -1053,5 +1023,49 @@ fn sighup_does_not_kill_and_expired_certificates_are_refused_at_start() {
     assert!(
         err.contains("control-plane-old.crt") && err.contains("expired on 2020-09-14"),
         "{err}"
+    );
+}
+
+/// `--log-format json`: every log line is one JSON object with a level and
+/// a message.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "control-plane",
+            "--grpc-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start control plane");
+    let mut cp = Running(child);
+    let stderr = cp.0.stderr.take().expect("stderr");
+    // Up to the plaintext warning, which comes right after the listener's.
+    let mut lines: Vec<String> = Vec::new();
+    for line in BufReader::new(stderr).lines().take(10) {
+        let line = line.expect("line");
+        let done = line.contains("PLAINTEXT");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("PLAINTEXT")),
+        "the plaintext warning is among the first lines: {lines:?}"
     );
 }

@@ -3,7 +3,8 @@
 //! handshakes (plaintext, no certificate, another CA, expired, not yet
 //! valid, another trust domain, no or two identities) counted in
 //! `/metrics`, the role table method by method, ids bound to certificates,
-//! verdicts only about the sender's assignment, the admin bearer token,
+//! verdicts only about the sender's assignment, the admin bearer token
+//! (on a plaintext port, and in place of a certificate on a TLS one),
 //! reloading (and refusing) TLS material under open streams, a CA rollover,
 //! the expiry gauge, and the accept loops' deadlines for silent peers.
 
@@ -73,11 +74,69 @@ fn tls_config(tls: Tls) -> Config {
     }
 }
 
+/// A control plane on `store` serving mutual TLS with a new CA's
+/// certificate: the CA, the server's TLS material, the control plane and
+/// its `https://` URL.
+async fn start_mtls(store: Arc<dyn Store>) -> (Pki, Tls, Cp, String) {
+    let pki = Pki::new();
+    let tls = pki.server();
+    let cp = start_cp(store, tls_config(tls.clone())).await;
+    let url = https(&cp);
+    (pki, tls, cp, url)
+}
+
 /// Fails the test when `fut` takes longer than `secs`.
 async fn within<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), fut)
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within {secs}s"))
+}
+
+/// `e` is PermissionDenied, its message naming each of `words`.
+fn expect_denied_naming(e: &Status, words: &[&str]) {
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(
+        words.iter().all(|w| e.message().contains(w)),
+        "{}",
+        e.message()
+    );
+}
+
+/// Whether `store` holds `key`.
+async fn stored(store: &dyn Store, key: &str) -> bool {
+    store.get(key).await.expect("get").is_some()
+}
+
+/// The ids ListAgents answers with.
+async fn agent_ids(admin: &AdminServiceClient<Channel>) -> Result<Vec<String>, Status> {
+    let agents = admin
+        .clone()
+        .list_agents(pb::ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    Ok(agents.into_iter().map(|a| a.agent_id).collect())
+}
+
+/// The agents GetHealth shows voting on `pool`'s backends whose name
+/// `backend` accepts (`None` for a backend without an endpoint).
+async fn voters(
+    admin: &AdminServiceClient<Channel>,
+    pool: &str,
+    backend: impl Fn(Option<&str>) -> bool,
+) -> Vec<String> {
+    let health = admin
+        .clone()
+        .get_health(pb::GetHealthRequest { pool: pool.into() })
+        .await
+        .expect("get health")
+        .into_inner();
+    health
+        .backends
+        .into_iter()
+        .filter(|b| backend(b.endpoint.as_ref().map(|e| e.backend.as_str())))
+        .flat_map(|b| b.votes.into_iter().map(|v| v.agent_id))
+        .collect()
 }
 
 async fn admin_tls(url: &str, tls: &Tls) -> AdminServiceClient<Channel> {
@@ -116,6 +175,31 @@ async fn wait_metric_above(http: &str, series: &str, before: u64, what: &str) ->
             "{what}: {series} stayed at {now} (was {before})"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `series` reaches `at_least` (at least 1).
+async fn wait_metric_reaches(http: &str, series: &str, at_least: u64, what: &str) -> u64 {
+    wait_metric_above(http, series, at_least - 1, what).await
+}
+
+/// Fails unless the server closes each of the (named) `peers` without
+/// sending a byte within 1.5 s of `opened`, when they connected.
+async fn expect_closed_unanswered<'a>(
+    peers: impl IntoIterator<Item = (String, &'a mut TcpStream)>,
+    opened: Instant,
+) {
+    let deadline = opened + Duration::from_millis(1500);
+    for (what, s) in peers {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => panic!("{what}: the server sent {n} bytes"),
+            Err(_) => panic!(
+                "{what}: still open {:?} after it was made",
+                opened.elapsed()
+            ),
+        }
     }
 }
 
@@ -184,10 +268,10 @@ fn write_leaf(dir: &Path, name: &str, ca: &Path, leaf: &Leaf) -> TlsFiles {
     }
 }
 
-/// A ListPools over a TLS client built by hand (tonic's own rustls client,
-/// which checks nothing about its own certificate): trusts `ca_pem`,
-/// presents `leaf` if any. `Err` says why the call failed.
-async fn hand_call(url: &str, ca_pem: &str, leaf: Option<&Leaf>) -> Result<(), String> {
+/// A TLS channel built by hand (tonic's own rustls client, which checks
+/// nothing about its own certificate): trusts `ca_pem`, presents `leaf` if
+/// any. `Err` says why it did not connect.
+async fn hand_channel(url: &str, ca_pem: &str, leaf: Option<&Leaf>) -> Result<Channel, String> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
     if let Some(l) = leaf {
         tls = tls.identity(tonic::transport::Identity::from_pem(
@@ -195,41 +279,50 @@ async fn hand_call(url: &str, ca_pem: &str, leaf: Option<&Leaf>) -> Result<(), S
             &l.key_pem,
         ));
     }
-    let endpoint = Endpoint::from_shared(url.to_string())
+    Endpoint::from_shared(url.to_string())
         .map_err(|e| e.to_string())?
         .tls_config(tls)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5));
-    let attempt = async {
-        let ch = endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {}", trackwire_connect::error_chain(&e)))?;
-        AdminServiceClient::new(ch)
-            .list_pools(pb::ListPoolsRequest {})
-            .await
-            .map(|_| ())
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-    };
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {}", trackwire_connect::error_chain(&e)))
+}
+
+/// A ListPools on `ch`; `Err` names the refusal.
+async fn list_pools_on(ch: Channel) -> Result<(), String> {
+    AdminServiceClient::new(ch)
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// A ListPools over trackwire's own TLS client with `tls`.
+async fn tls_list_pools(url: &str, tls: &Tls) -> Result<(), String> {
+    list_pools_on(trackwire_connect::channel(url, Some(tls)).await?).await
+}
+
+/// Connects (`connect`) and calls ListPools within 8 s; `Err` says why
+/// that failed (a timeout counts as a failure).
+async fn list_pools_within_8s(
+    connect: impl std::future::Future<Output = Result<Channel, String>>,
+) -> Result<(), String> {
+    let attempt = async { list_pools_on(connect.await?).await };
     tokio::time::timeout(Duration::from_secs(8), attempt)
         .await
         .unwrap_or_else(|_| Err("timed out".into()))
 }
 
+/// A ListPools over [`hand_channel`].
+async fn hand_call(url: &str, ca_pem: &str, leaf: Option<&Leaf>) -> Result<(), String> {
+    list_pools_within_8s(hand_channel(url, ca_pem, leaf)).await
+}
+
 /// A plaintext ListPools (on a TLS port it must fail).
 async fn plaintext_call(url: &str) -> Result<(), String> {
-    let attempt = async {
-        let ch = trackwire_connect::channel(url, None).await?;
-        AdminServiceClient::new(ch)
-            .list_pools(pb::ListPoolsRequest {})
-            .await
-            .map(|_| ())
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-    };
-    tokio::time::timeout(Duration::from_secs(8), attempt)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
+    list_pools_within_8s(trackwire_connect::channel(url, None)).await
 }
 
 fn hello(id: &str, verdicts: Vec<pb::Verdict>) -> pb::AgentMessage {
@@ -255,19 +348,56 @@ fn verdict(pool: &str, backend: &str, fingerprint: u64, reason: &str) -> pb::Ver
     }
 }
 
-/// Subscribes as `proxy_id`; Ok once the first message arrived.
-async fn subscribe_first(ch: Channel, proxy_id: &str) -> Result<(), Status> {
+fn subscribe_request(proxy_id: &str) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        proxy_id: proxy_id.into(),
+        ..Default::default()
+    }
+}
+
+/// Subscribes with `req`; Ok once the first message arrived.
+async fn first_update(
+    ch: Channel,
+    req: tonic::Request<pb::SubscribeRequest>,
+) -> Result<(), Status> {
     let mut stream = HealthMapServiceClient::new(ch)
-        .subscribe(pb::SubscribeRequest {
-            proxy_id: proxy_id.into(),
-            ..Default::default()
-        })
+        .subscribe(req)
         .await?
         .into_inner();
     match stream.message().await? {
         Some(_) => Ok(()),
         None => Err(Status::unknown("stream ended before its first message")),
     }
+}
+
+/// Subscribes as `proxy_id`; Ok once the first message arrived.
+async fn subscribe_first(ch: Channel, proxy_id: &str) -> Result<(), Status> {
+    first_update(ch, tonic::Request::new(subscribe_request(proxy_id))).await
+}
+
+/// Opens a ProbeService session whose one message is `id`'s hello, within 5 s.
+async fn hello_alone(
+    ch: Channel,
+    id: &str,
+) -> Result<tonic::Response<tonic::Streaming<pb::ControlMessage>>, Status> {
+    within(
+        5,
+        &format!("hello as {id}"),
+        ProbeServiceClient::new(ch).connect(tokio_stream::iter(vec![hello(id, vec![])])),
+    )
+    .await
+}
+
+/// Runs a real probe agent in zone `a` with `tls` until `stop` is cancelled.
+fn spawn_agent(url: &str, tls: Tls, stop: &CancellationToken) {
+    let config = trackwire_probe_agent::Config {
+        control_plane: vec![url.to_string()],
+        zone: "a".into(),
+        state_dir: None,
+        heartbeat: Duration::from_millis(300),
+        tls: Some(tls),
+    };
+    tokio::spawn(trackwire_probe_agent::run(config, None, stop.clone()));
 }
 
 fn checked_pool(name: &str, backends: Vec<BackendSpec>) -> PoolSpec {
@@ -307,7 +437,7 @@ async fn apply(
 }
 
 /// The `trackwire` binary: (exit code, stdout, stderr), within 30 s.
-async fn cli(args: &[&str]) -> (i32, String, String) {
+async fn cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackwire"));
     cmd.args(args).kill_on_drop(true);
     for var in [
@@ -327,6 +457,51 @@ async fn cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `files` as the CLI's `--tls-ca`, `--tls-cert` and `--tls-key` flags.
+fn tls_flags(files: &TlsFiles) -> Vec<String> {
+    [
+        ("--tls-ca", &files.ca),
+        ("--tls-cert", &files.cert),
+        ("--tls-key", &files.key),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), path_str(path).to_string()])
+    .collect()
+}
+
+/// The CLI with `args`, then the TLS flags for `files`.
+async fn cli_as(files: &TlsFiles, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend(tls_flags(files));
+    cli(&all).await
+}
+
+/// `trackwire get pools` against `url`, with the TLS flags for `tls` and
+/// `--token-file token_file` when given.
+async fn get_pools(
+    url: &str,
+    tls: Option<&TlsFiles>,
+    token_file: Option<&Path>,
+) -> (i32, String, String) {
+    let mut args: Vec<String> = ["get", "pools", "--control-plane", url]
+        .map(String::from)
+        .to_vec();
+    args.extend(tls.map(tls_flags).unwrap_or_default());
+    if let Some(file) = token_file {
+        args.extend(["--token-file".into(), path_str(file).into()]);
+    }
+    cli(&args).await
+}
+
+/// The CLI's answer (exit code, stdout, stderr) is a refusal of role proxy.
+fn expect_cli_refused_as_proxy((code, out, err): &(i32, String, String)) {
+    assert_ne!(*code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.to_lowercase().contains("permission") && err.contains("role proxy"),
+        "stderr: {err}"
+    );
 }
 
 fn path_str(p: &Path) -> &str {
@@ -367,9 +542,7 @@ async fn health_check(ch: Channel) -> Result<i32, Status> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_works_over_mutual_tls() {
     logs();
-    let pki = Pki::new();
-    let cp = start_cp(mem(), tls_config(pki.server())).await;
-    let url = https(&cp);
+    let (pki, _, cp, url) = start_mtls(mem()).await;
     let backend = TestHttp::start().await;
 
     // Admin: apply and list.
@@ -399,37 +572,14 @@ async fn every_role_works_over_mutual_tls() {
 
     // A real probe agent: its id is its certificate's name.
     let others = CancellationToken::new();
-    tokio::spawn(trackwire_probe_agent::run(
-        trackwire_probe_agent::Config {
-            control_plane: vec![url.clone()],
-            zone: "a".into(),
-            state_dir: None,
-            heartbeat: Duration::from_millis(300),
-            tls: Some(pki.client(Role::Agent, "agent-1")),
-        },
-        None,
-        others.clone(),
-    ));
+    spawn_agent(&url, pki.client(Role::Agent, "agent-1"), &others);
     wait_for("agent-1 listed by ListAgents", 10, || {
-        let mut a = admin.clone();
-        async move {
-            a.list_agents(pb::ListAgentsRequest {})
-                .await
-                .is_ok_and(|r| !r.into_inner().agents.is_empty())
-        }
+        let admin = admin.clone();
+        async move { agent_ids(&admin).await.is_ok_and(|ids| !ids.is_empty()) }
     })
     .await;
-    let agents = admin
-        .list_agents(pb::ListAgentsRequest {})
-        .await
-        .expect("list agents")
-        .into_inner()
-        .agents;
     assert_eq!(
-        agents
-            .iter()
-            .map(|a| a.agent_id.as_str())
-            .collect::<Vec<_>>(),
+        agent_ids(&admin).await.expect("list agents"),
         ["agent-1"],
         "the agent registers under its certificate's name"
     );
@@ -455,16 +605,7 @@ async fn every_role_works_over_mutual_tls() {
             .is_some_and(|e| e.state == HealthState::Up && e.votes == 1 && !e.stale)
     })
     .await;
-    let health = admin
-        .get_health(pb::GetHealthRequest { pool: "web".into() })
-        .await
-        .expect("get health")
-        .into_inner();
-    let votes: Vec<&str> = health
-        .backends
-        .iter()
-        .flat_map(|b| b.votes.iter().map(|v| v.agent_id.as_str()))
-        .collect();
+    let votes = voters(&admin, "web", |_| true).await;
     assert_eq!(votes, ["agent-1"], "the UP vote is agent-1's");
     let subscribers = admin
         .list_subscribers(pb::ListSubscribersRequest {})
@@ -489,9 +630,7 @@ async fn every_role_works_over_mutual_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_clients_are_refused_and_counted() {
     logs();
-    let pki = Pki::new();
-    let cp = start_cp(mem(), tls_config(pki.server())).await;
-    let url = https(&cp);
+    let (pki, _, cp, url) = start_mtls(mem()).await;
     let ca = pki.ca.cert_pem.clone();
     let now = SystemTime::now();
     let valid = (now - Duration::from_secs(300), now + DAY);
@@ -644,9 +783,7 @@ fn expect_access(role: Role, allowed: bool, path: &str, r: Result<(), Status>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_role_table_admits_exactly_the_allowed_calls() {
     logs();
-    let pki = Pki::new();
-    let cp = start_cp(mem(), tls_config(pki.server())).await;
-    let url = https(&cp);
+    let (pki, _, cp, url) = start_mtls(mem()).await;
     for role in Role::ALL {
         let name = match role {
             Role::Admin => "ops",
@@ -735,12 +872,7 @@ async fn the_role_table_admits_exactly_the_allowed_calls() {
     )
     .await
     .expect_err("unknown service");
-    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
-    assert!(
-        e.message().contains("/trackwire.v1.Nope/X") && e.message().contains("role admin"),
-        "{}",
-        e.message()
-    );
+    expect_denied_naming(&e, &["/trackwire.v1.Nope/X", "role admin"]);
     cp.stop().await;
 }
 
@@ -751,53 +883,25 @@ async fn the_role_table_admits_exactly_the_allowed_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_and_proxies_speak_only_for_their_certificate() {
     logs();
-    let pki = Pki::new();
     let store = mem();
-    let cp = start_cp(Arc::clone(&store), tls_config(pki.server())).await;
-    let url = https(&cp);
+    let (pki, _, cp, url) = start_mtls(Arc::clone(&store)).await;
     let agent = pki.client(Role::Agent, "agent-1");
     let ch = trackwire_connect::channel(&url, Some(&agent))
         .await
         .expect("connect as agent-1");
 
-    let e = within(
-        5,
-        "hello as agent-2",
-        ProbeServiceClient::new(ch.clone())
-            .connect(tokio_stream::iter(vec![hello("agent-2", vec![])])),
-    )
-    .await
-    .expect_err("agent-1 speaking as agent-2");
-    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    let e = hello_alone(ch.clone(), "agent-2")
+        .await
+        .expect_err("agent-1 speaking as agent-2");
+    expect_denied_naming(&e, &["\"agent-2\"", "\"agent-1\""]);
     assert!(
-        e.message().contains("\"agent-2\"") && e.message().contains("\"agent-1\""),
-        "{}",
-        e.message()
-    );
-    assert!(
-        store
-            .get(&keys().agent("agent-2"))
-            .await
-            .expect("get")
-            .is_none(),
+        !stored(store.as_ref(), &keys().agent("agent-2")).await,
         "nothing registered as agent-2"
     );
 
     // As itself the same certificate registers.
-    within(
-        5,
-        "hello as agent-1",
-        ProbeServiceClient::new(ch).connect(tokio_stream::iter(vec![hello("agent-1", vec![])])),
-    )
-    .await
-    .expect("agent-1 as itself");
-    assert!(
-        store
-            .get(&keys().agent("agent-1"))
-            .await
-            .expect("get")
-            .is_some()
-    );
+    hello_alone(ch, "agent-1").await.expect("agent-1 as itself");
+    assert!(stored(store.as_ref(), &keys().agent("agent-1")).await);
 
     // The same binding for proxies.
     let proxy = pki.client(Role::Proxy, "edge-1");
@@ -811,12 +915,7 @@ async fn agents_and_proxies_speak_only_for_their_certificate() {
     )
     .await
     .expect_err("edge-1 subscribing as edge-2");
-    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
-    assert!(
-        e.message().contains("edge-2") && e.message().contains("edge-1"),
-        "{}",
-        e.message()
-    );
+    expect_denied_naming(&e, &["edge-2", "edge-1"]);
     within(5, "subscribe as edge-1", subscribe_first(ch, "edge-1"))
         .await
         .expect("edge-1 as itself");
@@ -927,18 +1026,13 @@ async fn verdicts_about_other_agents_backends_are_not_stored() {
         verdict_keys(store.as_ref()).await.contains(&b_key),
         "agent-b's verdict about its own backend is stored"
     );
-    let mut admin = admin(&cp.url).await;
+    let admin = admin(&cp.url).await;
     wait_for("agent-b in the control plane's view", 5, || {
-        let mut a = admin.clone();
+        let admin = admin.clone();
         async move {
-            a.list_agents(pb::ListAgentsRequest {})
+            agent_ids(&admin)
                 .await
-                .is_ok_and(|r| {
-                    r.into_inner()
-                        .agents
-                        .iter()
-                        .any(|a| a.agent_id == "agent-b")
-                })
+                .is_ok_and(|ids| ids.iter().any(|a| a == "agent-b"))
         }
     })
     .await;
@@ -1038,20 +1132,8 @@ async fn verdicts_about_other_agents_backends_are_not_stored() {
         "two report verdicts rejected"
     );
     // The admin view agrees that nobody else voted on agent B's backend.
-    let health = admin
-        .get_health(pb::GetHealthRequest {
-            pool: foreign.0.clone(),
-        })
-        .await
-        .expect("health")
-        .into_inner();
-    let voters: Vec<&str> = health
-        .backends
-        .iter()
-        .filter(|b| b.endpoint.as_ref().is_some_and(|e| e.backend == foreign.1))
-        .flat_map(|b| b.votes.iter().map(|v| v.agent_id.as_str()))
-        .collect();
-    assert!(!voters.contains(&"agent-a"), "{voters:?}");
+    let voters = voters(&admin, &foreign.0, |b| b == Some(foreign.1.as_str())).await;
+    assert!(!voters.iter().any(|v| v == "agent-a"), "{voters:?}");
     drop(a_tx);
     drop(b_tx);
     cp.stop().await;
@@ -1064,10 +1146,8 @@ async fn verdicts_about_other_agents_backends_are_not_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_certificate_cannot_change_backend_state() {
     logs();
-    let pki = Pki::new();
     let store = mem();
-    let cp = start_cp(Arc::clone(&store), tls_config(pki.server())).await;
-    let url = https(&cp);
+    let (pki, _, cp, url) = start_mtls(Arc::clone(&store)).await;
     let mut admin = admin_tls(&url, &pki.client(Role::Admin, "ops")).await;
     apply(&mut admin, &[plain_pool("web")]).await;
 
@@ -1087,65 +1167,33 @@ async fn a_proxy_certificate_cannot_change_backend_state() {
     )
     .await
     .expect_err("a proxy draining a backend");
-    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
-    assert!(
-        e.message().contains("role proxy")
-            && e.message()
-                .contains("/trackwire.v1.AdminService/SetBackendState"),
-        "{}",
-        e.message()
+    expect_denied_naming(
+        &e,
+        &["role proxy", "/trackwire.v1.AdminService/SetBackendState"],
     );
     let override_key = keys().admin("web", "b1");
-    assert!(store.get(&override_key).await.expect("get").is_none());
+    assert!(!stored(store.as_ref(), &override_key).await);
 
     // The CLI with the proxy's certificate: refused, exit code non-zero.
-    let files = pki.files(Role::Proxy, "edge-cli");
-    let (code, out, err) = cli(&[
-        "drain",
-        "web/b1",
-        "--control-plane",
-        &url,
-        "--tls-ca",
-        path_str(&files.ca),
-        "--tls-cert",
-        path_str(&files.cert),
-        "--tls-key",
-        path_str(&files.key),
-    ])
-    .await;
-    assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(
-        err.to_lowercase().contains("permission") && err.contains("role proxy"),
-        "stderr: {err}"
-    );
-    assert!(store.get(&override_key).await.expect("get").is_none());
+    let drain = ["drain", "web/b1", "--control-plane", &url];
+    let answer = cli_as(&pki.files(Role::Proxy, "edge-cli"), &drain).await;
+    expect_cli_refused_as_proxy(&answer);
+    assert!(!stored(store.as_ref(), &override_key).await);
 
     // The same command with an admin certificate drains.
-    let files = pki.files(Role::Admin, "ops-cli");
-    let (code, out, err) = cli(&[
-        "drain",
-        "web/b1",
-        "--control-plane",
-        &url,
-        "--tls-ca",
-        path_str(&files.ca),
-        "--tls-cert",
-        path_str(&files.cert),
-        "--tls-key",
-        path_str(&files.key),
-    ])
-    .await;
+    let (code, out, err) = cli_as(&pki.files(Role::Admin, "ops-cli"), &drain).await;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("backend/web/b1 drain"), "{out}");
-    assert!(store.get(&override_key).await.expect("get").is_some());
+    assert!(stored(store.as_ref(), &override_key).await);
     cp.stop().await;
 }
 
 // ---------------------------------------------------------------------------
-// 7. The admin bearer token (plaintext port)
+// 7. The admin bearer token (plaintext port; TLS port beside certificates)
 // ---------------------------------------------------------------------------
 
 const TOKEN: &str = "s3cret-admin-token-0123456789";
+const WRONG_TOKEN: &str = "wrong-token-abcdef0123456789";
 
 fn with_bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
@@ -1156,32 +1204,32 @@ fn with_bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
     req
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_token_guards_admin_calls_only() {
-    logs();
+/// A control plane taking TOKEN for the admin role (serving `tls` if
+/// given) on a store holding pool `web`.
+async fn start_token_cp(tls: Option<Tls>) -> (Arc<dyn Store>, Cp) {
     let store = mem();
     trackwire_control_plane::writes::apply(store.as_ref(), &keys(), &[plain_pool("web")], 0, false)
         .await
         .expect("apply");
-    let cp = start_cp(
-        Arc::clone(&store),
-        Config {
-            admin_token: Some(Token::new(TOKEN).expect("token")),
-            ..Default::default()
-        },
-    )
-    .await;
-    let ch = trackwire_connect::channel(&cp.url, None)
-        .await
-        .expect("connect");
-    let mut admin = AdminServiceClient::new(ch.clone());
+    let config = Config {
+        tls,
+        admin_token: Some(Token::new(TOKEN).expect("token")),
+        ..Default::default()
+    };
+    (Arc::clone(&store), start_cp(store, config).await)
+}
 
+/// ListPools on `ch`: without a token refused as Unauthenticated (saying
+/// `missing`), answered with TOKEN, refused with WRONG_TOKEN (echoing
+/// neither token).
+async fn expect_token_guards_list_pools(ch: Channel, missing: &str) {
+    let mut admin = AdminServiceClient::new(ch);
     let e = admin
         .list_pools(pb::ListPoolsRequest {})
         .await
         .expect_err("no token");
     assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
-    assert!(e.message().contains("bearer token"), "{}", e.message());
+    assert!(e.message().contains(missing), "{}", e.message());
 
     let pools = admin
         .list_pools(with_bearer(pb::ListPoolsRequest {}, TOKEN))
@@ -1190,18 +1238,27 @@ async fn the_admin_token_guards_admin_calls_only() {
         .into_inner();
     assert_eq!(pools.pools.len(), 1);
 
-    let wrong = "wrong-token-abcdef0123456789";
     let e = admin
-        .list_pools(with_bearer(pb::ListPoolsRequest {}, wrong))
+        .list_pools(with_bearer(pb::ListPoolsRequest {}, WRONG_TOKEN))
         .await
         .expect_err("wrong token");
     assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
     assert!(
-        !e.message().contains(wrong) && !e.message().contains(TOKEN),
+        !e.message().contains(WRONG_TOKEN) && !e.message().contains(TOKEN),
         "a token echoed: {}",
         e.message()
     );
-    let e = admin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_admin_calls_only() {
+    logs();
+    let (store, cp) = start_token_cp(None).await;
+    let ch = trackwire_connect::channel(&cp.url, None)
+        .await
+        .expect("connect");
+    expect_token_guards_list_pools(ch.clone(), "bearer token").await;
+    let e = AdminServiceClient::new(ch.clone())
         .set_backend_state(with_bearer(
             pb::SetBackendStateRequest {
                 pool: "web".into(),
@@ -1210,28 +1267,17 @@ async fn the_admin_token_guards_admin_calls_only() {
                 reason: String::new(),
                 set_by: "x".into(),
             },
-            wrong,
+            WRONG_TOKEN,
         ))
         .await
         .expect_err("wrong token drains");
     assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
-    assert!(
-        store
-            .get(&keys().admin("web", "b1"))
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!stored(store.as_ref(), &keys().admin("web", "b1")).await);
 
     // Agents and proxies need no token on a plaintext port.
-    within(
-        5,
-        "hello",
-        ProbeServiceClient::new(ch.clone())
-            .connect(tokio_stream::iter(vec![hello("agent-x", vec![])])),
-    )
-    .await
-    .expect("ProbeService is open without a token");
+    hello_alone(ch.clone(), "agent-x")
+        .await
+        .expect("ProbeService is open without a token");
     within(5, "subscribe", subscribe_first(ch, "edge-x"))
         .await
         .expect("HealthMapService is open without a token");
@@ -1241,34 +1287,98 @@ async fn the_admin_token_guards_admin_calls_only() {
     let good = dir.path().join("token");
     std::fs::write(&good, format!("{TOKEN}\n")).expect("write token");
     let bad = dir.path().join("bad-token");
-    std::fs::write(&bad, wrong).expect("write token");
-    let (code, out, err) = cli(&[
-        "get",
-        "pools",
-        "--control-plane",
-        &cp.url,
-        "--token-file",
-        path_str(&good),
-    ])
-    .await;
+    std::fs::write(&bad, WRONG_TOKEN).expect("write token");
+    let (code, out, err) = get_pools(&cp.url, None, Some(&good)).await;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("web"), "{out}");
-    let (code, out, err) = cli(&["get", "pools", "--control-plane", &cp.url]).await;
+    let (code, out, err) = get_pools(&cp.url, None, None).await;
     assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(err.contains("bearer token"), "stderr: {err}");
-    let (code, out, err) = cli(&[
-        "get",
-        "pools",
-        "--control-plane",
-        &cp.url,
-        "--token-file",
-        path_str(&bad),
-    ])
-    .await;
+    let (code, out, err) = get_pools(&cp.url, None, Some(&bad)).await;
     assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(
-        !err.contains(wrong) && !out.contains(wrong),
+        !err.contains(WRONG_TOKEN) && !out.contains(WRONG_TOKEN),
         "the wrong token printed: {err}"
+    );
+    cp.stop().await;
+}
+
+/// A TLS port that takes client certificates optionally: the admin token
+/// stands in for an admin certificate, and for nothing else; a certificate
+/// still works, and where one is presented it, not the token, names the
+/// caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_stands_in_for_a_certificate_on_a_tls_port() {
+    logs();
+    let pki = Pki::new();
+    let server = Tls::load(
+        pki.files(Role::ControlPlane, "cp"),
+        Side::Server {
+            client_cert_optional: true,
+        },
+    )
+    .expect("server TLS");
+    let (store, cp) = start_token_cp(Some(server)).await;
+    let url = https(&cp);
+
+    // TLS trusting the CA, no client certificate.
+    let ch = hand_channel(&url, &pki.ca.cert_pem, None)
+        .await
+        .expect("TLS without a client certificate");
+    expect_token_guards_list_pools(ch.clone(), "no client certificate and no bearer token").await;
+
+    // The token is the admin role only: no subscription, no agent session.
+    let r = within(
+        5,
+        "Subscribe with the token",
+        first_update(ch.clone(), with_bearer(subscribe_request("edge-1"), TOKEN)),
+    )
+    .await;
+    expect_access(
+        Role::Admin,
+        false,
+        "/trackwire.v1.HealthMapService/Subscribe",
+        r,
+    );
+    let r = within(
+        5,
+        "Connect with the token",
+        ProbeServiceClient::new(ch).connect(with_bearer(
+            tokio_stream::iter(vec![hello("agent-1", vec![])]),
+            TOKEN,
+        )),
+    )
+    .await
+    .map(|_| ());
+    expect_access(Role::Admin, false, "/trackwire.v1.ProbeService/Connect", r);
+    assert!(
+        !stored(store.as_ref(), &keys().agent("agent-1")).await,
+        "nothing registered with the token"
+    );
+
+    // An agent certificate still connects: a real agent registers under
+    // its certificate's name.
+    let agent = CancellationToken::new();
+    spawn_agent(&url, pki.client(Role::Agent, "agent-1"), &agent);
+    wait_for("agent-1 registered", 10, || {
+        let store = Arc::clone(&store);
+        async move { stored(store.as_ref(), &keys().agent("agent-1")).await }
+    })
+    .await;
+    agent.cancel();
+
+    // The CLI with a proxy's certificate and a valid token file: the
+    // certificate names the caller, so the admin call is refused.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("token");
+    std::fs::write(&good, format!("{TOKEN}\n")).expect("write token");
+    let proxy = pki.files(Role::Proxy, "edge-cli");
+    let answer = get_pools(&url, Some(&proxy), Some(&good)).await;
+    expect_cli_refused_as_proxy(&answer);
+    let (_, out, err) = answer;
+    assert!(
+        !err.contains(TOKEN) && !out.contains(TOKEN),
+        "the token printed: {err}"
     );
     cp.stop().await;
 }
@@ -1299,10 +1409,7 @@ async fn wait_update_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_open_streams_and_serves_the_new_certificate() {
     logs();
-    let pki = Pki::new();
-    let tls = pki.server();
-    let cp = start_cp(mem(), tls_config(tls.clone())).await;
-    let url = https(&cp);
+    let (pki, tls, cp, url) = start_mtls(mem()).await;
     let mut admin = admin_tls(&url, &pki.client(Role::Admin, "ops")).await;
     apply(&mut admin, &[plain_pool("web")]).await;
     let proxy = pki.client(Role::Proxy, "edge-1");
@@ -1313,10 +1420,7 @@ async fn a_reload_keeps_open_streams_and_serves_the_new_certificate() {
         .await
         .expect("connect as proxy");
     let mut stream = HealthMapServiceClient::new(ch)
-        .subscribe(pb::SubscribeRequest {
-            proxy_id: "edge-1".into(),
-            ..Default::default()
-        })
+        .subscribe(subscribe_request("edge-1"))
         .await
         .expect("subscribe")
         .into_inner();
@@ -1376,10 +1480,7 @@ async fn a_reload_keeps_open_streams_and_serves_the_new_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_written_key_is_not_swapped_in() {
     logs();
-    let pki = Pki::new();
-    let tls = pki.server();
-    let cp = start_cp(mem(), tls_config(tls.clone())).await;
-    let url = https(&cp);
+    let (pki, tls, cp, url) = start_mtls(mem()).await;
     let proxy = pki.client(Role::Proxy, "edge-1");
     let old_serial = tls.current().leaf.serial.clone();
     let errors = "trackwire_tls_reloads_total{result=\"error\"}";
@@ -1453,14 +1554,7 @@ async fn clients_of_the_old_and_the_new_ca_both_connect_during_a_rollover() {
         Side::Client,
     )
     .expect("client TLS");
-    let r = within(5, "stranger", async {
-        let ch = trackwire_connect::channel(&url, Some(&client)).await?;
-        AdminServiceClient::new(ch)
-            .list_pools(pb::ListPoolsRequest {})
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await;
+    let r = within(5, "stranger", tls_list_pools(&url, &client)).await;
     assert!(r.is_err(), "a third CA's client got through");
     let (_, body) = http_get(&cp.http, "/metrics").await;
     assert_eq!(
@@ -1487,14 +1581,7 @@ async fn clients_of_the_old_and_the_new_ca_both_connect_during_a_rollover() {
     let client = Tls::load(with_bundle(old.files(Role::Admin, "ops-old")), Side::Client)
         .expect("client TLS");
     let url = https(&cp);
-    let r = within(5, "old client", async {
-        let ch = trackwire_connect::channel(&url, Some(&client)).await?;
-        AdminServiceClient::new(ch)
-            .list_pools(pb::ListPoolsRequest {})
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await;
+    let r = within(5, "old client", tls_list_pools(&url, &client)).await;
     assert!(
         r.is_err(),
         "the old CA's client got through without the old CA"
@@ -1509,9 +1596,7 @@ async fn clients_of_the_old_and_the_new_ca_both_connect_during_a_rollover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_expiry_gauge_shows_the_certificates_not_after() {
     logs();
-    let pki = Pki::new();
-    let tls = pki.server();
-    let cp = start_cp(mem(), tls_config(tls.clone())).await;
+    let (pki, tls, cp, _) = start_mtls(mem()).await;
     let (status, body) = http_get(&cp.http, "/metrics").await;
     assert_eq!(status, 200);
     let value_of = |prefix: &str| -> (String, u64) {
@@ -1549,21 +1634,16 @@ async fn the_expiry_gauge_shows_the_certificates_not_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_block_no_handshake_and_are_dropped() {
     logs();
-    let pki = Pki::new();
 
     // Default deadlines (5 s): three silent peers hold their slots while a
     // real client connects and calls.
-    let cp = start_cp(mem(), tls_config(pki.server())).await;
-    let url = https(&cp);
+    let (pki, _, cp, url) = start_mtls(mem()).await;
     let mut silent = Vec::new();
     for _ in 0..3 {
         silent.push(TcpStream::connect(grpc_addr(&cp)).await.expect("connect"));
     }
-    wait_for("the silent connections accepted", 5, || {
-        let http = cp.http.clone();
-        async move { metric(&http, "trackwire_grpc_connections_accepted_total").await >= 3 }
-    })
-    .await;
+    let accepted = "trackwire_grpc_connections_accepted_total";
+    wait_metric_reaches(&cp.http, accepted, 3, "the silent connections accepted").await;
     let admin_tls_material = pki.client(Role::Admin, "ops");
     let started = Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(2), async {
@@ -1604,22 +1684,14 @@ async fn silent_connections_block_no_handshake_and_are_dropped() {
     for _ in 0..3 {
         silent.push(TcpStream::connect(grpc_addr(&cp)).await.expect("connect"));
     }
-    let deadline = opened + Duration::from_millis(1500);
-    for s in &mut silent {
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => {}
-            Ok(Ok(n)) => panic!("the server sent {n} bytes to a silent peer"),
-            Err(_) => panic!(
-                "a silent connection still open {:?} after it was made",
-                opened.elapsed()
-            ),
-        }
-    }
-    wait_for("three handshake drops counted", 5, || {
-        let http = cp.http.clone();
-        async move { metric(&http, DROPPED_HANDSHAKE).await >= before + 3 }
-    })
+    let named = silent.iter_mut().enumerate();
+    expect_closed_unanswered(named.map(|(i, s)| (format!("silent peer {i}"), s)), opened).await;
+    wait_metric_reaches(
+        &cp.http,
+        DROPPED_HANDSHAKE,
+        before + 3,
+        "three handshake drops",
+    )
     .await;
     assert!(metric(&cp.http, HANDSHAKE_FAILURES).await >= 3);
     cp.stop().await;
@@ -1704,23 +1776,12 @@ async fn a_plaintext_peer_without_a_preface_is_dropped() {
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let deadline = opened + Duration::from_millis(1500);
-    for (what, s) in [("silent", &mut silent), ("HTTP/1.1", &mut garbage)] {
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => {}
-            Ok(Ok(n)) => panic!("{what}: the server sent {n} bytes"),
-            Err(_) => panic!(
-                "{what}: still open {:?} after it was made",
-                opened.elapsed()
-            ),
-        }
-    }
-    wait_for("two preface drops counted", 5, || {
-        let http = cp.http.clone();
-        async move { metric(&http, DROPPED_PREFACE).await >= before + 2 }
-    })
-    .await;
+    let peers = [
+        ("silent".into(), &mut silent),
+        ("HTTP/1.1".into(), &mut garbage),
+    ];
+    expect_closed_unanswered(peers, opened).await;
+    wait_metric_reaches(&cp.http, DROPPED_PREFACE, before + 2, "two preface drops").await;
     assert_eq!(metric(&cp.http, DROPPED_HANDSHAKE).await, 0);
     // A real client still gets through.
     let mut admin = admin(&cp.url).await;

@@ -508,6 +508,12 @@ impl Session {
                     }
                     let snap = state.borrow_and_update().clone();
                     let Some(snap) = snap else { continue };
+                    // A snapshot from before this session's registration
+                    // would assign the agent nothing and prune the verdicts
+                    // its hello just stored: wait for one that has it.
+                    if snap.facts.revision < self.owner_rev {
+                        continue;
+                    }
                     // The registration this session wrote must still be the
                     // agent's: gone (lease lapsed) or rewritten (taken over)
                     // means the agent would sit with no assignment; end the
