@@ -607,6 +607,7 @@ mod tests {
             fingerprint: target_fingerprint(address, &check),
             at_ms: 42,
             mod_revision: 1,
+            history: Vec::new(),
         };
         Arc::make_mut(&mut f.decisions).insert(("p".into(), "b0".into()), record("10.0.0.0:80"));
         // A record about another address is not this backend's decision.

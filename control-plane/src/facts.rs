@@ -42,6 +42,8 @@ pub struct DecisionFact {
     pub fingerprint: u64,
     pub at_ms: u64,
     pub mod_revision: u64,
+    /// The backend's last state changes, oldest first (see `recorder`).
+    pub history: Vec<trackwire_proto::v1::Transition>,
 }
 
 /// (agent, pool, backend)
@@ -313,6 +315,7 @@ impl Facts {
                                 fingerprint: d.fingerprint,
                                 at_ms: d.at_ms,
                                 mod_revision: kv.mod_revision,
+                                history: d.history,
                             },
                         );
                     }

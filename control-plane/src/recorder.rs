@@ -41,6 +41,9 @@ use crate::store::{Compare, Op, Store, batch};
 /// Default trust for a stale state.
 pub const DEFAULT_STALE_MAX: Duration = Duration::from_secs(15 * 60);
 
+/// State changes kept per backend in its decision record.
+pub const HISTORY_LEN: usize = 16;
+
 /// When this replica first saw each stale backend, and the bound.
 #[derive(Debug, Default)]
 pub struct StaleClock {
@@ -124,13 +127,15 @@ struct RecordWrite {
     compare: Compare,
 }
 
-/// What a transition's log line says about its votes.
+/// What a transition's log line and history entry say about its votes.
 #[derive(Debug, Default)]
 struct Why {
     up: usize,
     down: usize,
     ignored: usize,
     reason: String,
+    /// The agents whose counted votes were for the new state.
+    agents: Vec<String>,
 }
 
 impl Why {
@@ -145,13 +150,31 @@ impl Why {
                 why.down += 1;
             }
         }
-        why.reason = detail
-            .votes
-            .iter()
-            .find(|v| v.counted && v.verdict.state == state)
+        let for_it = || {
+            detail
+                .votes
+                .iter()
+                .filter(move |v| v.counted && v.verdict.state == state)
+        };
+        why.reason = for_it()
+            .next()
             .map(|v| v.verdict.reason.clone())
             .unwrap_or_default();
+        why.agents = for_it().map(|v| v.agent.clone()).collect();
         why
+    }
+
+    fn transition(&self, at_ms: u64, from: HealthState, to: HealthState) -> pb::Transition {
+        pb::Transition {
+            at_ms,
+            from: health_to_pb(from),
+            to: health_to_pb(to),
+            votes_up: self.up as u32,
+            votes_down: self.down as u32,
+            votes_ignored: self.ignored as u32,
+            reason: self.reason.clone(),
+            agents: self.agents.clone(),
+        }
     }
 }
 
@@ -192,20 +215,29 @@ pub async fn step(
                     .get(&id)
                     .is_some_and(|(s, fp, _)| *s == state && *fp == detail.fingerprint);
                 if !same && !in_flight {
+                    // Never decided: the pool's initial state was in force.
+                    let from = record
+                        .map(|r| r.state)
+                        .or_else(|| facts.pools.get(pool).map(|p| p.initial_state));
+                    let why = Why::of(detail, state);
+                    let mut history = record.map(|r| r.history.clone()).unwrap_or_default();
+                    if let Some(from) = from.filter(|f| *f != state) {
+                        history.push(why.transition(at, from, state));
+                        let over = history.len().saturating_sub(HISTORY_LEN);
+                        history.drain(..over);
+                    }
                     let value = keys::encode_decision(pb::StoredDecision {
                         schema: keys::SCHEMA,
                         state: health_to_pb(state),
                         fingerprint: detail.fingerprint,
                         at_ms: at,
+                        history,
                     });
                     writes.push(RecordWrite {
                         id: id.clone(),
                         state,
-                        // Never decided: the pool's initial state was in force.
-                        from: record
-                            .map(|r| r.state)
-                            .or_else(|| facts.pools.get(pool).map(|p| p.initial_state)),
-                        why: Why::of(detail, state),
+                        from,
+                        why,
                         fingerprint: detail.fingerprint,
                         op: Op::Put {
                             key,

@@ -233,6 +233,40 @@ pub struct BackendDetail {
     pub votes_up: u32,
     pub assigned_agents: Vec<String>,
     pub agent_votes: Vec<VoteRow>,
+    /// The last state changes, oldest first.
+    pub history: Vec<TransitionRow>,
+}
+
+/// One recorded state change of a backend.
+#[derive(Debug, Serialize)]
+pub struct TransitionRow {
+    pub at_ms: u64,
+    pub from: HealthState,
+    pub to: HealthState,
+    pub votes_up: u32,
+    pub votes_down: u32,
+    pub votes_ignored: u32,
+    pub reason: String,
+    /// The agents whose votes were for the new state.
+    pub agents: Vec<String>,
+}
+
+impl Row for TransitionRow {
+    const COLUMNS: &'static [Column<Self>] = &[
+        col("CHANGED", |r, now| human_time(r.at_ms, now)),
+        col("FROM", |r, _| r.from.as_str().to_uppercase()),
+        col("TO", |r, _| r.to.as_str().to_uppercase()),
+        col("VOTES UP/DOWN", |r, _| {
+            let ignored = if r.votes_ignored > 0 {
+                format!(" ({} ignored)", r.votes_ignored)
+            } else {
+                String::new()
+            };
+            format!("{}/{}{ignored}", r.votes_up, r.votes_down)
+        }),
+        col("BY", |r, _| r.agents.join(",")),
+        col("REASON", |r, _| r.reason.clone()),
+    ];
 }
 
 /// One agent's vote on a backend, with its latest check when known.
@@ -343,7 +377,28 @@ impl BackendDetail {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let history = b
+            .history
+            .iter()
+            .enumerate()
+            .map(|(j, t)| {
+                let path = |f: &str| format!("backends[{i}].history[{j}].{f}");
+                Ok(TransitionRow {
+                    at_ms: t.at_ms,
+                    from: health_from_pb(t.from, &path("from"))
+                        .context("control plane sent an invalid transition")?,
+                    to: health_from_pb(t.to, &path("to"))
+                        .context("control plane sent an invalid transition")?,
+                    votes_up: t.votes_up,
+                    votes_down: t.votes_down,
+                    votes_ignored: t.votes_ignored,
+                    reason: t.reason.clone(),
+                    agents: t.agents.clone(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Some(BackendDetail {
+            history,
             pool: pool.to_string(),
             backend: e.backend,
             address: e.address,
@@ -422,6 +477,10 @@ impl BackendDetail {
         );
         line("Checked by", self.assigned_agents.join(", "));
         out.push_str(&render_table(&self.agent_votes, now_ms));
+        if !self.history.is_empty() {
+            out.push_str("\nRecent state changes (oldest first):\n");
+            out.push_str(&render_table(&self.history, now_ms));
+        }
         out
     }
 }
@@ -514,6 +573,16 @@ mod tests {
                 ],
                 stale_since_ms: if stale { NOW - 242_000 } else { 0 },
                 stale_expires_ms: if stale { NOW + 180_000 } else { 0 },
+                history: vec![pb::Transition {
+                    at_ms: NOW - 61_000,
+                    from: pb::HealthState::Down as i32,
+                    to: pb::HealthState::Up as i32,
+                    votes_up: 2,
+                    votes_down: 0,
+                    votes_ignored: 0,
+                    reason: "L7OK 200".into(),
+                    agents: vec!["a1".into(), "a2".into()],
+                }],
             }],
             suspect_agents: vec!["a2".into()],
         }
@@ -551,8 +620,13 @@ mod tests {
              Checked by:   a1, a2\n\
              AGENT  VERDICT  REASON     SINCE                           NOTE                   LAST CHECK\n\
              a1     DOWN     L7STS 503  2026-12-26T21:29:29Z (12s ago)                         L7STS 503 in 1.2ms, 2026-12-26T21:29:39Z (2s ago)\n\
-             a2     UP                  2026-12-26T21:29:29Z (12s ago)  suspect (not counted)  -\n"
+             a2     UP                  2026-12-26T21:29:29Z (12s ago)  suspect (not counted)  -\n\
+             \n\
+             Recent state changes (oldest first):\n\
+             CHANGED                          FROM  TO  VOTES UP/DOWN  BY     REASON\n\
+             2026-12-26T21:28:40Z (1m1s ago)  DOWN  UP  2/0            a1,a2  L7OK 200\n"
         );
+        assert_eq!(json_history(&d)["agents"][1], "a2");
         let json = serde_json::to_value(&d).expect("json");
         let votes = &json["agent_votes"];
         assert_eq!(votes[0]["state"], "down");
@@ -566,6 +640,10 @@ mod tests {
                 .expect("valid")
                 .is_none()
         );
+    }
+
+    fn json_history(d: &BackendDetail) -> serde_json::Value {
+        serde_json::to_value(d).expect("json")["history"][0].clone()
     }
 
     #[test]

@@ -335,6 +335,12 @@ impl AdminService for AdminSvc {
                 backends.push(pb::BackendHealth {
                     stale_since_ms,
                     stale_expires_ms,
+                    history: snap
+                        .facts
+                        .decisions
+                        .get(&(name.clone(), e.backend.clone()))
+                        .map(|d| d.history.clone())
+                        .unwrap_or_default(),
                     pool: name.clone(),
                     endpoint: Some(endpoint_to_pb(e)),
                     assigned_agents: detail.map(|d| d.assigned.clone()).unwrap_or_default(),
