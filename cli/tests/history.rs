@@ -130,6 +130,14 @@ async fn transitions_are_recorded_with_their_votes_and_survive_a_restart() {
         "{text}"
     );
 
+    // The follower's lag is one series per proxy id, with no peer address.
+    let (_, metrics) = http_get(&cp.http, "/metrics").await;
+    assert!(
+        metrics.contains("trackwire_subscriber_lag_revisions{proxy_id=\"test\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("peer="), "{metrics}");
+
     // A new control plane on the same etcd serves the same history.
     agent.cancel();
     follower.cancel();

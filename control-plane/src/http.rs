@@ -60,19 +60,20 @@ async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
         .as_ref()
         .map(|s| s.derived.map.revision)
         .unwrap_or(0);
+    // One series per proxy id (the fleet's size), never per connection or
+    // peer port: the largest lag among a proxy id's subscriptions.
     let name = "trackwire_subscriber_lag_revisions";
     let _ = writeln!(
         out,
-        "# HELP {name} revisions the current map is ahead of what a subscriber has\n# TYPE {name} gauge"
+        "# HELP {name} revisions the current map is ahead of what a proxy has (the largest over its subscriptions)\n# TYPE {name} gauge"
     );
+    let mut lag: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for s in ctx.subscribers.list(revision) {
-        let _ = writeln!(
-            out,
-            "{name}{{proxy_id=\"{}\",peer=\"{}\"}} {}",
-            label(&s.proxy_id),
-            label(&s.peer),
-            s.lag_revisions
-        );
+        let l = lag.entry(s.proxy_id).or_default();
+        *l = (*l).max(s.lag_revisions);
+    }
+    for (proxy_id, l) in lag {
+        let _ = writeln!(out, "{name}{{proxy_id=\"{}\"}} {l}", label(&proxy_id));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
