@@ -66,6 +66,38 @@ pub fn check_scheme(url: &str, tls: bool) -> Result<(), String> {
     }
 }
 
+/// A long-lived client's link settings: at least one URL, each URL's
+/// scheme agreeing with the TLS material, and a certificate for `role`.
+/// `what` names the client in the error ("a probe agent").
+pub fn check_client(
+    urls: &[String],
+    tls: Option<&Tls>,
+    role: trackwire_transport::Role,
+    what: &str,
+) -> Result<(), String> {
+    if urls.is_empty() {
+        return Err("control_plane: at least one endpoint".into());
+    }
+    for url in urls {
+        check_scheme(url, tls.is_some())?;
+    }
+    if let Some(tls) = tls {
+        let id = tls.identity();
+        if id.role != role {
+            return Err(format!(
+                "--tls-cert: identity {id} has role {}; {what} needs a{} {role} certificate",
+                id.role,
+                if role == trackwire_transport::Role::Agent {
+                    "n"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An endpoint and how to secure it.
 #[derive(Debug, Clone)]
 pub struct Connector {

@@ -77,21 +77,13 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), Error> {
-        if self.control_plane.is_empty() {
-            return Err(Error::Config("control_plane: at least one endpoint".into()));
-        }
-        for url in &self.control_plane {
-            trackwire_connect::check_scheme(url, self.tls.is_some()).map_err(Error::Config)?;
-        }
-        if let Some(tls) = &self.tls {
-            let id = tls.identity();
-            if id.role != Role::Proxy {
-                return Err(Error::Config(format!(
-                    "--tls-cert: identity {id} has role {}; a data-plane proxy needs a proxy certificate",
-                    id.role
-                )));
-            }
-        }
+        trackwire_connect::check_client(
+            &self.control_plane,
+            self.tls.as_ref(),
+            Role::Proxy,
+            "a data-plane proxy",
+        )
+        .map_err(Error::Config)?;
         if self.listeners.is_empty() {
             return Err(Error::Config(
                 "listener: the config defines no [[listener]]".into(),

@@ -67,21 +67,13 @@ impl Error {
 
 impl Config {
     pub fn validate(&self) -> Result<(), Error> {
-        if self.control_plane.is_empty() {
-            return Err(Error::Config("control_plane: at least one endpoint".into()));
-        }
-        for url in &self.control_plane {
-            trackwire_connect::check_scheme(url, self.tls.is_some()).map_err(Error::Config)?;
-        }
-        if let Some(tls) = &self.tls {
-            let id = tls.identity();
-            if id.role != Role::Agent {
-                return Err(Error::Config(format!(
-                    "--tls-cert: identity {id} has role {}; a probe agent needs an agent certificate",
-                    id.role
-                )));
-            }
-        }
+        trackwire_connect::check_client(
+            &self.control_plane,
+            self.tls.as_ref(),
+            Role::Agent,
+            "a probe agent",
+        )
+        .map_err(Error::Config)?;
         if self.zone.len() > 63 {
             return Err(Error::Config("zone: at most 63 bytes".into()));
         }

@@ -44,10 +44,15 @@ fn healthy(url: &str) -> bool {
     let Some(hostport) = url.strip_prefix("http://") else {
         return false;
     };
-    let Ok(mut s) = TcpStream::connect(hostport) else {
+    let Ok(s) = TcpStream::connect(hostport) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    answers_healthy(s, hostport)
+}
+
+/// Asks `GET /health` on an open connection: etcd says `"health":"true"`.
+fn answers_healthy(mut s: impl Read + Write, hostport: &str) -> bool {
     if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
         .is_err()
     {
@@ -97,15 +102,7 @@ fn healthy_tls(url: &str, tls: &EtcdTlsFiles) -> bool {
         return false;
     };
     let _ = tcp.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut s = rustls::StreamOwned::new(conn, tcp);
-    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.") && buf.contains(" 200 ") && buf.contains("\"health\":\"true\"")
+    answers_healthy(rustls::StreamOwned::new(conn, tcp), hostport)
 }
 
 impl EtcdCluster {
