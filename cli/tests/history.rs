@@ -130,6 +130,30 @@ async fn transitions_are_recorded_with_their_votes_and_survive_a_restart() {
         "{text}"
     );
 
+    // The JSON view has the same, filterable by pool and state.
+    let (status, body) = http_get(&cp.http, "/api/v1/health?pool=web&state=up").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let b1 = &json["pools"][0]["backends"][0];
+    assert_eq!(
+        (b1["name"].as_str(), b1["state"].as_str()),
+        (Some("b1"), Some("up"))
+    );
+    assert_eq!(b1["history"].as_array().map(Vec::len), Some(3));
+    assert_eq!(b1["history"][1]["to"], "down");
+    assert_eq!(b1["agents"][0]["agent"].as_str(), Some(agent_id.as_str()));
+    assert_eq!(b1["agents"][0]["counted"], true);
+    assert_eq!(json["proxies"][0]["proxy_id"], "test");
+    let (_, body) = http_get(&cp.http, "/api/v1/health?state=down").await;
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        json["pools"][0]["backends"].as_array().map(Vec::len),
+        Some(0)
+    );
+    let (status, body) = http_get(&cp.http, "/api/v1/health?state=sideways").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("sideways"), "{body}");
+
     // The follower's lag is one series per proxy id, with no peer address.
     let (_, metrics) = http_get(&cp.http, "/metrics").await;
     assert!(

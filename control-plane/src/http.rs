@@ -1,6 +1,7 @@
 //! The control plane's HTTP port: `/healthz` (process alive), `/readyz`
-//! (facts loaded, map served, and the store answering), `/metrics` (Prometheus text) and `/` (a status
-//! page listing every backend's derived state).
+//! (facts loaded, map served, and the store answering), `/metrics`
+//! (Prometheus text), `/api/v1/health` (JSON, see [`crate::api`]) and `/` (a
+//! status page listing every backend's derived state).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 
 use crate::metrics::Metrics;
+use crate::results::Results;
 use crate::state::StateRx;
 use crate::subscribers::Subscribers;
 
@@ -20,19 +22,48 @@ struct Ctx {
     state: StateRx,
     metrics: Arc<Metrics>,
     subscribers: Arc<Subscribers>,
+    results: Arc<Results>,
 }
 
-pub fn router(state: StateRx, metrics: Arc<Metrics>, subscribers: Arc<Subscribers>) -> Router {
+pub fn router(
+    state: StateRx,
+    metrics: Arc<Metrics>,
+    subscribers: Arc<Subscribers>,
+    results: Arc<Results>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/api/v1/health", get(api_health))
         .route("/", get(status_page))
         .with_state(Ctx {
             state,
             metrics,
             subscribers,
+            results,
         })
+}
+
+/// See [`crate::api`].
+async fn api_health(State(ctx): State<Ctx>, uri: axum::http::Uri) -> axum::response::Response {
+    let filter = match crate::api::Filter::parse(uri.query().unwrap_or("")) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let snap = ctx.state.borrow().clone();
+    let Some(snap) = snap else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading facts from the store\n",
+        )
+            .into_response();
+    };
+    let body = crate::api::health(&snap, &ctx.results, &ctx.subscribers, &filter);
+    match serde_json::to_string(&body) {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {

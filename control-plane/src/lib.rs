@@ -11,6 +11,7 @@
 //! [`run`] takes already-bound listeners and a shutdown token, so tests bind
 //! `127.0.0.1:0` and read the real address back.
 
+pub mod api;
 pub mod assign;
 pub mod damper;
 pub mod derive;
@@ -234,7 +235,7 @@ pub async fn run(
         state: state.clone(),
         subscribers: Arc::clone(&subscribers),
         history,
-        results,
+        results: Arc::clone(&results),
         stale,
         shutdown: shutdown.clone(),
     };
@@ -308,6 +309,7 @@ pub async fn run(
                     state.clone(),
                     Arc::clone(&metrics),
                     Arc::clone(&subscribers),
+                    Arc::clone(&results),
                 ),
                 config.http_limits,
                 shutdown.clone(),
