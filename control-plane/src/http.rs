@@ -9,8 +9,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::results::Results;
@@ -23,6 +25,7 @@ struct Ctx {
     metrics: Arc<Metrics>,
     subscribers: Arc<Subscribers>,
     results: Arc<Results>,
+    shutdown: CancellationToken,
 }
 
 pub fn router(
@@ -30,18 +33,21 @@ pub fn router(
     metrics: Arc<Metrics>,
     subscribers: Arc<Subscribers>,
     results: Arc<Results>,
+    shutdown: CancellationToken,
 ) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/health", get(api_health))
+        .route("/api/v1/stream", get(api_stream))
         .route("/", get(status_page))
         .with_state(Ctx {
             state,
             metrics,
             subscribers,
             results,
+            shutdown,
         })
 }
 
@@ -116,64 +122,49 @@ fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The status page: one static page (no external assets) that renders
+/// `/api/v1/health` and follows `/api/v1/stream` without reloading.
+async fn status_page() -> Html<&'static str> {
+    Html(include_str!("status/index.html"))
 }
 
-async fn status_page(State(ctx): State<Ctx>) -> Html<String> {
-    let snap = ctx.state.borrow().clone();
-    let mut out = String::from(
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
-         <title>trackwire</title><style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:left}\
-         .up{color:#080}.down{color:#b00}</style></head><body><h1>trackwire control plane</h1>",
-    );
-    let Some(snap) = snap else {
-        out.push_str("<p>loading facts from the store…</p></body></html>");
-        return Html(out);
-    };
-    let _ = write!(
-        out,
-        "<p>revision {} · {} agents live · suspect agents: {}</p><table><tr><th>pool</th><th>backend</th><th>address</th>\
-         <th>state</th><th>admin</th><th>votes up/counted</th><th>agents</th></tr>",
-        snap.derived.map.revision,
-        snap.facts.agents.len(),
-        if snap.derived.suspects.is_empty() {
-            "none".to_string()
+/// Server-sent events: the JSON view (`event: health`) now and after each
+/// change of the map, at most four times a second; ends on shutdown.
+async fn api_stream(
+    State(ctx): State<Ctx>,
+) -> Sse<impl futures::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let first = true;
+    let stream = futures::stream::unfold((ctx, first), |(mut ctx, first)| async move {
+        if !first {
+            tokio::select! {
+                changed = ctx.state.changed() => changed.ok()?,
+                () = ctx.shutdown.cancelled() => return None,
+            }
+            // Coalesce a burst of revisions into one event.
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                () = ctx.shutdown.cancelled() => return None,
+            }
+        }
+        let snap = ctx.state.borrow_and_update().clone();
+        let data = match &snap {
+            Some(snap) => {
+                let body = crate::api::health(
+                    snap,
+                    &ctx.results,
+                    &ctx.subscribers,
+                    &crate::api::Filter::default(),
+                );
+                serde_json::to_string(&body).unwrap_or_default()
+            }
+            None => String::new(),
+        };
+        let event = if data.is_empty() {
+            Event::default().comment("loading facts from the store")
         } else {
-            escape(
-                &snap
-                    .derived
-                    .suspects
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )
-        }
-    );
-    for (pool, endpoints) in &snap.derived.map.pools {
-        for e in endpoints.values() {
-            let agents = snap
-                .derived
-                .detail(pool, &e.backend)
-                .map(|d| d.assigned.len())
-                .unwrap_or(0);
-            let _ = write!(
-                out,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td class={st}>{st}</td><td>{}</td><td>{}/{}</td><td>{agents}</td></tr>",
-                escape(pool),
-                escape(&e.backend),
-                escape(&e.address),
-                e.admin_state.as_str(),
-                e.votes_up,
-                e.votes,
-                st = e.state.as_str(),
-            );
-        }
-    }
-    out.push_str("</table></body></html>");
-    Html(out)
+            Event::default().event("health").data(data)
+        };
+        Some((Ok(event), (ctx, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -310,6 +310,7 @@ pub async fn run(
                     Arc::clone(&metrics),
                     Arc::clone(&subscribers),
                     Arc::clone(&results),
+                    shutdown.clone(),
                 ),
                 config.http_limits,
                 shutdown.clone(),

@@ -9,8 +9,9 @@
 //!   queued behind idle connections;
 //! - graceful shutdown lets requests in progress finish (5 s at most).
 //!
-//! A streaming response (none today) counts as idle once its headers are
-//! sent, so under such a flood it may be cut.
+//! A connection is busy from a request's arrival until its response body
+//! has been sent (a server-sent-events stream stays busy), so only idle
+//! connections are ever taken back.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -67,10 +68,18 @@ pub async fn serve(
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (router, busy) = (router.clone(), std::sync::Arc::clone(&busy));
                     busy.fetch_add(1, Relaxed);
+                    let guard = Busy(busy);
                     async move {
                         let r = router.oneshot(req.map(axum::body::Body::new)).await;
-                        busy.fetch_sub(1, Relaxed);
-                        r
+                        // Busy until the body is sent (or dropped).
+                        r.map(|resp| {
+                            resp.map(|body| {
+                                axum::body::Body::new(Guarded {
+                                    body,
+                                    _guard: guard,
+                                })
+                            })
+                        })
                     }
                 });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -99,4 +108,39 @@ pub async fn serve(
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
     Ok(())
+}
+
+/// Counts a request in progress until dropped.
+struct Busy(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that keeps its connection busy while it is sent.
+struct Guarded {
+    body: axum::body::Body,
+    _guard: Busy,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
