@@ -201,13 +201,15 @@ fn dev_runs_the_whole_path_and_stops_cleanly() {
     // All three backends get connections once their checks pass.
     wait_all_three_backends(&proxy);
 
-    // The status page and the admin CLI see the pool.
-    let page = http(
-        status.trim_start_matches("http://").trim_end_matches('/'),
-        "GET",
-        "/",
+    // The status page is served, its JSON view and the admin CLI see the pool.
+    let host = status.trim_start_matches("http://").trim_end_matches('/');
+    let page = http(host, "GET", "/");
+    assert!(page.contains("<title>trackwire</title>"), "{page}");
+    let json = http(host, "GET", "/api/v1/health?pool=demo");
+    assert!(
+        json.contains(r#""name":"backend-2","address""#) && json.contains(r#""state":"up""#),
+        "{json}"
     );
-    assert!(page.contains("backend-2") && page.contains("up"), "{page}");
     expect_three_up(&["get", "backends", "--control-plane", &control]);
 
     // Flip backend-2 to 503: the proxy stops sending to it (1s interval, fall 3).

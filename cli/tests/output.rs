@@ -309,7 +309,8 @@ async fn describe_shows_votes_and_their_last_check() {
     let agent = v["agent"].as_str().expect("agent");
     assert!(out.contains(&format!("Checked by:   {agent}\n")), "{out}");
     let table_start = out.find("AGENT").expect("votes table");
-    let rows = parse_table(&out[table_start..]);
+    let votes_end = out.find("\nRecent state changes").expect("history section");
+    let rows = parse_table(&out[table_start..votes_end]);
     assert_eq!(rows.len(), 1, "{out}");
     let r = &rows[0];
     assert_eq!(cell(r, "AGENT"), agent);
@@ -322,4 +323,13 @@ async fn describe_shows_votes_and_their_last_check() {
     let (what, when) = last_check.split_once(", ").expect("LAST CHECK cell");
     assert!(what.starts_with("L7OK 200 in "), "{out}");
     assert!(is_human_time(when), "{out}");
+    // The pool starts DOWN, so its first decision is a recorded change.
+    let history = parse_table(&out[out.find("CHANGED").expect("history table")..]);
+    assert_eq!(history.len(), 1, "{out}");
+    let h = &history[0];
+    assert_eq!((cell(h, "FROM"), cell(h, "TO")), ("DOWN", "UP"), "{out}");
+    assert_eq!(cell(h, "VOTES UP/DOWN"), "1/0");
+    assert_eq!(cell(h, "BY"), agent);
+    assert!(is_human_time(cell(h, "CHANGED")), "{out}");
+    assert_eq!(j["history"][0]["to"], "up", "{j}");
 }
