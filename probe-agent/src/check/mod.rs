@@ -2,6 +2,7 @@
 //! and a HAProxy-style outcome code. The timeout covers everything from
 //! connect to the end of the response, as HAProxy's `timeout check`.
 
+pub mod expect;
 mod grpc;
 mod http;
 mod tcp;
