@@ -49,10 +49,12 @@ pub struct BodyScan<'a> {
 }
 
 impl BodyScan<'_> {
-    /// The judgement once the body read so far decides it: a match, or
-    /// [`MAX_BODY_BYTES`] read without one (the rest is never buffered).
+    /// The judgement once the body read so far decides it: a match no
+    /// further bytes can undo, or [`MAX_BODY_BYTES`] read without one (the
+    /// rest is never buffered). A match of `ok$` at the end of a frame is
+    /// not decided: the next frame may follow it.
     pub fn decided(&self) -> Option<Judgement> {
-        if self.matcher.is_match(&self.buf) {
+        if self.matcher.settled_match(&self.buf) {
             Some(self.judge(true))
         } else if self.buf.len() >= MAX_BODY_BYTES {
             Some(self.judge(false))
@@ -91,5 +93,55 @@ impl BodyScan<'_> {
                 format!("body does not match {}", self.matcher.describe()),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trackwire_core::{BodyMatch, CheckSpec};
+
+    fn judge(pattern: BodyMatch, status: u16, frames: &[&[u8]]) -> Judgement {
+        let spec = CheckSpec {
+            expect_body: Some(pattern),
+            ..CheckSpec::http_default()
+        };
+        let check = PreparedCheck::new("127.0.0.1:1", spec).expect("valid check");
+        let mut scan = match super::status(&check, status) {
+            Expect::Done(j) => return j,
+            Expect::Body(scan) => scan,
+        };
+        for f in frames {
+            if let Some(j) = scan.decided() {
+                return j;
+            }
+            scan.push(f);
+        }
+        scan.decided().unwrap_or_else(|| scan.end())
+    }
+
+    fn re(p: &str) -> BodyMatch {
+        BodyMatch::Regex(p.into())
+    }
+
+    #[test]
+    fn a_match_at_the_end_of_a_frame_waits_for_the_next_one() {
+        // Found by the http_match fuzz target: `ok$` matched the end of the
+        // first frame although the body went on.
+        let (outcome, reason) = judge(re("^ok$"), 200, &[b"ok", b", not really"]);
+        assert_eq!(outcome, Outcome::L7Rsp, "{reason}");
+        assert_eq!(judge(re("^ok$"), 200, &[b"o", b"k"]).0, Outcome::L7Ok);
+        assert_eq!(judge(re(r"ok\b"), 200, &[b"ok", b"ay"]).0, Outcome::L7Rsp);
+        // Settled matches still decide early, before the rest is read.
+        assert_eq!(judge(re("(?m)^ok$"), 200, &[b"ok\n", b"x"]).0, Outcome::L7Ok);
+        assert_eq!(judge(re("ok"), 200, &[b"ok"]).0, Outcome::L7Ok);
+    }
+
+    #[test]
+    fn substrings_and_statuses_decide_as_before() {
+        let sub = || BodyMatch::Substring("ready".into());
+        assert_eq!(judge(sub(), 200, &[b"is rea", b"dy"]).0, Outcome::L7Ok);
+        assert_eq!(judge(sub(), 200, &[b"not yet"]).0, Outcome::L7Rsp);
+        assert_eq!(judge(sub(), 503, &[b"ready"]).0, Outcome::L7Sts);
     }
 }
