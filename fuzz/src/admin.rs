@@ -5,11 +5,11 @@ use prost::Message;
 use trackwire_control_plane::grpc::admin::{requested_state, validate_pools};
 use trackwire_control_plane::grpc::validate_pool_filter;
 use trackwire_control_plane::keys;
+use trackwire_core::PoolSpec;
 use trackwire_core::config::Document;
 use trackwire_core::convert::{pool_encoded_len, pool_to_pb};
 use trackwire_core::limits::MAX_POOL_SPEC_BYTES;
 use trackwire_core::model::validate_name;
-use trackwire_core::PoolSpec;
 use trackwire_proto::v1 as pb;
 
 /// The first byte picks the request (`0` `ApplyPoolsRequest`, `1`

@@ -2,9 +2,7 @@
 //! Anyone who can reach the control plane's port can open a session.
 
 use prost::Message;
-use trackwire_control_plane::grpc::probe::{
-    heartbeat_results, validate_hello, validate_report,
-};
+use trackwire_control_plane::grpc::probe::{heartbeat_results, validate_hello, validate_report};
 use trackwire_control_plane::keys::{KeyKind, Keys};
 use trackwire_core::limits::MAX_VERDICTS_PER_HELLO;
 use trackwire_core::model::validate_name;
@@ -18,16 +16,12 @@ pub fn agent_message(data: &[u8]) {
         return;
     };
     match m.msg {
-        Some(pb::agent_message::Msg::Hello(hello)) => {
-            if validate_hello(&hello).is_ok() {
-                assert!(hello.verdicts.len() <= MAX_VERDICTS_PER_HELLO);
-                check_keys(&hello.agent_id, &hello.verdicts);
-            }
+        Some(pb::agent_message::Msg::Hello(hello)) if validate_hello(&hello).is_ok() => {
+            assert!(hello.verdicts.len() <= MAX_VERDICTS_PER_HELLO);
+            check_keys(&hello.agent_id, &hello.verdicts);
         }
-        Some(pb::agent_message::Msg::Report(report)) => {
-            if validate_report(&report).is_ok() {
-                check_keys("9b2f7c1e-3a44-4c1b-9a51-0d6c7e8f9a10", &report.verdicts);
-            }
+        Some(pb::agent_message::Msg::Report(report)) if validate_report(&report).is_ok() => {
+            check_keys("9b2f7c1e-3a44-4c1b-9a51-0d6c7e8f9a10", &report.verdicts);
         }
         Some(pb::agent_message::Msg::Heartbeat(h)) => {
             let kept = heartbeat_results(h.results, |pool, backend| {
@@ -39,7 +33,8 @@ pub fn agent_message(data: &[u8]) {
                 assert!(validate_name(&r.pool).is_ok() && validate_name(&r.backend).is_ok());
             }
         }
-        None => {}
+        // Refused (the session ends with InvalidArgument) or empty.
+        _ => {}
     }
 }
 

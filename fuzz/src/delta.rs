@@ -75,7 +75,10 @@ fn check(old: &Held, new: &Held, filter: &[String], msg: &pb::HealthMapUpdate) {
         );
     }
     for s in &new.stale {
-        assert!(map.pools.contains_key(s), "stale pool {s:?} is not in the map");
+        assert!(
+            map.pools.contains_key(s),
+            "stale pool {s:?} is not in the map"
+        );
     }
     for pool in map.pools.values() {
         for (name, e) in pool.iter() {
@@ -136,7 +139,12 @@ fn stale_start(filter: &[String]) -> Held {
         revision: 5,
         pools,
     };
-    let stale = map.pools.keys().filter(|p| p.as_str() != "api").cloned().collect();
+    let stale = map
+        .pools
+        .keys()
+        .filter(|p| p.as_str() != "api")
+        .cloned()
+        .collect();
     Held {
         map: Arc::new(map),
         stale,

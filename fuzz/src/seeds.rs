@@ -48,7 +48,11 @@ fn verdict(pool: &str, backend: &str, up: bool) -> pb::Verdict {
         } else {
             pb::HealthState::Down
         } as i32,
-        reason: if up { String::new() } else { "L7STS 503".into() },
+        reason: if up {
+            String::new()
+        } else {
+            "L7STS 503".into()
+        },
         ..Default::default()
     }
 }
@@ -109,7 +113,12 @@ pub fn all() -> Vec<Seed> {
         false,
         10,
         &[
-            pool_update("web", vec![ep("w1", 1, true), ep("w2", 2, false)], &[], false),
+            pool_update(
+                "web",
+                vec![ep("w1", 1, true), ep("w2", 2, false)],
+                &[],
+                false,
+            ),
             pool_update("api", vec![ep("a1", 3, true)], &[], false),
         ],
     );
@@ -123,8 +132,18 @@ pub fn all() -> Vec<Seed> {
         ],
     );
     let chunked = [
-        update(true, true, 20, &[pool_update("web", vec![ep("w1", 1, true)], &[], false)]),
-        update(true, false, 20, &[pool_update("a", vec![ep("b", 9, true)], &[], false)]),
+        update(
+            true,
+            true,
+            20,
+            &[pool_update("web", vec![ep("w1", 1, true)], &[], false)],
+        ),
+        update(
+            true,
+            false,
+            20,
+            &[pool_update("a", vec![ep("b", 9, true)], &[], false)],
+        ),
     ]
     .concat();
     vec![
@@ -214,7 +233,10 @@ pub fn all() -> Vec<Seed> {
         seed(
             "admin_request",
             "delete",
-            admin(2, pb::DeletePoolRequest { name: "web".into() }.encode_to_vec()),
+            admin(
+                2,
+                pb::DeletePoolRequest { name: "web".into() }.encode_to_vec(),
+            ),
         ),
         seed(
             "admin_request",
@@ -228,9 +250,21 @@ pub fn all() -> Vec<Seed> {
                 .encode_to_vec(),
             ),
         ),
-        seed("map_delta", "snapshot-delta", [vec![0], snapshot.clone(), delta.clone()].concat()),
-        seed("map_delta", "filtered", [vec![2], snapshot.clone(), delta].concat()),
-        seed("map_delta", "new-epoch-stale", [vec![4 | 3], chunked].concat()),
+        seed(
+            "map_delta",
+            "snapshot-delta",
+            [vec![0], snapshot.clone(), delta.clone()].concat(),
+        ),
+        seed(
+            "map_delta",
+            "filtered",
+            [vec![2], snapshot.clone(), delta].concat(),
+        ),
+        seed(
+            "map_delta",
+            "new-epoch-stale",
+            [vec![4 | 3], chunked].concat(),
+        ),
         seed("http_match", "status", http(0, 200, b"200-299\n\nhello")),
         seed("http_match", "negated-status", http(1, 503, b"500-599\n\n")),
         seed(
@@ -241,7 +275,11 @@ pub fn all() -> Vec<Seed> {
         seed(
             "http_match",
             "regex",
-            http(4, 200, b"200,204\n^\\{\"status\":\"(ok|up)\"\n{\"status\":\"ok\"}"),
+            http(
+                4,
+                200,
+                b"200,204\n^\\{\"status\":\"(ok|up)\"\n{\"status\":\"ok\"}",
+            ),
         ),
         seed(
             "http_match",

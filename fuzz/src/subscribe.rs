@@ -23,7 +23,11 @@ pub fn subscribe_request(data: &[u8]) {
     assert!(req.proxy_id.len() <= 253 && req.labels.len() <= 32);
     let map = sample_map();
     let snapshot = map.snapshot(&req.pools);
-    assert!(snapshot.iter().all(|u| wants(&req.pools, &u.pool) && !u.removed));
+    assert!(
+        snapshot
+            .iter()
+            .all(|u| wants(&req.pools, &u.pool) && !u.removed)
+    );
     let mut rebuilt = HealthMap::default();
     rebuilt.apply(&snapshot);
     let mut expected = map.clone();

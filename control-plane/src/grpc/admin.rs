@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use trackwire_core::{AdminState, PoolSpec};
 use trackwire_core::convert::{admin_from_pb, endpoint_to_pb, health_to_pb, pool_to_pb};
+use trackwire_core::{AdminState, PoolSpec};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_server::AdminService;
 

@@ -133,7 +133,10 @@ mod tests {
         assert_eq!(judge(re("^ok$"), 200, &[b"o", b"k"]).0, Outcome::L7Ok);
         assert_eq!(judge(re(r"ok\b"), 200, &[b"ok", b"ay"]).0, Outcome::L7Rsp);
         // Settled matches still decide early, before the rest is read.
-        assert_eq!(judge(re("(?m)^ok$"), 200, &[b"ok\n", b"x"]).0, Outcome::L7Ok);
+        assert_eq!(
+            judge(re("(?m)^ok$"), 200, &[b"ok\n", b"x"]).0,
+            Outcome::L7Ok
+        );
         assert_eq!(judge(re("ok"), 200, &[b"ok"]).0, Outcome::L7Ok);
     }
 

@@ -5,6 +5,8 @@
 //! body match is configured; the rest is never buffered. `expect_negate`
 //! inverts the body match, or the status match when there is none.
 
+use super::expect::{self, Expect};
+use super::{CheckResult, Outcome, PreparedCheck};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
@@ -13,8 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use super::expect::{self, Expect};
-use super::{CheckResult, Outcome, PreparedCheck};
 
 enum Sender {
     H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
