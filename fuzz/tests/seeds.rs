@@ -31,3 +31,40 @@ fn generated_seeds_are_committed() {
         }
     }
 }
+
+/// The protobuf seeds are requests the services accept, so fuzzing starts
+/// past validation rather than at its first refusal.
+#[test]
+fn protobuf_seeds_pass_validation() {
+    use prost::Message;
+    use trackwire_control_plane::grpc::{admin, healthmap, probe};
+    use trackwire_proto::v1 as pb;
+    let seeds = trackwire_fuzz::seeds::all();
+    let get = |target: &str, name: &str| -> Vec<u8> {
+        match seeds.iter().find(|s| s.target == target && s.name == name) {
+            Some(s) => s.data.clone(),
+            None => panic!("no seed {target}/{name}"),
+        }
+    };
+    let decoded = |bytes: &[u8]| match pb::AgentMessage::decode(bytes) {
+        Ok(m) => m.msg,
+        Err(e) => panic!("{e}"),
+    };
+    match decoded(&get("agent_message", "hello")) {
+        Some(pb::agent_message::Msg::Hello(h)) => {
+            assert!(probe::validate_hello(&h).is_ok());
+        }
+        other => panic!("{other:?}"),
+    }
+    match decoded(&get("agent_message", "report")) {
+        Some(pb::agent_message::Msg::Report(r)) => {
+            assert!(probe::validate_report(&r).is_ok());
+        }
+        other => panic!("{other:?}"),
+    }
+    let sub = pb::SubscribeRequest::decode(get("subscribe_request", "pools").as_slice());
+    assert!(sub.is_ok_and(|r| healthmap::validate_subscribe(&r).is_ok()));
+    let apply = get("admin_request", "apply");
+    let req = pb::ApplyPoolsRequest::decode(&apply[1..]);
+    assert!(req.is_ok_and(|r| admin::validate_pools(&r.pools).is_ok_and(|p| p.len() == 2)));
+}
