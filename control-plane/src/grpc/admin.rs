@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tracing::info;
 
 use tonic::{Request, Response, Status};
-use trackwire_core::PoolSpec;
 use trackwire_core::convert::{admin_from_pb, endpoint_to_pb, health_to_pb, pool_to_pb};
+use trackwire_core::{AdminState, PoolSpec};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_server::AdminService;
 
@@ -45,6 +45,20 @@ pub fn validate_pools(pools: &[pb::PoolSpec]) -> Result<Vec<PoolSpec>, Status> {
         .collect::<Result<Vec<_>, _>>()?;
     trackwire_core::model::validate_pools(&specs, FieldNames::Wire).map_err(invalid)?;
     Ok(specs)
+}
+
+/// The override a `SetBackendStateRequest` asks for: `None` (unspecified)
+/// clears it.
+pub fn requested_state(state: i32) -> Result<Option<AdminState>, Status> {
+    match pb::AdminState::try_from(state) {
+        Ok(pb::AdminState::Unspecified) => Ok(None),
+        Ok(_) => admin_from_pb(state, "state")
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(e.to_string())),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "state: invalid admin state {state}"
+        ))),
+    }
 }
 
 /// Maps a write's domain error to its gRPC status.
@@ -124,10 +138,7 @@ impl AdminService for AdminSvc {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let req = request.into_inner();
-        for (i, p) in req.pools.iter().enumerate() {
-            trackwire_core::model::validate_name(p)
-                .map_err(|e| Status::invalid_argument(format!("pools[{i}]: {e}")))?;
-        }
+        super::validate_pool_filter(&req.pools)?;
         let mut state = self.state.clone();
         let snap = ready(&mut state)
             .await
@@ -209,19 +220,7 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::SetBackendStateResponse>, Status> {
         let (caller, peer) = (super::caller(&request), super::peer_addr(&request));
         let req = request.into_inner();
-        let state = match pb::AdminState::try_from(req.state) {
-            Ok(pb::AdminState::Unspecified) => None,
-            Ok(_) => Some(
-                admin_from_pb(req.state, "state")
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            ),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "state: invalid admin state {}",
-                    req.state
-                )));
-            }
-        };
+        let state = requested_state(req.state)?;
         let revision = crate::writes::set_admin_state(
             self.store.as_ref(),
             &self.keys,

@@ -19,7 +19,6 @@ use tracing::{Instrument, debug, info_span};
 use trackwire_core::HealthMap;
 use trackwire_core::convert::{endpoint_to_pb, pool_update_to_pb};
 use trackwire_core::map::wants;
-use trackwire_core::model::validate_name;
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::health_map_service_server::HealthMapService;
 
@@ -35,6 +34,29 @@ pub struct HealthMapSvc {
     pub subscribers: Arc<Subscribers>,
     pub snapshot_permits: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+}
+
+/// Checks a `SubscribeRequest` before a subscriber is registered: pool
+/// names, a bounded proxy id, at most 32 labels. Pure, so the fuzz harness
+/// calls it as the service does.
+pub fn validate_subscribe(req: &pb::SubscribeRequest) -> Result<(), Status> {
+    super::validate_pool_filter(&req.pools)?;
+    if req.proxy_id.len() > 253 {
+        return Err(Status::invalid_argument("proxy_id: at most 253 bytes"));
+    }
+    if req.labels.len() > 32 {
+        return Err(Status::invalid_argument("labels: at most 32"));
+    }
+    // Kept in the subscriber registry: bounded like Kubernetes labels.
+    for (k, v) in &req.labels {
+        if k.is_empty() || k.len() > 63 || v.len() > 253 {
+            return Err(Status::invalid_argument(format!(
+                "labels[{:?}]: keys 1 to 63 bytes, values at most 253",
+                k.chars().take(63).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::HealthMapUpdate, Status>> + Send>>;
@@ -58,15 +80,7 @@ impl HealthMapService for HealthMapSvc {
                 req.proxy_id
             )));
         }
-        for (i, p) in req.pools.iter().enumerate() {
-            validate_name(p).map_err(|e| Status::invalid_argument(format!("pools[{i}]: {e}")))?;
-        }
-        if req.proxy_id.len() > 253 {
-            return Err(Status::invalid_argument("proxy_id: at most 253 bytes"));
-        }
-        if req.labels.len() > 32 {
-            return Err(Status::invalid_argument("labels: at most 32"));
-        }
+        validate_subscribe(&req)?;
         let mut state = self.state.clone();
         // Never answer from a partial view: an empty snapshot would make
         // proxies drop every backend (the reconnect race of Envoy's #13072).

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod healthmap;
 pub mod probe;
 
+use tonic::Status;
 use trackwire_transport::auth::{Allow, Rule};
 use trackwire_transport::{Caller, Peer, Role};
 
@@ -53,4 +54,14 @@ pub fn bound_name(caller: &Caller) -> Option<&str> {
         Caller::Peer(id) => Some(&id.name),
         _ => None,
     }
+}
+
+/// Checks a pool filter (`SubscribeRequest.pools`, `WatchEventsRequest.pools`):
+/// each a valid pool name.
+pub fn validate_pool_filter(pools: &[String]) -> Result<(), Status> {
+    for (i, p) in pools.iter().enumerate() {
+        trackwire_core::model::validate_name(p)
+            .map_err(|e| Status::invalid_argument(format!("pools[{i}]: {e}")))?;
+    }
+    Ok(())
 }

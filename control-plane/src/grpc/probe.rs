@@ -60,7 +60,9 @@ pub fn store_status(e: StoreError) -> Status {
     }
 }
 
-fn validate_verdict(v: &pb::Verdict, path: &str) -> Result<(), Status> {
+/// Checks one verdict an agent sent (names, state, reason size); `path`
+/// names it in the error (`hello.verdicts[3]`).
+pub fn validate_verdict(v: &pb::Verdict, path: &str) -> Result<(), Status> {
     validate_name(&v.pool).map_err(|e| Status::invalid_argument(format!("{path}.pool: {e}")))?;
     validate_name(&v.backend)
         .map_err(|e| Status::invalid_argument(format!("{path}.backend: {e}")))?;
@@ -72,6 +74,56 @@ fn validate_verdict(v: &pb::Verdict, path: &str) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Checks an `AgentHello` before anything is written: a UUID agent id, a
+/// bounded instance id and zone, at most [`MAX_VERDICTS_PER_HELLO`] valid
+/// verdicts. Pure, so the fuzz harness calls it as the session does.
+pub fn validate_hello(hello: &pb::AgentHello) -> Result<(), Status> {
+    // The id is a store key part: the same rules as a certificate's name.
+    trackwire_transport::identity::check_name(&hello.agent_id)
+        .map_err(|e| Status::invalid_argument(format!("hello.agent_id: {e}")))?;
+    if hello.instance_id.is_empty() || hello.instance_id.len() > 64 {
+        return Err(Status::invalid_argument(
+            "hello.instance_id: required, at most 64 bytes",
+        ));
+    }
+    if hello.zone.len() > 63 {
+        return Err(Status::invalid_argument("hello.zone: at most 63 bytes"));
+    }
+    if hello.verdicts.len() > MAX_VERDICTS_PER_HELLO {
+        return Err(Status::invalid_argument(format!(
+            "hello.verdicts: {} verdicts; at most {MAX_VERDICTS_PER_HELLO} per agent",
+            hello.verdicts.len()
+        )));
+    }
+    for (i, v) in hello.verdicts.iter().enumerate() {
+        validate_verdict(v, &format!("hello.verdicts[{i}]"))?;
+    }
+    Ok(())
+}
+
+/// Checks every verdict of a report (the whole report is refused if one is invalid).
+pub fn validate_report(r: &pb::VerdictReport) -> Result<(), Status> {
+    for (i, v) in r.verdicts.iter().enumerate() {
+        validate_verdict(v, &format!("report.verdicts[{i}]"))?;
+    }
+    Ok(())
+}
+
+/// The heartbeat results a session keeps: at most
+/// [`MAX_VERDICTS_PER_HELLO`], with bounded strings, about backends that
+/// `exists`.
+pub fn heartbeat_results(
+    results: Vec<pb::ResultSummary>,
+    exists: impl Fn(&str, &str) -> bool,
+) -> Vec<pb::ResultSummary> {
+    results
+        .into_iter()
+        .take(MAX_VERDICTS_PER_HELLO)
+        .filter(|r| r.outcome.len() <= 8 && r.reason.len() <= 256)
+        .filter(|r| exists(&r.pool, &r.backend))
+        .collect()
 }
 
 fn target_to_pb(t: &Target) -> pb::CheckTarget {
@@ -108,9 +160,7 @@ impl ProbeService for ProbeSvc {
                 "the first message must be an AgentHello",
             ));
         };
-        // The id is a store key part: the same rules as a certificate's name.
-        trackwire_transport::identity::check_name(&hello.agent_id)
-            .map_err(|e| Status::invalid_argument(format!("hello.agent_id: {e}")))?;
+        validate_hello(&hello)?;
         // With a certificate, the agent id is the certificate's name: one
         // agent cannot speak for another.
         if let Some(name) = super::bound_name(&caller)
@@ -121,23 +171,6 @@ impl ProbeService for ProbeSvc {
                 "hello.agent_id {:?}: the certificate {caller} may speak only as agent {name:?}",
                 hello.agent_id
             )));
-        }
-        if hello.instance_id.is_empty() || hello.instance_id.len() > 64 {
-            return Err(Status::invalid_argument(
-                "hello.instance_id: required, at most 64 bytes",
-            ));
-        }
-        if hello.zone.len() > 63 {
-            return Err(Status::invalid_argument("hello.zone: at most 63 bytes"));
-        }
-        if hello.verdicts.len() > MAX_VERDICTS_PER_HELLO {
-            return Err(Status::invalid_argument(format!(
-                "hello.verdicts: {} verdicts; at most {MAX_VERDICTS_PER_HELLO} per agent",
-                hello.verdicts.len()
-            )));
-        }
-        for (i, v) in hello.verdicts.iter().enumerate() {
-            validate_verdict(v, &format!("hello.verdicts[{i}]"))?;
         }
         let mut state = self.state.clone();
         let snap = ready(&mut state)
@@ -610,9 +643,7 @@ impl Session {
     async fn handle(&mut self, m: pb::AgentMessage, state: &StateRx) -> Result<(), Status> {
         match m.msg {
             Some(pb::agent_message::Msg::Report(r)) => {
-                for (i, v) in r.verdicts.iter().enumerate() {
-                    validate_verdict(v, &format!("report.verdicts[{i}]"))?;
-                }
+                validate_report(&r)?;
                 // The latest verdict per backend (a transaction may name a key once).
                 let mut latest: BTreeMap<(String, String), pb::Verdict> = BTreeMap::new();
                 for v in r.verdicts {
@@ -674,16 +705,10 @@ impl Session {
             Some(pb::agent_message::Msg::Heartbeat(h)) => {
                 // Summaries of backends that exist only, with bounded strings.
                 let snap = state.borrow().clone();
-                let known: Vec<pb::ResultSummary> = h
-                    .results
-                    .into_iter()
-                    .take(MAX_VERDICTS_PER_HELLO)
-                    .filter(|r| r.outcome.len() <= 8 && r.reason.len() <= 256)
-                    .filter(|r| {
-                        snap.as_ref()
-                            .is_some_and(|s| s.facts.has_backend(&r.pool, &r.backend))
-                    })
-                    .collect();
+                let known = heartbeat_results(h.results, |pool, backend| {
+                    snap.as_ref()
+                        .is_some_and(|s| s.facts.has_backend(pool, backend))
+                });
                 self.results.update(&self.agent, known);
                 Ok(())
             }

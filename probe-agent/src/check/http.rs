@@ -5,6 +5,8 @@
 //! body match is configured; the rest is never buffered. `expect_negate`
 //! inverts the body match, or the status match when there is none.
 
+use super::expect::{self, Expect};
+use super::{CheckResult, Outcome, PreparedCheck};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
@@ -13,9 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use trackwire_core::limits::MAX_BODY_BYTES;
-
-use super::{CheckResult, Outcome, PreparedCheck};
 
 enum Sender {
     H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
@@ -119,53 +118,27 @@ where
             Ok(Ok(r)) => r,
         };
         let status = resp.status().as_u16();
-        let status_ok = spec.expect_status.contains(status);
-        let Some(matcher) = &check.matcher else {
-            return if status_ok != spec.expect_negate {
-                done(Outcome::L7Ok, Some(status), String::new())
-            } else {
-                done(Outcome::L7Sts, Some(status), status.to_string())
-            };
+        let mut scan = match expect::status(check, status) {
+            Expect::Done((outcome, reason)) => return done(outcome, Some(status), reason),
+            Expect::Body(scan) => scan,
         };
-        if !status_ok {
-            return done(Outcome::L7Sts, Some(status), status.to_string());
-        }
         let mut body = resp.into_body();
-        let mut buf: Vec<u8> = Vec::new();
-        let found = loop {
-            if matcher.is_match(&buf) {
-                break true;
-            }
-            if buf.len() >= MAX_BODY_BYTES {
-                break false;
+        let (outcome, reason) = loop {
+            if let Some(judged) = scan.decided() {
+                break judged;
             }
             match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => return done(Outcome::L7Tout, Some(status), "body timeout".into()),
-                Ok(None) => break false,
+                Ok(None) => break scan.end(),
                 Ok(Some(Err(e))) => return done(Outcome::L7Rsp, Some(status), e.to_string()),
                 Ok(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
-                        let room = MAX_BODY_BYTES - buf.len();
-                        buf.extend_from_slice(&data[..data.len().min(room)]);
+                        scan.push(data);
                     }
                 }
             }
         };
-        if found != spec.expect_negate {
-            done(Outcome::L7Ok, Some(status), String::new())
-        } else if spec.expect_negate {
-            done(
-                Outcome::L7Rsp,
-                Some(status),
-                format!("body matches {}", matcher.describe()),
-            )
-        } else {
-            done(
-                Outcome::L7Rsp,
-                Some(status),
-                format!("body does not match {}", matcher.describe()),
-            )
-        }
+        done(outcome, Some(status), reason)
     }
     .await;
     drop(sender);

@@ -2,6 +2,7 @@
 //! and a HAProxy-style outcome code. The timeout covers everything from
 //! connect to the end of the response, as HAProxy's `timeout check`.
 
+pub mod expect;
 mod grpc;
 mod http;
 mod tcp;
@@ -112,23 +113,62 @@ impl CheckResult {
 /// A compiled body expectation.
 pub(crate) enum Matcher {
     Substring(Vec<u8>),
-    Regex(regex::bytes::Regex),
+    Regex {
+        re: regex::bytes::Regex,
+        /// The pattern has an assertion that looks past a match's end (`$`,
+        /// `\z`, `\b`, ...), so a match at the end of the body read so far
+        /// may be undone by the next bytes.
+        end_sensitive: bool,
+    },
 }
 
 impl Matcher {
+    fn regex(pattern: &str) -> Result<Self, String> {
+        use regex_syntax::hir::Look;
+        let end_sensitive = regex_syntax::ParserBuilder::new()
+            .utf8(false)
+            .build()
+            .parse(pattern)
+            // Unparsable here (compile_regex accepted it): assume the worst.
+            .map_or(true, |hir| {
+                !hir.properties()
+                    .look_set()
+                    .remove(Look::Start)
+                    .remove(Look::StartLF)
+                    .is_empty()
+            });
+        Ok(Matcher::Regex {
+            re: compile_regex(pattern)?,
+            end_sensitive,
+        })
+    }
+
     pub(crate) fn is_match(&self, body: &[u8]) -> bool {
         match self {
             Matcher::Substring(n) => {
                 n.is_empty() || body.windows(n.len()).any(|w| w == n.as_slice())
             }
-            Matcher::Regex(r) => r.is_match(body),
+            Matcher::Regex { re, .. } => re.is_match(body),
+        }
+    }
+
+    /// Whether `body` holds a match that no further bytes can undo: any
+    /// match, unless the pattern looks past a match's end; then only one
+    /// that ends before the bytes read so far do.
+    pub(crate) fn settled_match(&self, body: &[u8]) -> bool {
+        match self {
+            Matcher::Regex {
+                re,
+                end_sensitive: true,
+            } => re.find_iter(body).any(|m| m.end() < body.len()),
+            _ => self.is_match(body),
         }
     }
 
     pub(crate) fn describe(&self) -> String {
         match self {
             Matcher::Substring(n) => format!("{:?}", String::from_utf8_lossy(n)),
-            Matcher::Regex(r) => format!("/{}/", r.as_str()),
+            Matcher::Regex { re, .. } => format!("/{}/", re.as_str()),
         }
     }
 }
@@ -162,7 +202,7 @@ impl PreparedCheck {
         let host_header = spec.host.clone().unwrap_or_else(|| connect_to.clone());
         let matcher = match &spec.expect_body {
             Some(BodyMatch::Substring(s)) => Some(Matcher::Substring(s.as_bytes().to_vec())),
-            Some(BodyMatch::Regex(r)) => Some(Matcher::Regex(compile_regex(r)?)),
+            Some(BodyMatch::Regex(r)) => Some(Matcher::regex(r)?),
             None => None,
         };
         let tls = (spec.kind == CheckKind::Https).then(|| tls::TlsTarget::new(host, &spec.tls));
