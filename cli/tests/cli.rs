@@ -1071,3 +1071,34 @@ fn json_logs_are_one_object_per_line() {
         "the plaintext warning is among the first lines: {lines:?}"
     );
 }
+
+/// The status page in a real browser: headless Chromium (Debian's
+/// `chromium` and `chromium-driver`, installed by `scripts/test`) driven by
+/// selenium (`tests/status_page.py`) against `trackwire dev`. Flipping a
+/// demo backend's `/readyz` shows on the page without a reload.
+/// Screenshots are kept in `target/tmp/status-page/`.
+#[test]
+fn the_status_page_follows_a_backend_going_down_without_reloading() {
+    let (_dev, banner, _stdout) = start_dev(&[]);
+    let (_, backend) = banner
+        .backends
+        .iter()
+        .find(|(name, _)| name == "backend-1")
+        .expect("backend-1 in the banner");
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/status_page.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&banner.status)
+        .arg(format!("http://{backend}/toggle"))
+        .arg(&shots)
+        .output()
+        .expect("run python3 (scripts/test installs selenium)");
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "browser test failed:\n{o}\n{e}");
+    assert!(o.contains("without a reload"), "{o}");
+    assert!(shots.join("status-page.png").exists());
+}
