@@ -5,7 +5,7 @@
 
 use trackwire_core::limits::MAX_BODY_BYTES;
 use trackwire_core::{BodyMatch, CheckSpec, FieldNames};
-use trackwire_probe_agent::check::expect::{self, Expect, Judgement};
+use trackwire_probe_agent::check::expect::{self, Judgement};
 use trackwire_probe_agent::check::{Outcome, PreparedCheck};
 
 /// Layout: a flags byte (bit 0 `expect_negate`; bits 1-2 the body
@@ -79,18 +79,5 @@ pub fn http_match(data: &[u8]) {
 
 /// Runs the check's verdict as `http.rs` does, over `frames`.
 fn judge(check: &PreparedCheck, status: u16, frames: &[&[u8]]) -> Judgement {
-    let mut scan = match expect::status(check, status) {
-        Expect::Done(j) => return j,
-        Expect::Body(scan) => scan,
-    };
-    for f in frames {
-        if let Some(j) = scan.decided() {
-            return j;
-        }
-        scan.push(f);
-    }
-    match scan.decided() {
-        Some(j) => j,
-        None => scan.end(),
-    }
+    expect::judge_frames(check, status, frames)
 }

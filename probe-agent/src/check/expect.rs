@@ -96,6 +96,23 @@ impl BodyScan<'_> {
     }
 }
 
+/// The verdict on a whole response whose body arrives as `frames`, decided
+/// exactly as the HTTP check decides it while reading (tests and the fuzz
+/// harness use it to show framing does not change a verdict).
+pub fn judge_frames(check: &PreparedCheck, status: u16, frames: &[&[u8]]) -> Judgement {
+    let mut scan = match self::status(check, status) {
+        Expect::Done(j) => return j,
+        Expect::Body(scan) => scan,
+    };
+    for f in frames {
+        if let Some(j) = scan.decided() {
+            return j;
+        }
+        scan.push(f);
+    }
+    scan.decided().unwrap_or_else(|| scan.end())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,17 +124,7 @@ mod tests {
             ..CheckSpec::http_default()
         };
         let check = PreparedCheck::new("127.0.0.1:1", spec).expect("valid check");
-        let mut scan = match super::status(&check, status) {
-            Expect::Done(j) => return j,
-            Expect::Body(scan) => scan,
-        };
-        for f in frames {
-            if let Some(j) = scan.decided() {
-                return j;
-            }
-            scan.push(f);
-        }
-        scan.decided().unwrap_or_else(|| scan.end())
+        judge_frames(&check, status, frames)
     }
 
     fn re(p: &str) -> BodyMatch {
