@@ -66,7 +66,7 @@ pub type Rule = (&'static str, Allow);
 
 /// The admin bearer token. Its `Debug` never shows it.
 #[derive(Clone)]
-pub struct Token(Arc<[u8]>);
+pub struct Token(Arc<str>);
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,17 +90,17 @@ impl Token {
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("the admin token must be printable ASCII without spaces".into());
         }
-        Ok(Token(token.as_bytes().into()))
+        Ok(Token(token.into()))
     }
 
     /// The token itself, to send it (clients only; never log it).
     pub fn expose(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 
     /// Constant-time comparison (the length is not secret).
     pub fn matches(&self, given: &[u8]) -> bool {
-        self.0.len() == given.len() && bool::from(self.0.as_ref().ct_eq(given))
+        self.0.len() == given.len() && bool::from(self.0.as_bytes().ct_eq(given))
     }
 }
 

@@ -299,9 +299,15 @@ async fn establish(
     tls: Option<&Tls>,
     limits: &ServerLimits,
 ) -> Result<(Io, [u8; 24], Option<Identity>), Failure> {
-    let (mut io, identity) = match tls.and_then(|t| t.server_config().map(|c| (t, c))) {
+    let (mut io, identity) = match tls {
         None => (Io::Plain(tcp), None),
-        Some((_, config)) => {
+        Some(tls) => {
+            // One snapshot of the material: the config and the trust domain
+            // the identity is read against come from the same load.
+            let material = tls.current();
+            let config = material.server.clone().ok_or_else(|| {
+                Failure::Handshake("TLS material was loaded for a client, not a server".into())
+            })?;
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let stream = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
                 .await
@@ -314,16 +320,12 @@ async fn establish(
                 .map_err(|e| Failure::Handshake(e.to_string()))?;
             let (_, session) = stream.get_ref();
             // The verifier already checked the identity; read it back.
-            let identity = match session.peer_certificates().and_then(|c| c.first()) {
-                Some(der) => {
-                    let trust_domain = tls.map(|t| t.identity().trust_domain).unwrap_or_default();
-                    Some(
-                        Identity::from_cert(der, &trust_domain)
-                            .map_err(|e| Failure::Handshake(e.to_string()))?,
-                    )
-                }
-                None => None,
-            };
+            let identity = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|der| Identity::from_cert(der, &material.identity.trust_domain))
+                .transpose()
+                .map_err(|e| Failure::Handshake(e.to_string()))?;
             (Io::Tls(Box::new(stream)), identity)
         }
     };

@@ -658,17 +658,20 @@ impl Session {
                 let sent = r.verdicts.len();
                 let known: Vec<pb::Verdict> = {
                     let snap = state.borrow();
+                    // Before the first assignment: the one assignment would give
+                    // (built once per report, not once per verdict).
+                    let checker = snap
+                        .as_ref()
+                        .map(|s| s.facts.checker(&self.agent, &self.zone));
                     r.verdicts
                         .into_iter()
                         .filter(|v| match &self.assigned {
                             Some(a) => {
                                 a.get(&(v.pool.clone(), v.backend.clone())) == Some(&v.fingerprint)
                             }
-                            None => snap.as_ref().is_some_and(|s| {
-                                s.facts
-                                    .checker(&self.agent, &self.zone)
-                                    .checks(&v.pool, &v.backend)
-                            }),
+                            None => checker
+                                .as_ref()
+                                .is_some_and(|c| c.checks(&v.pool, &v.backend)),
                         })
                         .collect()
                 };
