@@ -556,19 +556,28 @@ async fn every_role_works_over_mutual_tls() {
     )
     .await;
     assert_eq!(applied.created, ["web"]);
-    let listed = admin
-        .list_pools(pb::ListPoolsRequest {})
-        .await
-        .expect("list pools as admin")
-        .into_inner();
-    assert_eq!(
-        listed
-            .pools
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>(),
-        ["web"]
-    );
+    // ListPools answers from the replica's map, which follows the store's
+    // watch: wait for the apply to arrive there.
+    let names = |admin: &AdminServiceClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_pools(pb::ListPoolsRequest {})
+                .await
+                .expect("list pools as admin")
+                .into_inner()
+                .pools
+                .into_iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    wait_for("the applied pool listed", 10, || {
+        let names = names(&admin);
+        async move { !names.await.is_empty() }
+    })
+    .await;
+    assert_eq!(names(&admin).await, ["web"]);
 
     // A real probe agent: its id is its certificate's name.
     let others = CancellationToken::new();
