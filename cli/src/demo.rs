@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Clone)]
 pub struct DemoBackend {
@@ -42,11 +43,14 @@ impl DemoBackend {
             .route("/up", post(up))
             .fallback(hello)
             .with_state(backend.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
-        });
+        tokio::spawn(
+            async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await;
+            }
+            .instrument(tracing::info_span!("demo_backend", name = %backend.name)),
+        );
         Ok(backend)
     }
 

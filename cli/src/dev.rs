@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::config::{Document, ListenerSpec};
 use trackwire_core::{BackendSpec, CheckSpec, PoolSpec, StatusSet};
@@ -48,6 +49,7 @@ pub fn demo_document(backends: &[DemoBackend], proxy_bind: std::net::SocketAddr)
 
 /// Spawns a component that stops the others when it ends (on error or not).
 fn spawn_linked<T, E>(
+    component: &'static str,
     shutdown: &CancellationToken,
     fut: impl Future<Output = Result<T, E>> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<T, E>>
@@ -56,14 +58,17 @@ where
     E: std::fmt::Display + Send + 'static,
 {
     let token = shutdown.clone();
-    tokio::spawn(async move {
-        let r = fut.await;
-        if let Err(e) = &r {
-            tracing::error!(error = %e, "component failed; stopping dev");
+    tokio::spawn(
+        async move {
+            let r = fut.await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "component failed; stopping dev");
+            }
+            token.cancel();
+            r
         }
-        token.cancel();
-        r
-    })
+        .instrument(tracing::info_span!("component", name = component)),
+    )
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
@@ -118,6 +123,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     cancel_on_signal(&shutdown);
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
     let cp = spawn_linked(
+        "control-plane",
         &shutdown,
         trackwire_control_plane::run(
             trackwire_control_plane::Config {
@@ -145,6 +151,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     )
     .await?;
     let agent = spawn_linked(
+        "probe-agent",
         &shutdown,
         trackwire_probe_agent::run(
             trackwire_probe_agent::Config {
@@ -168,6 +175,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         ));
     }
     let dp = spawn_linked(
+        "data-plane",
         &shutdown,
         trackwire_data_plane::run(
             trackwire_data_plane::Config {

@@ -11,7 +11,7 @@ use trackwire_core::backoff::Backoff;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 use trackwire_control_plane::keys::Keys;
 use trackwire_control_plane::store::{EtcdOptions, EtcdStore, MemStore, Store};
 use trackwire_core::PoolSpec;
@@ -32,18 +32,24 @@ pub async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpL
 /// material ([`Tls`] listens for it too); without TLS it is only logged.
 pub fn cancel_on_signal(token: &CancellationToken) {
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                info!("SIGHUP: reloading TLS material if any; nothing else to reload");
+        tokio::spawn(
+            async move {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP: reloading TLS material if any; nothing else to reload");
+                }
             }
-        });
+            .instrument(info_span!("signals")),
+        );
     }
     let t = token.clone();
-    tokio::spawn(async move {
-        crate::signal().await;
-        info!("signal received; shutting down");
-        t.cancel();
-    });
+    tokio::spawn(
+        async move {
+            crate::signal().await;
+            info!("signal received; shutting down");
+            t.cancel();
+        }
+        .instrument(info_span!("signals")),
+    );
 }
 
 /// Applies `pools` once the control plane answers, retrying while the store is unavailable.
@@ -179,12 +185,15 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     cancel_on_signal(&shutdown);
     if !pools.is_empty() {
         let (store, prefix, token) = (Arc::clone(&store), args.prefix.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = apply_at_start(store, &prefix, pools, token.clone()).await {
-                tracing::error!(error = %e, "config pools rejected; shutting down");
-                token.cancel();
+        tokio::spawn(
+            async move {
+                if let Err(e) = apply_at_start(store, &prefix, pools, token.clone()).await {
+                    tracing::error!(error = %e, "config pools rejected; shutting down");
+                    token.cancel();
+                }
             }
-        });
+            .instrument(info_span!("apply_config_pools")),
+        );
     }
     trackwire_control_plane::run(
         config,

@@ -308,9 +308,7 @@ async fn reconnect_under_churn_never_empties_a_pool() {
     }
     assert!(maps > 10, "the proxy kept receiving maps ({maps})");
     assert_eq!(
-        metrics
-            .stream_connected
-            .load(std::sync::atomic::Ordering::Relaxed),
+        metrics.stream_connected.get(),
         1
     );
     follow.cancel();

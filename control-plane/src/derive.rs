@@ -608,6 +608,7 @@ mod tests {
             at_ms: 42,
             mod_revision: 1,
             history: Vec::new(),
+            down_transitions: 0,
         };
         Arc::make_mut(&mut f.decisions).insert(("p".into(), "b0".into()), record("10.0.0.0:80"));
         // A record about another address is not this backend's decision.

@@ -44,6 +44,8 @@ pub struct DecisionFact {
     pub mod_revision: u64,
     /// The backend's last state changes, oldest first (see `recorder`).
     pub history: Vec<trackwire_proto::v1::Transition>,
+    /// UP → DOWN transitions decided so far.
+    pub down_transitions: u64,
 }
 
 /// (agent, pool, backend)
@@ -316,6 +318,7 @@ impl Facts {
                                 at_ms: d.at_ms,
                                 mod_revision: kv.mod_revision,
                                 history: d.history,
+                                down_transitions: d.down_transitions,
                             },
                         );
                     }

@@ -3,7 +3,6 @@
 //! (Prometheus text), `/api/v1/health` (JSON, see [`crate::api`]) and `/` (a
 //! status page listing every backend's derived state).
 
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::Router;
@@ -15,6 +14,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use trackwire_core::metrics::Registry;
 use crate::results::Results;
 use crate::state::StateRx;
 use crate::subscribers::Subscribers;
@@ -23,6 +23,7 @@ use crate::subscribers::Subscribers;
 struct Ctx {
     state: StateRx,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     subscribers: Arc<Subscribers>,
     results: Arc<Results>,
     shutdown: CancellationToken,
@@ -31,6 +32,7 @@ struct Ctx {
 pub fn router(
     state: StateRx,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     subscribers: Arc<Subscribers>,
     results: Arc<Results>,
     shutdown: CancellationToken,
@@ -45,6 +47,7 @@ pub fn router(
         .with_state(Ctx {
             state,
             metrics,
+            registry,
             subscribers,
             results,
             shutdown,
@@ -73,8 +76,7 @@ async fn api_health(State(ctx): State<Ctx>, uri: axum::http::Uri) -> axum::respo
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
-    use std::sync::atomic::Ordering::Relaxed;
-    if ctx.metrics.store_up.load(Relaxed) == 0 {
+    if ctx.metrics.store_up.get() == 0 {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "store unreachable (serving the last map)\n",
@@ -89,37 +91,11 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
-    let mut out = ctx.metrics.render();
-    let revision = ctx
-        .state
-        .borrow()
-        .as_ref()
-        .map(|s| s.derived.map.revision)
-        .unwrap_or(0);
-    // One series per proxy id (the fleet's size), never per connection or
-    // peer port: the largest lag among a proxy id's subscriptions.
-    let name = "trackwire_subscriber_lag_revisions";
-    let _ = writeln!(
-        out,
-        "# HELP {name} revisions the current map is ahead of what a proxy has (the largest over its subscriptions)\n# TYPE {name} gauge"
-    );
-    let mut lag: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for s in ctx.subscribers.list(revision) {
-        let l = lag.entry(s.proxy_id).or_default();
-        *l = (*l).max(s.lag_revisions);
-    }
-    for (proxy_id, l) in lag {
-        let _ = writeln!(out, "{name}{{proxy_id=\"{}\"}} {l}", label(&proxy_id));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
-}
-
-/// Escapes a Prometheus label value.
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The component's registry, as OpenMetrics or classic text by `Accept`.
+async fn metrics_text(State(ctx): State<Ctx>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = trackwire_core::metrics::scrape(&ctx.registry, accept);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 /// The status page: one static page (no external assets) that renders

@@ -125,10 +125,10 @@ pub async fn run(
     config.validate()?;
     let keys = Keys::new(&config.prefix).map_err(Error::Config)?;
     let metrics = Arc::new(Metrics::default());
+    // Every store operation timed and its errors counted.
+    let store: Arc<dyn Store> = Arc::new(store::Metered::new(store, Arc::clone(&metrics)));
     // Up until the probe says otherwise: nothing is ready before facts load anyway.
-    metrics
-        .store_up
-        .store(1, std::sync::atomic::Ordering::Relaxed);
+    metrics.store_up.set(1);
     let history = Arc::new(state::MapHistory::default());
     let results = Arc::new(results::Results::default());
     let subscribers = Arc::new(subscribers::Subscribers::default());
@@ -147,10 +147,9 @@ pub async fn run(
     );
 
     let stale = Arc::new(recorder::StaleClock::new(config.stale_max));
-    metrics.stale_max_seconds.store(
-        config.stale_max.map_or(0, |d| d.as_secs()),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    metrics
+        .stale_max_seconds
+        .set(config.stale_max.map_or(0, |d| d.as_secs()));
     let recorder = tokio::spawn(
         recorder::run(
             Arc::clone(&store),
@@ -193,7 +192,7 @@ pub async fn run(
                     .set_serving::<AdminServiceServer<grpc::admin::AdminSvc>>()
                     .await;
             }
-        });
+        }.instrument(info_span!("health_reporter")));
     }
     // Both reflection versions: grpcurl speaks v1, many clients (Python's
     // grpcio-reflection, Postman) still v1alpha.
@@ -245,7 +244,6 @@ pub async fn run(
         Some(tls) => {
             let id = tls.identity();
             info!(%grpc_addr, identity = %id, token = config.admin_token.is_some(), "control plane gRPC listening (mutual TLS)");
-            let _ = metrics.tls.set(tls.clone());
             tls.spawn_reloader(shutdown.clone());
         }
         None => {
@@ -259,6 +257,15 @@ pub async fn run(
             );
         }
     }
+    let mut registry = trackwire_core::metrics::Registry::default();
+    metrics::register(
+        &mut registry,
+        &metrics,
+        state.clone(),
+        Arc::clone(&subscribers),
+        config.tls.as_ref(),
+    );
+    let registry = Arc::new(registry);
     let limits = config.limits;
     let max = limits.max_message_bytes;
     let access = AuthLayer::new(Access {
@@ -267,9 +274,13 @@ pub async fn run(
         table: grpc::ROLE_TABLE,
     });
     let grpc = tonic::transport::Server::builder()
+        // Each call in a span naming its method (calls are admin requests,
+        // agent sessions and subscriptions: not per connection or message).
+        .trace_fn(|req| info_span!("grpc", method = %req.uri().path()))
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_interval))
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .layer(grpc::calls::CallsLayer(Arc::clone(&metrics)))
         .layer(access)
         .add_service(health_service)
         .add_service(reflection)
@@ -308,6 +319,7 @@ pub async fn run(
                 http::router(
                     state.clone(),
                     Arc::clone(&metrics),
+                    Arc::clone(&registry),
                     Arc::clone(&subscribers),
                     Arc::clone(&results),
                     shutdown.clone(),
@@ -333,7 +345,6 @@ pub async fn run(
 /// Asks the store for its revision every 2 s: `/readyz` and `trackwire_store_up`
 /// say whether it answers.
 async fn probe_store(store: Arc<dyn Store>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    use std::sync::atomic::Ordering::Relaxed;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = true;
@@ -356,6 +367,6 @@ async fn probe_store(store: Arc<dyn Store>, metrics: Arc<Metrics>, shutdown: Can
             }
             was_up = up;
         }
-        metrics.store_up.store(u64::from(up), Relaxed);
+        metrics.store_up.set(u64::from(up));
     }
 }

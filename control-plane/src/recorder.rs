@@ -97,7 +97,7 @@ pub async fn run(
             None => None,
         };
         let (n, oldest) = clock.summary();
-        metrics.backends_stale.store(n as u64, Relaxed);
+        metrics.backends_stale.set(n as u64);
         metrics
             .stale_oldest_since_ms
             .store(oldest.unwrap_or(0), Relaxed);
@@ -221,6 +221,10 @@ pub async fn step(
                         .or_else(|| facts.pools.get(pool).map(|p| p.initial_state));
                     let why = Why::of(detail, state);
                     let mut history = record.map(|r| r.history.clone()).unwrap_or_default();
+                    let mut down_transitions = record.map_or(0, |r| r.down_transitions);
+                    if from == Some(HealthState::Up) && state == HealthState::Down {
+                        down_transitions += 1;
+                    }
                     if let Some(from) = from.filter(|f| *f != state) {
                         history.push(why.transition(at, from, state));
                         let over = history.len().saturating_sub(HISTORY_LEN);
@@ -232,6 +236,7 @@ pub async fn step(
                         fingerprint: detail.fingerprint,
                         at_ms: at,
                         history,
+                        down_transitions,
                     });
                     writes.push(RecordWrite {
                         id: id.clone(),

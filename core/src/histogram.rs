@@ -1,18 +1,30 @@
-//! A fixed-bucket, lock-free histogram rendered in Prometheus text format,
-//! for latencies on hot paths (check lateness, map propagation). Observing
-//! is a few relaxed atomic adds; no allocation, no lock.
+//! A fixed-bucket, lock-free histogram for latencies on hot paths (check
+//! duration and lateness, connect time, map propagation). Observing is a
+//! few relaxed atomic adds: no allocation, no lock.
+//!
+//! `prometheus-client`'s own `Histogram` takes a lock on every observation
+//! (0.26), which the proxy's per-connection path and the agent's per-check
+//! path must not pay; this one only counts, and is encoded by
+//! `prometheus-client` like any other metric ([`EncodeMetric`]). Clones
+//! share their counts, so one clone is registered and another observes.
 
-use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 /// Upper bounds in seconds; chosen so p99 targets of 50 ms and below resolve.
 pub const BOUNDS: [f64; 15] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+#[derive(Debug, Default, Clone)]
+pub struct Histogram(Arc<Counts>);
+
 #[derive(Debug, Default)]
-pub struct Histogram {
+struct Counts {
     buckets: [AtomicU64; BOUNDS.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
@@ -20,23 +32,30 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
+        let c = &self.0;
         let secs = d.as_secs_f64();
         if let Some(i) = BOUNDS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+            c.buckets[i].fetch_add(1, Relaxed);
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us
+        c.count.fetch_add(1, Relaxed);
+        c.sum_us
             .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
+        self.0.count.load(Relaxed)
+    }
+
+    /// The sum of the observations, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.0.sum_us.load(Relaxed) as f64 / 1e6
     }
 
     /// Cumulative counts per bound (as Prometheus exposes them) and the total.
     pub fn snapshot(&self) -> (Vec<u64>, u64) {
         let mut acc = 0;
         let cumulative = self
+            .0
             .buckets
             .iter()
             .map(|b| {
@@ -60,24 +79,37 @@ impl Histogram {
             .position(|c| *c >= want)
             .map(|i| BOUNDS[i])
     }
+}
 
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let (cumulative, total) = self.snapshot();
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in BOUNDS.iter().zip(cumulative) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // Read the total first: buckets observed after it make a bucket
+        // exceed +Inf by a few at most, never a negative bucket.
+        let count = self.count();
+        let mut buckets = [(0.0, 0); BOUNDS.len()];
+        for (i, b) in BOUNDS.iter().enumerate() {
+            buckets[i] = (*b, self.0.buckets[i].load(Relaxed));
         }
-        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {sum}\n{name}_count {total}"
-        );
+        let seen: u64 = buckets.iter().map(|(_, n)| n).sum();
+        // +Inf is `count`; keep the cumulative buckets at or below it.
+        let mut over = seen.saturating_sub(count);
+        for (_, n) in buckets.iter_mut().rev() {
+            let cut = over.min(*n);
+            *n -= cut;
+            over -= cut;
+        }
+        encoder.encode_histogram::<NoLabelSet>(self.sum_seconds(), count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::registry::Registry;
 
     #[test]
     fn buckets_and_quantiles() {
@@ -91,10 +123,12 @@ mod tests {
         assert_eq!(h.quantile_bound(0.5), Some(0.0005));
         assert_eq!(h.quantile_bound(0.99), Some(0.02));
         assert_eq!(h.quantile_bound(1.0), None, "beyond the last bound");
-        let mut out = String::new();
-        h.render(&mut out, "x_seconds", "test");
+        let mut registry = Registry::default();
+        registry.register("x_seconds", "test", h.clone());
+        let (_, out) = crate::metrics::scrape(&registry, None);
         assert!(out.contains("x_seconds_bucket{le=\"0.02\"} 99"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 100"), "{out}");
         assert!(out.contains("x_seconds_count 100"), "{out}");
+        assert!(out.contains("x_seconds_sum 9.0"), "{out}");
     }
 }

@@ -34,6 +34,7 @@ pub mod hash;
 pub mod histogram;
 pub mod limits;
 pub mod map;
+pub mod metrics;
 pub mod model;
 pub mod time;
 pub mod urls;

@@ -14,23 +14,22 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
 use crate::status::View;
-use trackwire_transport::Tls;
+use trackwire_core::metrics::Registry;
 
 #[derive(Clone)]
 struct Ctx {
     view: View,
-    metrics: Arc<Metrics>,
-    tls: Option<Tls>,
+    registry: Arc<Registry>,
 }
 
-pub fn router(view: View, metrics: Arc<Metrics>, tls: Option<Tls>) -> Router {
+/// `registry`: the component's (see [`crate::metrics::Metrics::register`]).
+pub fn router(view: View, registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Ctx { view, metrics, tls })
+        .with_state(Ctx { view, registry })
 }
 
 async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
@@ -43,12 +42,9 @@ async fn readyz(State(ctx): State<Ctx>) -> impl IntoResponse {
     (code, r.body())
 }
 
-async fn metrics_text(State(ctx): State<Ctx>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
-        let mut body = ctx.metrics.render();
-        if let Some(tls) = &ctx.tls {
-            tls.render_metrics(&mut body);
-        }
-        body
-    })
+/// The registry, as OpenMetrics or classic text by `Accept`.
+async fn metrics_text(State(ctx): State<Ctx>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = trackwire_core::metrics::scrape(&ctx.registry, accept);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }

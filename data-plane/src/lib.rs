@@ -185,13 +185,21 @@ pub async fn run(
         },
         None => cache::Cached::default(),
     };
-    metrics
-        .map_revision
-        .store(initial.map.revision, std::sync::atomic::Ordering::Relaxed);
-    metrics.pools_stale.store(
-        initial.stale.len() as u64,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    metrics.map_revision.set(initial.map.revision);
+    metrics.pools_stale.set(initial.stale.len() as u64);
+    if let Some(at) = config
+        .state_dir
+        .as_deref()
+        .filter(|_| initial.map.received())
+        .and_then(|dir| std::fs::metadata(cache::path(dir)).ok()?.modified().ok())
+    {
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        metrics
+            .map_current_at_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
     match &config.tls {
         Some(tls) => {
             tls.spawn_reloader(shutdown.clone());
@@ -243,25 +251,31 @@ pub async fn run(
              zero-downtime restarts"
         );
     }
+    let mut registry = trackwire_core::metrics::Registry::default();
+    metrics.register(&mut registry, config.tls.as_ref());
     let tracker = TaskTracker::new();
     // Cancelled when the drain grace ends: cuts the sessions still open.
     let cut = CancellationToken::new();
     let mut accept_loops = Vec::new();
     for l in listeners {
-        accept_loops.push(tokio::spawn(listener::serve(
-            l,
-            rx.clone(),
-            Arc::clone(&metrics),
-            tracker.clone(),
-            stop.clone(),
-            cut.clone(),
-        )));
+        let span = info_span!("listener", name = %l.spec.name);
+        accept_loops.push(tokio::spawn(
+            listener::serve(
+                l,
+                rx.clone(),
+                Arc::clone(&metrics),
+                tracker.clone(),
+                stop.clone(),
+                cut.clone(),
+            )
+            .instrument(span),
+        ));
     }
     if let Some(l) = http {
         info!(http_addr = %l.local_addr().map_err(Error::Http)?, "data plane HTTP listening");
         trackwire_transport::http::serve(
             l,
-            http::router(view, Arc::clone(&metrics), config.tls.clone()),
+            http::router(view, Arc::new(registry)),
             HttpLimits::default(),
             stop.clone(),
         )
@@ -277,9 +291,7 @@ pub async fn run(
     }
     let _ = sub.await;
     tracker.close();
-    let open = metrics
-        .connections_active
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let open = metrics.total(|l| &l.active);
     info!(open_sessions = open, grace = ?config.drain_grace, "stopped accepting; draining sessions");
     if tokio::time::timeout(config.drain_grace, tracker.wait())
         .await

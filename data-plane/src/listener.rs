@@ -7,14 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug_span, info, info_span, warn};
 use trackwire_core::HealthMap;
 use trackwire_core::backoff::Backoff;
 use trackwire_core::config::ListenerSpec;
@@ -114,10 +113,10 @@ pub async fn serve(
         }
     };
     info!(listener = %spec.name, %addr, pool = %spec.pool, "proxy listening");
-    metrics.listeners_listening.fetch_add(1, Relaxed);
+    metrics.listeners_listening.inc();
     let routing = Arc::new(Routing::new(spec, map, Arc::clone(&metrics), cut));
     accept_loop(socket, routing, tracker, shutdown).await;
-    metrics.listeners_listening.fetch_sub(1, Relaxed);
+    metrics.listeners_listening.dec();
     Ok(())
 }
 
@@ -160,7 +159,9 @@ async fn accept_loop(
         };
         backoff.reset();
         let routing = Arc::clone(&routing);
-        let span = info_span!("conn", listener = %routing.spec.name, %peer);
+        // Per connection: below `info`, so nothing is formatted for it at
+        // the default level.
+        let span = debug_span!("conn", listener = %routing.spec.name, %peer);
         tracker.spawn(
             async move {
                 session::handle(routing, client, peer).await;

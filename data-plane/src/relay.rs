@@ -24,15 +24,25 @@ use crate::splice::splice_once;
 /// direction to splicing.
 const COPY_BUF: usize = 16 * 1024;
 
+/// Where a relay counts the bytes it moves, as it moves them (so long
+/// sessions show in the metrics before they end, and a session cut short
+/// still counts what it moved): counters for client → server (`up`) and
+/// server → client (`down`), each added to after every chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct Moved<'a> {
+    pub up: &'a [&'a AtomicU64],
+    pub down: &'a [&'a AtomicU64],
+}
+
 /// Relays both ways until both directions are done or nothing moved for
-/// `idle`, splicing bulk data on Linux. Returns bytes client→server and
-/// server→client.
+/// `idle`, splicing bulk data on Linux, counting bytes into `moved`.
 pub async fn relay(
     client: &TcpStream,
     server: &TcpStream,
     idle: Duration,
-) -> io::Result<(u64, u64)> {
-    relay_with(client, server, idle, cfg!(target_os = "linux")).await
+    moved: Moved<'_>,
+) -> io::Result<()> {
+    relay_with(client, server, idle, cfg!(target_os = "linux"), moved).await
 }
 
 /// [`relay`] copying every byte through user space (the portable path).
@@ -40,8 +50,9 @@ pub async fn relay_copy(
     client: &TcpStream,
     server: &TcpStream,
     idle: Duration,
-) -> io::Result<(u64, u64)> {
-    relay_with(client, server, idle, false).await
+    moved: Moved<'_>,
+) -> io::Result<()> {
+    relay_with(client, server, idle, false, moved).await
 }
 
 async fn relay_with(
@@ -49,26 +60,27 @@ async fn relay_with(
     server: &TcpStream,
     idle: Duration,
     splice: bool,
-) -> io::Result<(u64, u64)> {
+    moved: Moved<'_>,
+) -> io::Result<()> {
     let last = AtomicU64::new(0);
     let start = Instant::now();
     let both = async {
         let (a, b) = tokio::join!(
-            pump(client, server, &last, start, splice),
-            pump(server, client, &last, start, splice)
+            pump(client, server, &last, start, splice, moved.up),
+            pump(server, client, &last, start, splice, moved.down)
         );
-        Ok::<(u64, u64), io::Error>((a?, b?))
+        a.and(b)
     };
     with_idle_timeout(both, &last, start, idle).await
 }
 
 /// Runs `both` unless nothing moved for `idle` (per `last`, ms since `start`).
 async fn with_idle_timeout(
-    both: impl Future<Output = io::Result<(u64, u64)>>,
+    both: impl Future<Output = io::Result<()>>,
     last: &AtomicU64,
     start: Instant,
     idle: Duration,
-) -> io::Result<(u64, u64)> {
+) -> io::Result<()> {
     let watchdog = async {
         loop {
             let idle_for = start
@@ -87,17 +99,18 @@ async fn with_idle_timeout(
 }
 
 /// Moves bytes from `src` to `dst` until EOF, then shuts `dst`'s write side.
-/// Notes the time of the last byte in `last_ms` (ms since `start`). With
-/// `splice`, a full buffer switches to splicing (see the module docs).
+/// Notes the time of the last byte in `last_ms` (ms since `start`) and
+/// adds the bytes to each of `moved`. With `splice`, a full buffer switches to
+/// splicing (see the module docs).
 pub(crate) async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
     last_ms: &AtomicU64,
     start: Instant,
     splice: bool,
-) -> io::Result<u64> {
+    moved: &[&AtomicU64],
+) -> io::Result<()> {
     let mut bulk = false;
-    let mut total = 0u64;
     loop {
         src.readable().await?;
         let n = if bulk {
@@ -134,9 +147,11 @@ pub(crate) async fn pump(
         };
         if n == 0 {
             socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
-            return Ok(total);
+            return Ok(());
         }
-        total += n as u64;
+        for m in moved {
+            m.fetch_add(n as u64, Relaxed);
+        }
         last_ms.store(start.elapsed().as_millis() as u64, Relaxed);
     }
 }

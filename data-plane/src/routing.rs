@@ -22,7 +22,7 @@ use trackwire_core::config::{ListenerSpec, NoBackend};
 use trackwire_core::{AdminState, Endpoint, HealthMap, HealthState};
 
 use crate::balance::Balancer;
-use crate::metrics::Metrics;
+use crate::metrics::{BackendStats, ListenerStats, Metrics};
 use crate::passive::{Passive, PassiveConfig};
 
 /// The endpoints a new connection may go to, by the listener's policy.
@@ -53,21 +53,40 @@ pub fn candidates(map: &HealthMap, pool: &str, on_no_backend: NoBackend) -> Vec<
         .collect()
 }
 
-/// A listener's configuration, map, metrics and routing state, shared by
+/// A listener's configuration, map, counters and routing state, shared by
 /// its accept loop and its sessions.
 pub(crate) struct Routing {
     pub spec: ListenerSpec,
     pub map: watch::Receiver<Arc<HealthMap>>,
-    pub metrics: Arc<Metrics>,
+    /// This listener's counters (its backends' come with the candidates).
+    pub stats: Arc<ListenerStats>,
+    /// Connect failures and refusals are logged at most once per interval.
+    pub log_limit: trackwire_transport::server::LogLimiter,
     /// Cancelled when the drain grace period ends: every session closes.
     pub cut: CancellationToken,
     state: Mutex<State>,
 }
 
+/// The endpoints a new connection may go to, and each one's counters (same
+/// order), computed once per map.
+#[derive(Default)]
+pub(crate) struct Candidates {
+    pub eps: Vec<Endpoint>,
+    pub stats: Vec<Arc<BackendStats>>,
+}
+
+impl Candidates {
+    /// The counters of `ep`, one of [`Candidates::eps`].
+    pub fn stats_of(&self, ep: &Endpoint) -> Option<&Arc<BackendStats>> {
+        let i = self.eps.iter().position(|e| std::ptr::eq(e, ep))?;
+        self.stats.get(i)
+    }
+}
+
 struct State {
     /// The map [`State::candidates`] were computed from (once per map).
     seen: Arc<HealthMap>,
-    candidates: Arc<Vec<Endpoint>>,
+    candidates: Arc<Candidates>,
     balancer: Balancer,
     /// Open sessions per backend (leastconn, random, the per-backend limit).
     active: HashMap<String, u32>,
@@ -85,7 +104,7 @@ impl Routing {
     ) -> Routing {
         let state = State {
             seen: Arc::new(HealthMap::default()),
-            candidates: Arc::new(Vec::new()),
+            candidates: Arc::new(Candidates::default()),
             balancer: Balancer::new(spec.balance),
             active: HashMap::new(),
             passive: Passive::new(PassiveConfig {
@@ -95,10 +114,12 @@ impl Routing {
             }),
             kill: HashMap::new(),
         };
+        let stats = metrics.listener(&spec.name, &spec.pool);
         Routing {
             spec,
             map,
-            metrics,
+            stats,
+            log_limit: trackwire_transport::server::LogLimiter::new(std::time::Duration::from_secs(10)),
             cut,
             state: Mutex::new(state),
         }
@@ -107,13 +128,18 @@ impl Routing {
     /// The [`candidates`] of the current map (computed once per map, not per
     /// connection), and the backends to skip: those at their session limit
     /// and those this proxy ejected after failed connects (passive health).
-    pub fn start(&self) -> (Arc<Vec<Endpoint>>, Vec<String>) {
+    pub fn start(&self) -> (Arc<Candidates>, Vec<String>) {
         let map = Arc::clone(&self.map.borrow());
         let mut st = self.state.lock();
         if !Arc::ptr_eq(&st.seen, &map) {
             let eps = candidates(&map, &self.spec.pool, self.spec.on_no_backend);
+            let in_pool = map.pools.get(&self.spec.pool);
+            let stats = self.stats.backends_for(
+                &eps,
+                in_pool.into_iter().flat_map(|p| p.keys().map(String::as_str)),
+            );
             st.seen = map;
-            st.candidates = Arc::new(eps);
+            st.candidates = Arc::new(Candidates { eps, stats });
         }
         let limit = self.spec.max_connections_per_backend;
         let mut skip: Vec<String> = if limit > 0 {
@@ -167,12 +193,13 @@ impl Routing {
 
     /// Records a connect's outcome for passive health (`pool_size`: the
     /// candidates it was picked from).
-    pub fn connected(&self, backend: &str, ok: bool, pool_size: usize) {
+    pub fn connected(&self, backend: &str, ok: bool, pool_size: usize, stats: &BackendStats) {
         let mut st = self.state.lock();
         if ok {
             st.passive.on_success(backend);
         } else if st.passive.on_failure(backend, pool_size, Instant::now()) {
-            self.metrics.passive_ejections_total.fetch_add(1, Relaxed);
+            self.stats.passive_ejections.fetch_add(1, Relaxed);
+            stats.passive_ejections.fetch_add(1, Relaxed);
             warn!(%backend, "backend ejected after repeated connect failures (passive health)");
         }
     }

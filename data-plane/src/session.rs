@@ -1,102 +1,130 @@
 //! One client connection's life. [`connect`] finds it a backend: pick,
 //! connect with a timeout, redispatch to another backend on failure
 //! (HAProxy's `retries` + `redispatch`), skipping full and passively
-//! ejected backends, then send the optional PROXY header. Then [`handle`]
+//! ejected backends, then send the optional PROXY header. Counters are
+//! reached through `Arc`s the listener and the candidates hold: relaxed
+//! adds only, no lock or allocation for metrics; failures are logged at
+//! most once per interval per listener, never once per connection. Then [`handle`]
 //! relays until either side is done, the session is idle for
 //! `idle_timeout`, its backend is marked DOWN (with
 //! `shutdown_sessions_on_down`) or the drain grace period ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 use trackwire_core::Endpoint;
 
+use crate::metrics::BackendStats;
 use crate::proxy_protocol;
-use crate::relay::relay;
-use crate::routing::{Active, Routing};
+use crate::relay::{Moved, relay};
+use crate::routing::{Active, Candidates, Routing};
 
 /// Serves one accepted connection from `peer` to its end.
 pub(crate) async fn handle(routing: Arc<Routing>, client: TcpStream, peer: SocketAddr) {
-    let metrics = &routing.metrics;
-    metrics.connections_total.fetch_add(1, Relaxed);
+    let stats = &routing.stats;
+    stats.connections.fetch_add(1, Relaxed);
     tune(&client, routing.spec.tcp_keepalive);
-    let (eps, skip) = routing.start();
-    let Some(server) = connect(&routing, &eps, skip, &client, peer).await else {
+    let (candidates, skip) = routing.start();
+    let Some(server) = connect(&routing, &candidates, skip, &client, peer).await else {
+        stats.failed.fetch_add(1, Relaxed);
         return;
     };
     let backend = &server.endpoint.backend;
-    metrics.connections_active.fetch_add(1, Relaxed);
+    let b = &server.stats;
+    stats.active.fetch_add(1, Relaxed);
+    b.connections.fetch_add(1, Relaxed);
+    b.active.fetch_add(1, Relaxed);
     let kill = routing.kill_token(backend);
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let moved = Moved {
+        up: &[&up, &stats.bytes_in, &b.bytes_in],
+        down: &[&down, &stats.bytes_out, &b.bytes_out],
+    };
     let relayed = tokio::select! {
-        r = relay(&client, &server.stream, routing.spec.idle_timeout) => r,
+        r = relay(&client, &server.stream, routing.spec.idle_timeout, moved) => r,
         () = kill.cancelled() => Err(std::io::Error::other("backend marked DOWN")),
         () = routing.cut.cancelled() => Err(std::io::Error::other("drain grace period over")),
     };
-    metrics.connections_active.fetch_sub(1, Relaxed);
+    let (up, down) = (up.load(Relaxed), down.load(Relaxed));
+    stats.active.fetch_sub(1, Relaxed);
+    b.active.fetch_sub(1, Relaxed);
     match relayed {
-        Ok((up, down)) => debug!(%backend, up, down, "session closed"),
-        Err(e) => debug!(%backend, error = %e, "session ended with error"),
+        Ok(()) => debug!(%backend, up, down, "session closed"),
+        Err(e) => debug!(%backend, up, down, error = %e, "session ended with error"),
     }
 }
 
 /// A connected backend.
 struct Upstream<'a> {
     endpoint: &'a Endpoint,
+    stats: Arc<BackendStats>,
     stream: TcpStream,
     /// Counts the session against its backend until dropped.
     _active: Active<'a>,
 }
 
-/// Connects `client` (from `peer`) to one of `eps`, trying up to
-/// `retries + 1` backends. `None` when none could be reached (counted and
-/// logged here) or the PROXY header could not be written.
+/// Connects `client` (from `peer`) to one of `candidates`, trying up to
+/// `retries + 1` backends. `None` when none could be reached (counted, and
+/// logged at most once per interval per listener) or the PROXY header
+/// could not be written.
 async fn connect<'a>(
     routing: &'a Routing,
-    eps: &'a [Endpoint],
+    candidates: &'a Candidates,
     mut skip: Vec<String>,
     client: &TcpStream,
     peer: SocketAddr,
 ) -> Option<Upstream<'a>> {
     let spec = &routing.spec;
-    let metrics = &routing.metrics;
+    let stats = &routing.stats;
+    let eps = &candidates.eps;
     let mut upstream = None;
-    for _ in 0..=spec.retries {
+    for attempt in 0..=spec.retries {
         let Some((ep, active)) = routing.pick(eps, &skip, peer.ip()) else {
             break;
         };
+        if attempt > 0 {
+            stats.retries.fetch_add(1, Relaxed);
+        }
+        let b = candidates
+            .stats_of(ep)
+            .map(Arc::clone)
+            .unwrap_or_default();
+        let start = Instant::now();
         let connected =
             tokio::time::timeout(spec.connect_timeout, TcpStream::connect(&ep.address)).await;
-        match connected {
+        let error = match connected {
             Ok(Ok(stream)) => {
-                routing.connected(&ep.backend, true, eps.len());
+                stats.connect.observe(start.elapsed());
+                routing.connected(&ep.backend, true, eps.len(), &b);
                 upstream = Some(Upstream {
                     endpoint: ep,
+                    stats: b,
                     stream,
                     _active: active,
                 });
                 break;
             }
-            Ok(Err(e)) => {
-                metrics.connect_failures_total.fetch_add(1, Relaxed);
-                warn!(backend = %ep.backend, error = %e, "backend connect failed; redispatching");
-            }
-            Err(_) => {
-                metrics.connect_failures_total.fetch_add(1, Relaxed);
-                warn!(backend = %ep.backend, "backend connect timed out; redispatching");
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_owned(),
+        };
+        stats.connect_failures.fetch_add(1, Relaxed);
+        b.connect_failures.fetch_add(1, Relaxed);
+        if let Some(suppressed) = routing.log_limit.allow() {
+            warn!(listener = %spec.name, backend = %ep.backend, %error, suppressed, "backend connect failed; redispatching");
         }
-        routing.connected(&ep.backend, false, eps.len());
+        routing.connected(&ep.backend, false, eps.len(), &b);
         skip.push(ep.backend.clone());
     }
     let Some(mut up) = upstream else {
-        metrics.no_backend_total.fetch_add(1, Relaxed);
         if routing.map.borrow().pools.contains_key(&spec.pool) {
-            info!(pool = %spec.pool, candidates = eps.len(), "no backend available; closing connection");
+            if let Some(suppressed) = routing.log_limit.allow() {
+                info!(listener = %spec.name, pool = %spec.pool, candidates = eps.len(), suppressed, "no backend available; closing connections");
+            }
         } else {
             // Warned about once per pool (see `status`), not per connection.
             debug!(pool = %spec.pool, "pool not in the health map; closing connection");

@@ -166,7 +166,8 @@ mod tests {
         let last = AtomicU64::new(0);
         let begin = Instant::now();
         let before = pooled();
-        let relay = async { crate::relay::pump(&server, &out, &last, begin, true).await };
+        let moved = AtomicU64::new(0);
+        let relay = async { crate::relay::pump(&server, &out, &last, begin, true, &[&moved]).await };
         let drive = async {
             let block = vec![7u8; 1 << 20];
             client.write_all(&block).await.expect("write");
@@ -178,8 +179,9 @@ mod tests {
             assert!(pooled() >= before.max(1), "pipe not returned while idle");
             client.shutdown().await.expect("shutdown");
         };
-        let (moved, ()) = tokio::join!(relay, drive);
-        assert_eq!(moved.expect("pump"), 1 << 20);
+        let (pumped, ()) = tokio::join!(relay, drive);
+        pumped.expect("pump");
+        assert_eq!(moved.load(std::sync::atomic::Ordering::Relaxed), 1 << 20);
         let mut rest = Vec::new();
         sink.read_to_end(&mut rest).await.expect("eof");
         assert!(rest.is_empty());

@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -159,7 +158,7 @@ pub async fn watch_missing(view: View, metrics: Arc<Metrics>, shutdown: Cancella
     loop {
         map.borrow_and_update();
         let r = view.readiness();
-        metrics.pools_missing.store(r.missing.len() as u64, Relaxed);
+        metrics.pools_missing.set(r.missing.len() as u64);
         for change in log.observe(&r) {
             match change {
                 MissingChange::Missing { pool, listeners } => warn!(

@@ -82,7 +82,9 @@ pub async fn run(
             r = stream(&url, &cfg, &publish, &metrics, &mut established) => r,
             () = shutdown.cancelled() => return,
         };
-        metrics.stream_connected.store(0, Relaxed);
+        if metrics.stream_connected.set(0) == 1 {
+            metrics.map_current_at_ms.store(trackwire_core::time::now_ms(), Relaxed);
+        }
         let e = result.err().unwrap_or_else(|| "stream ended".into());
         let held = Arc::clone(&publish.map.borrow());
         if held.received() {
@@ -137,7 +139,7 @@ async fn stream(
             .map_err(|e| format!("invalid update: {e}"))?;
         if first {
             first = false;
-            metrics.stream_connected.store(1, Relaxed);
+            metrics.stream_connected.set(1);
             *established = true;
             if msg.snapshot {
                 info!(endpoint = %url, epoch = msg.epoch, revision = msg.revision, pools = pools.len(), "health-map snapshot received");
@@ -159,7 +161,7 @@ async fn stream(
             continue;
         };
         report_stale(&held, &new, metrics);
-        metrics.map_revision.store(new.map.revision, Relaxed);
+        metrics.map_revision.set(new.map.revision);
         // Routing gets the new map first; persisting (with fsync) follows
         // off the runtime threads.
         publish.stale.send_replace(new.stale.clone());
@@ -176,7 +178,7 @@ async fn stream(
 
 /// Logs pools becoming stale (loudly) or fresh again, and sets the gauge.
 fn report_stale(old: &Held, new: &Held, metrics: &Metrics) {
-    metrics.pools_stale.store(new.stale.len() as u64, Relaxed);
+    metrics.pools_stale.set(new.stale.len() as u64);
     let became: Vec<&String> = new.stale.difference(&old.stale).collect();
     let fresh: Vec<&String> = old.stale.difference(&new.stale).collect();
     if !became.is_empty() {

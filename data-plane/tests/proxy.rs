@@ -8,7 +8,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -96,7 +96,7 @@ fn serve(
 /// Waits until `n` listeners have started listening.
 async fn wait_listening(metrics: &Metrics, n: u64) {
     eventually("listening", async || {
-        metrics.listeners_listening.load(Relaxed) >= n
+        metrics.listeners_listening.get() >= n
     })
     .await;
 }
@@ -198,7 +198,7 @@ async fn refused_connects_are_redispatched() {
     .await;
     let counts = spread(p.addr, 20).await;
     assert_eq!(counts.get("a"), Some(&20));
-    assert!(p.metrics.connect_failures_total.load(Relaxed) >= 10);
+    assert!(p.metrics.total(|l| &l.connect_failures) >= 10);
 }
 
 #[tokio::test]
@@ -215,7 +215,7 @@ async fn leastconn_sends_new_sessions_to_the_idle_backend() {
     // Two open on each; close both of a's: the next two go to a.
     held.retain(|(name, _)| name == "b");
     eventually("a's sessions closed", async || {
-        p.metrics.connections_active.load(Relaxed) == 2
+        p.metrics.total(|l| &l.active) == 2
     })
     .await;
     let (n1, _s1) = session(p.addr).await.expect("session");
@@ -230,7 +230,7 @@ async fn no_backend_refuses_or_panics() {
     down.state = HealthState::Down;
     let refuse = proxy(&[down.clone()], |_| {}).await;
     assert!(session(refuse.addr).await.is_none(), "refused");
-    assert_eq!(refuse.metrics.no_backend_total.load(Relaxed), 1);
+    assert_eq!(refuse.metrics.total(|l| &l.failed), 1);
     let panic = proxy(&[down], |s| s.on_no_backend = NoBackend::Panic).await;
     assert_eq!(
         session(panic.addr).await.map(|s| s.0),
@@ -371,15 +371,15 @@ async fn passive_health_ejects_and_returns_a_failing_backend() {
     .await;
     // Round robin sends every other connect to `dead` until it is ejected.
     assert_eq!(spread(p.addr, 6).await.get("a"), Some(&6));
-    assert_eq!(p.metrics.passive_ejections_total.load(Relaxed), 1);
-    let failures = p.metrics.connect_failures_total.load(Relaxed);
+    assert_eq!(p.metrics.total(|l| &l.passive_ejections), 1);
+    let failures = p.metrics.total(|l| &l.connect_failures);
     assert_eq!(failures, 2, "ejected after two failures in a row");
     // While ejected, nothing is tried on it.
     assert_eq!(spread(p.addr, 10).await.get("a"), Some(&10));
-    assert_eq!(p.metrics.connect_failures_total.load(Relaxed), failures);
+    assert_eq!(p.metrics.total(|l| &l.connect_failures), failures);
     // Once the ejection is over it is tried again (and fails again).
     eventually("retried after the ejection", async || {
-        if p.metrics.connect_failures_total.load(Relaxed) != failures {
+        if p.metrics.total(|l| &l.connect_failures) != failures {
             return true;
         }
         let _ = session(p.addr).await.expect("clients are still served");
@@ -457,7 +457,12 @@ async fn the_portable_copy_relay_is_intact_too() {
     tokio::spawn(async move {
         let (client, _) = l.accept().await.expect("accept");
         let server = TcpStream::connect(a).await.expect("backend");
-        let _ = relay_copy(&client, &server, Duration::from_secs(10)).await;
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let moved = trackwire_data_plane::relay::Moved {
+            up: &[&up],
+            down: &[&down],
+        };
+        let _ = relay_copy(&client, &server, Duration::from_secs(10), moved).await;
     });
     assert!(echo_intact(TcpStream::connect(addr).await.expect("connect"), 4 << 20).await);
 }
@@ -480,12 +485,12 @@ async fn listens_only_once_it_holds_a_health_map() {
         TcpStream::connect(addr).await.is_err(),
         "accepted without a map"
     );
-    assert_eq!(metrics.listeners_listening.load(Relaxed), 0);
+    assert_eq!(metrics.listeners_listening.get(), 0);
     tx.send_replace(map_of(&[ep("a", a, 1)]));
     wait_listening(&metrics, 1).await;
     let (name, _) = session(addr).await.expect("routed once the map arrived");
     assert_eq!(name, "a");
-    assert_eq!(metrics.no_backend_total.load(Relaxed), 0);
+    assert_eq!(metrics.total(|l| &l.failed), 0);
 }
 
 /// A listener whose pool the map lacks (a typo, a pool not applied yet)
@@ -517,8 +522,8 @@ async fn listens_only_once_the_map_has_its_pool() {
         TcpStream::connect(addrs[1]).await.is_err(),
         "listening although the map has no pool \"web\""
     );
-    assert_eq!(metrics.listeners_listening.load(Relaxed), 1);
-    assert_eq!(metrics.no_backend_total.load(Relaxed), 0);
+    assert_eq!(metrics.listeners_listening.get(), 1);
+    assert_eq!(metrics.total(|l| &l.failed), 0);
     tx.send_replace(map_of(&[ep("a", a, 1)]));
     wait_listening(&metrics, 2).await;
     let (name, _) = session(addrs[1])

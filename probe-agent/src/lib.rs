@@ -5,10 +5,12 @@
 //! - [`risefall`]: the sans-IO rise/fall machine.
 //! - [`runner`]: one task per assigned target; applies assignment diffs.
 //! - [`session`]: the `ProbeService.Connect` session with failover.
+//! - [`metrics`]: the agent's metrics (checks by pool and outcome, timing).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod check;
 pub mod http;
+pub mod metrics;
 pub mod risefall;
 pub mod runner;
 pub mod session;
@@ -162,11 +164,13 @@ pub async fn run(
     if let Some(tls) = &config.tls {
         tls.spawn_reloader(shutdown.clone());
     }
+    let mut registry = trackwire_core::metrics::Registry::default();
+    shared.metrics.register(&mut registry, config.tls.as_ref());
     if let Some(l) = http {
         info!(http_addr = %l.local_addr()?, "probe agent HTTP listening");
         trackwire_transport::http::serve(
             l,
-            http::router(Arc::clone(&shared), config.tls.clone()),
+            http::router(Arc::clone(&shared), Arc::new(registry)),
             HttpLimits::default(),
             shutdown.clone(),
         )

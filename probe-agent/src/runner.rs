@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use trackwire_core::time::now_ms;
 
 use parking_lot::Mutex;
@@ -17,7 +16,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 use trackwire_core::convert::health_to_pb;
-use trackwire_core::histogram::Histogram;
 use trackwire_core::{CheckSpec, HealthState};
 use trackwire_proto::v1 as pb;
 
@@ -45,17 +43,7 @@ pub struct Shared {
     pub last_results: Mutex<HashMap<TargetKey, CheckResult>>,
     /// Targets whose outcome or status changed since the last heartbeat.
     results_changed: Mutex<std::collections::BTreeSet<TargetKey>>,
-    pub checks_total: AtomicU64,
-    pub checks_failed: AtomicU64,
-    pub transitions: AtomicU64,
-    pub targets: AtomicU64,
-    pub connected: AtomicU64,
-    /// Check results by outcome, indexed by [`crate::check::Outcome::index`].
-    pub outcomes: [AtomicU64; 10],
-    /// How late each check started against its schedule.
-    pub lateness: Histogram,
-    /// How long each check took (connect to verdict).
-    pub latency: Histogram,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -88,7 +76,7 @@ impl Shared {
         );
         v.pending.insert(key.clone());
         drop(v);
-        self.transitions.fetch_add(1, Relaxed);
+        self.metrics.transitions.inc();
         self.changed.notify_one();
     }
 
@@ -179,9 +167,7 @@ impl Runner {
             self.running.insert(key, (spec, handle));
             started += 1;
         }
-        self.shared
-            .targets
-            .store(self.running.len() as u64, Relaxed);
+        self.shared.metrics.targets.set(self.running.len() as u64);
         if started + stopped > 0 {
             info!(
                 started,
@@ -226,24 +212,21 @@ async fn check_loop(key: TargetKey, spec: TargetSpec, shared: Arc<Shared>) {
             return;
         }
     };
+    let metrics = &shared.metrics;
+    let counters = metrics.pool(&key.0);
     let mut rf = RiseFall::new(spec.check.rise, spec.check.fall);
     let first = first_offset(spec.check.fast_interval, rand::rng().random_range(0.0..1.0));
     let mut next = Instant::now() + first;
     loop {
         tokio::time::sleep_until(next).await;
-        shared
+        metrics
             .lateness
             .observe(Instant::now().saturating_duration_since(next));
         // Boxed: the check's state machine (connect, TLS, HTTP) is large and
         // lives only while a check runs, not for the life of each of 10,000
         // idle target tasks.
         let result = Box::pin(check.run()).await;
-        shared.latency.observe(result.latency);
-        shared.outcomes[result.outcome.index()].fetch_add(1, Relaxed);
-        shared.checks_total.fetch_add(1, Relaxed);
-        if !result.passed() {
-            shared.checks_failed.fetch_add(1, Relaxed);
-        }
+        metrics.record(&counters, &result);
         if let Some(t) = rf.observe(result.passed(), now_ms()) {
             info!(to = %t.to, outcome = %result.outcome, reason = %result.reason, "verdict changed");
             shared.set_verdict(&key, spec.fingerprint, t.to, t.at_ms, result.summary());

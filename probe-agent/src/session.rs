@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -42,7 +41,7 @@ pub async fn run(cfg: SessionConfig, shared: Arc<Shared>, shutdown: Cancellation
             r = session(&url, &cfg, &shared, &mut runner, &mut established) => r,
             () = shutdown.cancelled() => break,
         };
-        shared.connected.store(0, Relaxed);
+        shared.metrics.connected.set(0);
         if let Err(e) = outcome {
             warn!(endpoint = %url, error = %e, "control-plane session ended");
         }
@@ -87,7 +86,7 @@ async fn session(
         })?
         .into_inner();
     info!(endpoint = %url, verdicts = sent, "connected to control plane");
-    shared.connected.store(1, Relaxed);
+    shared.metrics.connected.set(1);
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;

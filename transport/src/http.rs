@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 use trackwire_core::limits::HttpLimits;
 
 use crate::server::LogLimiter;
@@ -103,7 +103,7 @@ pub async fn serve(
                 }
             }
             drop(slot);
-        });
+        }.in_current_span());
     }
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;

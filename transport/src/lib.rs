@@ -5,6 +5,7 @@
 //! - [`material`]: CA bundle, certificate and key → checked rustls configs;
 //!   [`Tls`] reloads them without downtime (mtime poll and SIGHUP) and
 //!   exports their expiry.
+//! - [`metrics`]: TLS and gRPC-port metrics, registered by the component.
 //! - [`server`]: the gRPC port's accept loop (connection and handshake caps,
 //!   handshake and HTTP/2 preface deadlines), yielding connections that carry
 //!   a [`Peer`].
@@ -22,6 +23,7 @@ pub mod client;
 pub mod http;
 pub mod identity;
 pub mod material;
+pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod slots;

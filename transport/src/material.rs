@@ -28,7 +28,7 @@ use rustls::{
     SignatureScheme,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::identity::{Identity, Role, Validity};
 
@@ -370,7 +370,7 @@ impl Tls {
                 let _ = tls.reload(force);
                 tls.warn_if_expiring();
             }
-        })
+        }.instrument(tracing::info_span!("tls_reload", cert = %self.0.files.cert.display())))
     }
 
     /// Logs a warning (at most hourly) when the certificate or a CA has less
@@ -399,48 +399,6 @@ impl Tls {
             );
         }
     }
-
-    /// Prometheus text: each certificate's not-after, reloads, handshake failures.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let m = self.current();
-        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let _ = writeln!(
-            out,
-            "# HELP trackwire_tls_certificate_not_after_seconds When each loaded certificate (own and CAs) expires, unix seconds.\n# TYPE trackwire_tls_certificate_not_after_seconds gauge"
-        );
-        let cert = self.0.files.cert.display().to_string();
-        let ca = self.0.files.ca.display().to_string();
-        for (kind, file, v) in
-            std::iter::once(("leaf", &cert, &m.leaf)).chain(m.cas.iter().map(|v| ("ca", &ca, v)))
-        {
-            let _ = writeln!(
-                out,
-                "trackwire_tls_certificate_not_after_seconds{{kind=\"{kind}\",file=\"{}\",serial=\"{}\"}} {}",
-                escape(file),
-                v.serial,
-                secs(v.not_after)
-            );
-        }
-        let s = &self.0.stats;
-        let _ = writeln!(
-            out,
-            "# HELP trackwire_tls_reloads_total TLS material reloads, by result.\n# TYPE trackwire_tls_reloads_total counter\ntrackwire_tls_reloads_total{{result=\"ok\"}} {}\ntrackwire_tls_reloads_total{{result=\"error\"}} {}",
-            s.reloads.load(Relaxed),
-            s.reload_errors.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP trackwire_tls_handshake_failures_total TLS handshakes that failed or timed out.\n# TYPE trackwire_tls_handshake_failures_total counter\ntrackwire_tls_handshake_failures_total {}",
-            s.handshake_failures.load(Relaxed)
-        );
-    }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// WebPKI client verification, then exactly one trackwire identity in the

@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use crate::slots::{Slots, out_of_fds};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 use trackwire_core::limits::ServerLimits;
 
 use crate::identity::Identity;
@@ -193,7 +193,7 @@ pub fn incoming(
     shutdown: CancellationToken,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, tls, limits, stats, tx, shutdown));
+    tokio::spawn(accept_loop(listener, tls, limits, stats, tx, shutdown).instrument(tracing::info_span!("grpc_accept")));
     ReceiverStream::new(rx)
 }
 
@@ -284,7 +284,7 @@ async fn accept_loop(
                     debug!(peer = %addr, "pending connection dropped to make room for a new one");
                 }
             }
-        });
+        }.in_current_span());
     }
 }
 

@@ -5,7 +5,7 @@
 //! key's revision); domain errors become statuses here, at the edge.
 
 use std::sync::Arc;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use tonic::{Request, Response, Status};
 use trackwire_core::convert::{admin_from_pb, endpoint_to_pb, health_to_pb, pool_to_pb};
@@ -95,7 +95,7 @@ impl AdminService for AdminSvc {
                 req.dry_run,
             )
             .await
-        })
+        }.in_current_span())
         .await
         .map_err(|e| Status::internal(format!("apply task: {e}")))?
         .map_err(write_status)?;
@@ -188,7 +188,7 @@ impl AdminService for AdminSvc {
                 }
                 last = Arc::clone(&snap.derived.map);
             }
-        });
+        }.in_current_span());
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -206,8 +206,11 @@ impl AdminService for AdminSvc {
         let keys = self.keys.clone();
         let pool = name.clone();
         let revision =
-            tokio::spawn(async move { crate::writes::delete(store.as_ref(), &keys, &pool).await })
-                .await
+            tokio::spawn(
+                async move { crate::writes::delete(store.as_ref(), &keys, &pool).await }
+                    .in_current_span(),
+            )
+            .await
                 .map_err(|e| Status::internal(format!("delete task: {e}")))?
                 .map_err(write_status)?;
         info!(%caller, %peer, pool = %name, revision, "pool deleted");

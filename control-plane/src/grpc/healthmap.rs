@@ -7,7 +7,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use futures::Stream;
 use prost::Message;
@@ -107,7 +106,7 @@ impl HealthMapService for HealthMapSvc {
         let shutdown = self.shutdown.clone();
         tokio::spawn(
             async move {
-                metrics.subscribers.fetch_add(1, Relaxed);
+                metrics.subscribers.inc();
                 let stream = SubscriberStream {
                     id,
                     pools: req.pools,
@@ -118,7 +117,7 @@ impl HealthMapService for HealthMapSvc {
                 };
                 stream.run(base, state, shutdown).await;
                 subscribers.remove(id);
-                metrics.subscribers.fetch_sub(1, Relaxed);
+                metrics.subscribers.dec();
                 debug!("subscriber gone");
             }
             .instrument(span),
@@ -295,8 +294,8 @@ impl SubscriberStream<'_> {
                 return Sent::Gone;
             }
         }
-        self.metrics.map_updates_sent.fetch_add(1, Relaxed);
-        self.metrics.map_bytes_sent.fetch_add(bytes as u64, Relaxed);
+        self.metrics.map_updates_sent.inc();
+        self.metrics.map_bytes_sent.inc_by(bytes as u64);
         Sent::Bytes(bytes)
     }
 }

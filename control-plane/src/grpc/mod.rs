@@ -2,6 +2,7 @@
 //! errors to `tonic::Status`, and end long-lived streams on shutdown.
 
 pub mod admin;
+pub mod calls;
 pub mod healthmap;
 pub mod probe;
 

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use trackwire_core::time::now_ms;
 
@@ -271,10 +270,9 @@ impl ProbeService for ProbeSvc {
             owner_rev
         };
         self.metrics
-            .verdict_writes
-            .fetch_add(written.len() as u64, Relaxed);
+            .verdict_writes.inc_by(written.len() as u64);
         if rejected > 0 {
-            self.metrics.verdicts_rejected.fetch_add(rejected, Relaxed);
+            self.metrics.verdicts_rejected.inc_by(rejected);
             warn!(agent = %hello.agent_id, rejected, "hello verdicts about backends not assigned to this agent were not stored");
         }
         info!(agent = %hello.agent_id, instance = %hello.instance_id, zone = %hello.zone, %peer, verdicts = written.len(), "agent connected");
@@ -383,7 +381,7 @@ impl KeepAlive {
                     return;
                 }
             }
-        });
+        }.in_current_span());
         KeepAlive {
             task,
             failed,
@@ -492,7 +490,7 @@ impl Session {
         tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
         shutdown: CancellationToken,
     ) {
-        self.metrics.agent_sessions.fetch_add(1, Relaxed);
+        self.metrics.agent_sessions.inc();
         let lease_failed = self.keepalive.failed.clone();
         let mut last_sent: Option<Vec<Target>> = None;
         // Per-pool derivations seen last: a new snapshot that leaves this
@@ -606,7 +604,7 @@ impl Session {
             }
         }
         self.results.forget(&self.agent);
-        self.metrics.agent_sessions.fetch_sub(1, Relaxed);
+        self.metrics.agent_sessions.dec();
     }
 
     /// Handles messages in order, with all their reports merged into one.
@@ -677,8 +675,7 @@ impl Session {
                 };
                 if known.len() < sent {
                     self.metrics
-                        .verdicts_rejected
-                        .fetch_add((sent - known.len()) as u64, Relaxed);
+                        .verdicts_rejected.inc_by((sent - known.len()) as u64);
                     debug!(
                         dropped = sent - known.len(),
                         "dropped verdicts not about this agent's assignment"
@@ -701,8 +698,7 @@ impl Session {
                         .insert((v.pool.clone(), v.backend.clone()), v.fingerprint);
                 }
                 self.metrics
-                    .verdict_writes
-                    .fetch_add(known.len() as u64, Relaxed);
+                    .verdict_writes.inc_by(known.len() as u64);
                 Ok(())
             }
             Some(pb::agent_message::Msg::Heartbeat(h)) => {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use tracing::Instrument;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -66,7 +67,7 @@ impl MemStore {
             ..Inner::default()
         }));
         let weak = Arc::downgrade(&inner);
-        tokio::spawn(reap_leases(weak));
+        tokio::spawn(reap_leases(weak).instrument(tracing::info_span!("mem_store_leases")));
         MemStore {
             inner,
             epoch: uuid::Uuid::new_v4().as_u64_pair().0,
@@ -171,7 +172,7 @@ impl Inner {
                         let _ = tx
                             .send(Err(StoreError::WatchCancelled("watcher too slow".into())))
                             .await;
-                    });
+                    }.in_current_span());
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,

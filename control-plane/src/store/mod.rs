@@ -9,11 +9,13 @@
 pub mod batch;
 mod etcd;
 mod mem;
+mod metered;
 
 use std::time::Duration;
 
 pub use etcd::{EtcdOptions, EtcdStore, EtcdTls};
 pub use mem::MemStore;
+pub use metered::Metered;
 
 pub type LeaseId = i64;
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -5,6 +5,8 @@
 //! body match is configured; the rest is never buffered. `expect_negate`
 //! inverts the body match, or the status match when there is none.
 
+use tracing::Instrument;
+
 use super::expect::{self, Expect};
 use super::{CheckResult, Outcome, PreparedCheck};
 use bytes::Bytes;
@@ -43,17 +45,23 @@ where
         let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
         Ok((
             Sender::H2(s),
-            tokio::spawn(async move {
-                let _ = conn.await;
-            }),
+            tokio::spawn(
+                async move {
+                    let _ = conn.await;
+                }
+                .in_current_span(),
+            ),
         ))
     } else {
         let (s, conn) = hyper::client::conn::http1::handshake(io).await?;
         Ok((
             Sender::H1(s),
-            tokio::spawn(async move {
-                let _ = conn.await;
-            }),
+            tokio::spawn(
+                async move {
+                    let _ = conn.await;
+                }
+                .in_current_span(),
+            ),
         ))
     }
 }
