@@ -109,9 +109,8 @@ fn families(text: &str) -> BTreeSet<String> {
 
 /// The names in the README's metrics reference table.
 fn documented() -> BTreeSet<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-            .expect("README.md");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
     let start = readme
         .find("### Metrics reference")
         .expect("a '### Metrics reference' section in README.md");
@@ -217,13 +216,21 @@ async fn every_component_exports_metrics_promtool_accepts() {
         .expect("write");
     let mut answer = String::new();
     c.read_to_string(&mut answer).await.expect("read");
-    assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "{answer}");
-    let relayed = r#"trackwire_proxy_backend_connections_total{listener="front",pool="web",backend="b1"}"#;
-    wait_sample(&proxy_base, relayed, "the relayed connection counted", |v| {
-        v == 1.0
-    })
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+        "{answer}"
+    );
+    let relayed =
+        r#"trackwire_proxy_backend_connections_total{listener="front",pool="web",backend="b1"}"#;
+    wait_sample(
+        &proxy_base,
+        relayed,
+        "the relayed connection counted",
+        |v| v == 1.0,
+    )
     .await;
-    let bytes_out = r#"trackwire_proxy_backend_bytes_out_total{listener="front",pool="web",backend="b1"}"#;
+    let bytes_out =
+        r#"trackwire_proxy_backend_bytes_out_total{listener="front",pool="web",backend="b1"}"#;
     wait_sample(&proxy_base, bytes_out, "the answer's bytes counted", |v| {
         v >= answer.len() as f64
     })
@@ -235,7 +242,8 @@ async fn every_component_exports_metrics_promtool_accepts() {
     wait_sample(&cp.http, down, "b1 DOWN on the control plane", |v| v == 1.0).await;
     let (_, text) = scrape(&cp.http, "text/plain").await;
     for state in ["UP", "DRAIN", "MAINT"] {
-        let series = format!(r#"trackwire_server_status{{pool="web",backend="b1",state="{state}"}}"#);
+        let series =
+            format!(r#"trackwire_server_status{{pool="web",backend="b1",state="{state}"}}"#);
         assert_eq!(sample(&text, &series), Some(0.0), "{series}\n{text}");
     }
     wait_sample(
@@ -252,7 +260,10 @@ async fn every_component_exports_metrics_promtool_accepts() {
         "{text}"
     );
     assert_eq!(
-        sample(&text, r#"trackwire_server_votes_down{pool="web",backend="b1"}"#),
+        sample(
+            &text,
+            r#"trackwire_server_votes_down{pool="web",backend="b1"}"#
+        ),
         Some(1.0),
         "{text}"
     );
@@ -265,8 +276,11 @@ async fn every_component_exports_metrics_promtool_accepts() {
         "{text}"
     );
     assert!(
-        sample(&text, r#"trackwire_store_operation_seconds_count{op="txn"}"#)
-            .is_some_and(|n| n >= 1.0),
+        sample(
+            &text,
+            r#"trackwire_store_operation_seconds_count{op="txn"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
         "{text}"
     );
     let (_, agent_text) = scrape(&agent_base, "text/plain").await;
@@ -287,16 +301,25 @@ async fn every_component_exports_metrics_promtool_accepts() {
         ("proxy", &proxy_base),
     ] {
         let (content_type, text) = scrape(base, "text/plain").await;
-        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
         let said = promtool(&text);
-        assert!(said.is_empty(), "promtool on the {component}'s /metrics:\n{said}");
+        assert!(
+            said.is_empty(),
+            "promtool on the {component}'s /metrics:\n{said}"
+        );
         assert!(
             text.contains("trackwire_tls_certificate_not_after_seconds{kind=\"leaf\""),
             "the {component} exports its certificate's expiry:\n{text}"
         );
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             for unbounded in ["peer=", "client=", "addr=", "port="] {
-                assert!(!l.contains(unbounded), "{component}: unbounded label in {l}");
+                assert!(
+                    !l.contains(unbounded),
+                    "{component}: unbounded label in {l}"
+                );
             }
         }
         exported.extend(families(&text));

@@ -267,8 +267,7 @@ async fn losing_a_replica_changes_no_backend_state() {
     assert!(m.pools["web"].values().all(|e| e.votes == 3));
     // The proxy that followed A reconnected to another replica.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy_metrics.stream_connected.get() != 1
-    {
+    while proxy_metrics.stream_connected.get() != 1 {
         assert!(Instant::now() < deadline, "proxy did not reconnect");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -307,10 +307,7 @@ async fn reconnect_under_churn_never_empties_a_pool() {
         }
     }
     assert!(maps > 10, "the proxy kept receiving maps ({maps})");
-    assert_eq!(
-        metrics.stream_connected.get(),
-        1
-    );
+    assert_eq!(metrics.stream_connected.get(), 1);
     follow.cancel();
     tb.cancel();
 }

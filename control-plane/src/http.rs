@@ -14,10 +14,10 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use trackwire_core::metrics::Registry;
 use crate::results::Results;
 use crate::state::StateRx;
 use crate::subscribers::Subscribers;
+use trackwire_core::metrics::Registry;
 
 #[derive(Clone)]
 struct Ctx {

@@ -180,19 +180,22 @@ pub async fn run(
     {
         let mut state = state.clone();
         let reporter = health_reporter.clone();
-        tokio::spawn(async move {
-            if state::ready(&mut state).await.is_some() {
-                reporter
-                    .set_serving::<ProbeServiceServer<grpc::probe::ProbeSvc>>()
-                    .await;
-                reporter
-                    .set_serving::<HealthMapServiceServer<grpc::healthmap::HealthMapSvc>>()
-                    .await;
-                reporter
-                    .set_serving::<AdminServiceServer<grpc::admin::AdminSvc>>()
-                    .await;
+        tokio::spawn(
+            async move {
+                if state::ready(&mut state).await.is_some() {
+                    reporter
+                        .set_serving::<ProbeServiceServer<grpc::probe::ProbeSvc>>()
+                        .await;
+                    reporter
+                        .set_serving::<HealthMapServiceServer<grpc::healthmap::HealthMapSvc>>()
+                        .await;
+                    reporter
+                        .set_serving::<AdminServiceServer<grpc::admin::AdminSvc>>()
+                        .await;
+                }
             }
-        }.instrument(info_span!("health_reporter")));
+            .instrument(info_span!("health_reporter")),
+        );
     }
     // Both reflection versions: grpcurl speaks v1, many clients (Python's
     // grpcio-reflection, Postman) still v1alpha.

@@ -162,25 +162,81 @@ pub fn register(
 ) {
     let m = metrics;
     for (name, help, g) in [
-        ("trackwire_store_up", "1 while the store answers this replica, else 0", &m.store_up),
-        ("trackwire_backends_stale", "Backends kept at their last decided state without live verdicts", &m.backends_stale),
-        ("trackwire_stale_max_seconds", "How long a stale state is trusted (0: without bound)", &m.stale_max_seconds),
-        ("trackwire_store_revision", "Store revision of the served health map", &m.revision),
+        (
+            "trackwire_store_up",
+            "1 while the store answers this replica, else 0",
+            &m.store_up,
+        ),
+        (
+            "trackwire_backends_stale",
+            "Backends kept at their last decided state without live verdicts",
+            &m.backends_stale,
+        ),
+        (
+            "trackwire_stale_max_seconds",
+            "How long a stale state is trusted (0: without bound)",
+            &m.stale_max_seconds,
+        ),
+        (
+            "trackwire_store_revision",
+            "Store revision of the served health map",
+            &m.revision,
+        ),
         ("trackwire_pools", "Pools in the health map", &m.pools),
-        ("trackwire_backends_up", "Backends derived UP", &m.backends_up),
-        ("trackwire_backends_down", "Backends derived DOWN", &m.backends_down),
-        ("trackwire_agents_live", "Agents with a live session lease", &m.agents_live),
-        ("trackwire_agents_suspect", "Agents whose votes are ignored as suspected partitioned checkers", &m.agents_suspect),
-        ("trackwire_agent_sessions", "Agent sessions connected to this replica", &m.agent_sessions),
-        ("trackwire_subscribers", "Health-map subscribers (proxies' streams) connected to this replica", &m.subscribers),
+        (
+            "trackwire_backends_up",
+            "Backends derived UP",
+            &m.backends_up,
+        ),
+        (
+            "trackwire_backends_down",
+            "Backends derived DOWN",
+            &m.backends_down,
+        ),
+        (
+            "trackwire_agents_live",
+            "Agents with a live session lease",
+            &m.agents_live,
+        ),
+        (
+            "trackwire_agents_suspect",
+            "Agents whose votes are ignored as suspected partitioned checkers",
+            &m.agents_suspect,
+        ),
+        (
+            "trackwire_agent_sessions",
+            "Agent sessions connected to this replica",
+            &m.agent_sessions,
+        ),
+        (
+            "trackwire_subscribers",
+            "Health-map subscribers (proxies' streams) connected to this replica",
+            &m.subscribers,
+        ),
     ] {
         registry.register(name, help, g.clone());
     }
     for (name, help, c) in [
-        ("trackwire_verdicts_rejected", "Verdicts dropped because they were not about the sending agent's assignment", &m.verdicts_rejected),
-        ("trackwire_verdict_writes", "Verdict transitions written to the store", &m.verdict_writes),
-        ("trackwire_map_updates_sent", "Health-map messages sent to subscribers", &m.map_updates_sent),
-        ("trackwire_map_bytes_sent", "Encoded bytes of health-map messages sent to subscribers", &m.map_bytes_sent),
+        (
+            "trackwire_verdicts_rejected",
+            "Verdicts dropped because they were not about the sending agent's assignment",
+            &m.verdicts_rejected,
+        ),
+        (
+            "trackwire_verdict_writes",
+            "Verdict transitions written to the store",
+            &m.verdict_writes,
+        ),
+        (
+            "trackwire_map_updates_sent",
+            "Health-map messages sent to subscribers",
+            &m.map_updates_sent,
+        ),
+        (
+            "trackwire_map_bytes_sent",
+            "Encoded bytes of health-map messages sent to subscribers",
+            &m.map_bytes_sent,
+        ),
     ] {
         registry.register(name, help, c.clone());
     }
@@ -230,7 +286,14 @@ impl Collector for Fleet {
             &mut e,
             "trackwire_stale_oldest_seconds",
             "Age of the oldest stale backend state (0: none).",
-            [(none, if oldest == 0 { 0.0 } else { age_seconds(oldest, now) })],
+            [(
+                none,
+                if oldest == 0 {
+                    0.0
+                } else {
+                    age_seconds(oldest, now)
+                },
+            )],
         )?;
         let ops = &m.store_ops;
         histograms(
@@ -268,9 +331,9 @@ impl Fleet {
         let map = &snap.derived.map;
         let facts = &snap.facts;
         let backends = || {
-            map.pools.iter().flat_map(|(pool, eps)| {
-                eps.values().map(move |ep| (pool.as_str(), ep))
-            })
+            map.pools
+                .iter()
+                .flat_map(|(pool, eps)| eps.values().map(move |ep| (pool.as_str(), ep)))
         };
         let labels = |pool: &'_ str, ep: &'_ trackwire_core::Endpoint| {
             [("pool", pool.to_owned()), ("backend", ep.backend.clone())]
@@ -355,7 +418,10 @@ impl Fleet {
             "trackwire_backend_active_servers",
             "Non-backup backends that take new connections (UP and not drained or in maintenance), per pool, like haproxy_backend_active_servers.",
             map.pools.iter().map(|(pool, eps)| {
-                let n = eps.values().filter(|ep| ep.routable() && !ep.backup).count() as u64;
+                let n = eps
+                    .values()
+                    .filter(|ep| ep.routable() && !ep.backup)
+                    .count() as u64;
                 ([("pool", pool.as_str())], n)
             }),
         )?;

@@ -123,7 +123,10 @@ mod tests {
         r.register_collector(Box::new(Rows));
         let (ct, text) = scrape(&r, Some("text/plain"));
         assert_eq!(ct, TEXT);
-        assert!(text.contains("# TYPE t_calls_total counter\nt_calls_total 2\n"), "{text}");
+        assert!(
+            text.contains("# TYPE t_calls_total counter\nt_calls_total 2\n"),
+            "{text}"
+        );
         assert!(text.contains("t_state{pool=\"a\\\"b\"} 1\n"), "{text}");
         assert!(text.contains("t_events_total{pool=\"c\"} 3\n"), "{text}");
         assert!(!text.contains("# EOF"), "{text}");
@@ -132,7 +135,10 @@ mod tests {
             Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
         );
         assert_eq!(ct, OPENMETRICS);
-        assert!(open.contains("# TYPE t_calls counter\nt_calls_total 2\n"), "{open}");
+        assert!(
+            open.contains("# TYPE t_calls counter\nt_calls_total 2\n"),
+            "{open}"
+        );
         assert!(open.ends_with("# EOF\n"), "{open}");
     }
 }

@@ -144,11 +144,31 @@ impl Metrics {
         tls: Option<&trackwire_transport::Tls>,
     ) {
         for (name, help, g) in [
-            ("trackwire_proxy_listeners_listening", "Listeners accepting connections (each waits for a health map with its pool first)", &self.listeners_listening),
-            ("trackwire_proxy_stream_connected", "1 while a health-map stream is up; 0 means routing on the last map", &self.stream_connected),
-            ("trackwire_proxy_map_revision", "Store revision of the health map in use", &self.map_revision),
-            ("trackwire_proxy_pools_missing", "Pools named by a listener that the health map lacks (their listeners do not listen; /readyz answers 503)", &self.pools_missing),
-            ("trackwire_proxy_pools_stale", "Pools kept from a previous store epoch because the control plane's current store lacks them", &self.pools_stale),
+            (
+                "trackwire_proxy_listeners_listening",
+                "Listeners accepting connections (each waits for a health map with its pool first)",
+                &self.listeners_listening,
+            ),
+            (
+                "trackwire_proxy_stream_connected",
+                "1 while a health-map stream is up; 0 means routing on the last map",
+                &self.stream_connected,
+            ),
+            (
+                "trackwire_proxy_map_revision",
+                "Store revision of the health map in use",
+                &self.map_revision,
+            ),
+            (
+                "trackwire_proxy_pools_missing",
+                "Pools named by a listener that the health map lacks (their listeners do not listen; /readyz answers 503)",
+                &self.pools_missing,
+            ),
+            (
+                "trackwire_proxy_pools_stale",
+                "Pools kept from a previous store epoch because the control plane's current store lacks them",
+                &self.pools_stale,
+            ),
         ] {
             registry.register(name, help, g.clone());
         }
@@ -193,28 +213,82 @@ impl Collector for Listeners {
         let listeners = m.listeners.lock().clone();
         // The totals over listeners, as before per-listener series existed.
         for (name, help, f) in [
-            ("trackwire_proxy_connections", "Client connections accepted (all listeners).", (|l: &ListenerStats| &l.connections) as fn(&ListenerStats) -> &AtomicU64),
-            ("trackwire_proxy_connect_failures", "Backend connect attempts that failed (all listeners).", |l| &l.connect_failures),
-            ("trackwire_proxy_no_backend", "Connections closed because no backend could be reached (all listeners).", |l| &l.failed),
-            ("trackwire_proxy_passive_ejections", "Backends ejected locally after consecutive connect failures (all listeners).", |l| &l.passive_ejections),
+            (
+                "trackwire_proxy_connections",
+                "Client connections accepted (all listeners).",
+                (|l: &ListenerStats| &l.connections) as fn(&ListenerStats) -> &AtomicU64,
+            ),
+            (
+                "trackwire_proxy_connect_failures",
+                "Backend connect attempts that failed (all listeners).",
+                |l| &l.connect_failures,
+            ),
+            (
+                "trackwire_proxy_no_backend",
+                "Connections closed because no backend could be reached (all listeners).",
+                |l| &l.failed,
+            ),
+            (
+                "trackwire_proxy_passive_ejections",
+                "Backends ejected locally after consecutive connect failures (all listeners).",
+                |l| &l.passive_ejections,
+            ),
         ] {
             let sum: u64 = listeners.iter().map(|l| f(l).load(Relaxed)).sum();
             counters(&mut e, name, help, [(none, sum)])?;
         }
         let active: u64 = listeners.iter().map(|l| l.active.load(Relaxed)).sum();
-        gauges(&mut e, "trackwire_proxy_connections_active", "Client connections open (all listeners).", [(none, active)])?;
+        gauges(
+            &mut e,
+            "trackwire_proxy_connections_active",
+            "Client connections open (all listeners).",
+            [(none, active)],
+        )?;
 
         let by = |l: &ListenerStats| [("listener", l.name.clone()), ("pool", l.pool.clone())];
         for (name, help, f) in [
-            ("trackwire_proxy_listener_connections", "Client connections accepted, per listener.", (|l: &ListenerStats| &l.connections) as fn(&ListenerStats) -> &AtomicU64),
-            ("trackwire_proxy_listener_connections_failed", "Client connections closed without a backend, per listener.", |l| &l.failed),
-            ("trackwire_proxy_listener_retries", "Connect attempts after a failed one (redispatches), per listener.", |l| &l.retries),
-            ("trackwire_proxy_listener_connect_failures", "Backend connect attempts that failed, per listener.", |l| &l.connect_failures),
-            ("trackwire_proxy_listener_passive_ejections", "Backends ejected after consecutive connect failures, per listener.", |l| &l.passive_ejections),
-            ("trackwire_proxy_listener_bytes_in", "Bytes from clients to backends, per listener.", |l| &l.bytes_in),
-            ("trackwire_proxy_listener_bytes_out", "Bytes from backends to clients, per listener.", |l| &l.bytes_out),
+            (
+                "trackwire_proxy_listener_connections",
+                "Client connections accepted, per listener.",
+                (|l: &ListenerStats| &l.connections) as fn(&ListenerStats) -> &AtomicU64,
+            ),
+            (
+                "trackwire_proxy_listener_connections_failed",
+                "Client connections closed without a backend, per listener.",
+                |l| &l.failed,
+            ),
+            (
+                "trackwire_proxy_listener_retries",
+                "Connect attempts after a failed one (redispatches), per listener.",
+                |l| &l.retries,
+            ),
+            (
+                "trackwire_proxy_listener_connect_failures",
+                "Backend connect attempts that failed, per listener.",
+                |l| &l.connect_failures,
+            ),
+            (
+                "trackwire_proxy_listener_passive_ejections",
+                "Backends ejected after consecutive connect failures, per listener.",
+                |l| &l.passive_ejections,
+            ),
+            (
+                "trackwire_proxy_listener_bytes_in",
+                "Bytes from clients to backends, per listener.",
+                |l| &l.bytes_in,
+            ),
+            (
+                "trackwire_proxy_listener_bytes_out",
+                "Bytes from backends to clients, per listener.",
+                |l| &l.bytes_out,
+            ),
         ] {
-            counters(&mut e, name, help, listeners.iter().map(|l| (by(l), f(l).load(Relaxed))))?;
+            counters(
+                &mut e,
+                name,
+                help,
+                listeners.iter().map(|l| (by(l), f(l).load(Relaxed))),
+            )?;
         }
         gauges(
             &mut e,
@@ -247,19 +321,48 @@ impl Collector for Listeners {
             ]
         };
         for (name, help, f) in [
-            ("trackwire_proxy_backend_connections", "Connections relayed to each backend, per listener.", (|s: &BackendStats| &s.connections) as fn(&BackendStats) -> &AtomicU64),
-            ("trackwire_proxy_backend_connect_failures", "Connect attempts to each backend that failed, per listener.", |s| &s.connect_failures),
-            ("trackwire_proxy_backend_passive_ejections", "Times each backend was ejected after consecutive connect failures, per listener.", |s| &s.passive_ejections),
-            ("trackwire_proxy_backend_bytes_in", "Bytes from clients to each backend, per listener.", |s| &s.bytes_in),
-            ("trackwire_proxy_backend_bytes_out", "Bytes from each backend to clients, per listener.", |s| &s.bytes_out),
+            (
+                "trackwire_proxy_backend_connections",
+                "Connections relayed to each backend, per listener.",
+                (|s: &BackendStats| &s.connections) as fn(&BackendStats) -> &AtomicU64,
+            ),
+            (
+                "trackwire_proxy_backend_connect_failures",
+                "Connect attempts to each backend that failed, per listener.",
+                |s| &s.connect_failures,
+            ),
+            (
+                "trackwire_proxy_backend_passive_ejections",
+                "Times each backend was ejected after consecutive connect failures, per listener.",
+                |s| &s.passive_ejections,
+            ),
+            (
+                "trackwire_proxy_backend_bytes_in",
+                "Bytes from clients to each backend, per listener.",
+                |s| &s.bytes_in,
+            ),
+            (
+                "trackwire_proxy_backend_bytes_out",
+                "Bytes from each backend to clients, per listener.",
+                |s| &s.bytes_out,
+            ),
         ] {
-            counters(&mut e, name, help, backends.iter().map(|(l, b, s)| (by(l, b), f(s).load(Relaxed))))?;
+            counters(
+                &mut e,
+                name,
+                help,
+                backends
+                    .iter()
+                    .map(|(l, b, s)| (by(l, b), f(s).load(Relaxed))),
+            )?;
         }
         gauges(
             &mut e,
             "trackwire_proxy_backend_connections_active",
             "Connections open to each backend, per listener.",
-            backends.iter().map(|(l, b, s)| (by(l, b), s.active.load(Relaxed))),
+            backends
+                .iter()
+                .map(|(l, b, s)| (by(l, b), s.active.load(Relaxed))),
         )
     }
 }

@@ -119,7 +119,9 @@ impl Routing {
             spec,
             map,
             stats,
-            log_limit: trackwire_transport::server::LogLimiter::new(std::time::Duration::from_secs(10)),
+            log_limit: trackwire_transport::server::LogLimiter::new(
+                std::time::Duration::from_secs(10),
+            ),
             cut,
             state: Mutex::new(state),
         }
@@ -136,7 +138,9 @@ impl Routing {
             let in_pool = map.pools.get(&self.spec.pool);
             let stats = self.stats.backends_for(
                 &eps,
-                in_pool.into_iter().flat_map(|p| p.keys().map(String::as_str)),
+                in_pool
+                    .into_iter()
+                    .flat_map(|p| p.keys().map(String::as_str)),
             );
             st.seen = map;
             st.candidates = Arc::new(Candidates { eps, stats });

@@ -90,10 +90,7 @@ async fn connect<'a>(
         if attempt > 0 {
             stats.retries.fetch_add(1, Relaxed);
         }
-        let b = candidates
-            .stats_of(ep)
-            .map(Arc::clone)
-            .unwrap_or_default();
+        let b = candidates.stats_of(ep).map(Arc::clone).unwrap_or_default();
         let start = Instant::now();
         let connected =
             tokio::time::timeout(spec.connect_timeout, TcpStream::connect(&ep.address)).await;

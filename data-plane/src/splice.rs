@@ -167,7 +167,8 @@ mod tests {
         let begin = Instant::now();
         let before = pooled();
         let moved = AtomicU64::new(0);
-        let relay = async { crate::relay::pump(&server, &out, &last, begin, true, &[&moved]).await };
+        let relay =
+            async { crate::relay::pump(&server, &out, &last, begin, true, &[&moved]).await };
         let drive = async {
             let block = vec![7u8; 1 << 20];
             client.write_all(&block).await.expect("write");

@@ -83,7 +83,9 @@ pub async fn run(
             () = shutdown.cancelled() => return,
         };
         if metrics.stream_connected.set(0) == 1 {
-            metrics.map_current_at_ms.store(trackwire_core::time::now_ms(), Relaxed);
+            metrics
+                .map_current_at_ms
+                .store(trackwire_core::time::now_ms(), Relaxed);
         }
         let e = result.err().unwrap_or_else(|| "stream ended".into());
         let held = Arc::clone(&publish.map.borrow());

@@ -95,10 +95,7 @@ fn serve(
 
 /// Waits until `n` listeners have started listening.
 async fn wait_listening(metrics: &Metrics, n: u64) {
-    eventually("listening", async || {
-        metrics.listeners_listening.get() >= n
-    })
-    .await;
+    eventually("listening", async || metrics.listeners_listening.get() >= n).await;
 }
 
 /// A session through the proxy: the backend's name, and the open stream.

@@ -86,7 +86,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("trackwire_agent_checks_failed_total 2\n"), "{text}");
+        assert!(
+            text.contains("trackwire_agent_checks_failed_total 2\n"),
+            "{text}"
+        );
         assert!(
             text.contains("trackwire_agent_check_lateness_seconds_bucket{le=\"0.005\"} 1\n"),
             "{text}"

@@ -62,48 +62,51 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let shutdown = shutdown.clone();
-        conns.spawn(async move {
-            let busy = std::sync::Arc::clone(&slot.busy);
-            let service =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (router, busy) = (router.clone(), std::sync::Arc::clone(&busy));
-                    busy.fetch_add(1, Relaxed);
-                    let guard = Busy(busy);
-                    async move {
-                        let r = router.oneshot(req.map(axum::body::Body::new)).await;
-                        // Busy until the body is sent (or dropped).
-                        r.map(|resp| {
-                            resp.map(|body| {
-                                axum::body::Body::new(Guarded {
-                                    body,
-                                    _guard: guard,
+        conns.spawn(
+            async move {
+                let busy = std::sync::Arc::clone(&slot.busy);
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (router, busy) = (router.clone(), std::sync::Arc::clone(&busy));
+                        busy.fetch_add(1, Relaxed);
+                        let guard = Busy(busy);
+                        async move {
+                            let r = router.oneshot(req.map(axum::body::Body::new)).await;
+                            // Busy until the body is sent (or dropped).
+                            r.map(|resp| {
+                                resp.map(|body| {
+                                    axum::body::Body::new(Guarded {
+                                        body,
+                                        _guard: guard,
+                                    })
                                 })
                             })
-                        })
+                        }
+                    });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(tcp), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            debug!(peer = %addr, error = %e, "HTTP connection ended");
+                        }
                     }
-                });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tcp), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(peer = %addr, error = %e, "HTTP connection ended");
+                    () = slot.evicted.cancelled() => {
+                        debug!(peer = %addr, "idle HTTP connection closed to make room");
+                    }
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                     }
                 }
-                () = slot.evicted.cancelled() => {
-                    debug!(peer = %addr, "idle HTTP connection closed to make room");
-                }
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
+                drop(slot);
             }
-            drop(slot);
-        }.in_current_span());
+            .in_current_span(),
+        );
     }
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;

@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use trackwire_core::metrics::{Collector, DescriptorEncoder, Registry, counters, gauges};
 
-use crate::server::ListenerStats;
 use crate::Tls;
+use crate::server::ListenerStats;
 
 /// Registers the metrics of `tls` (read at each scrape, so reloads show).
 pub fn register_tls(registry: &mut Registry, tls: &Tls) {
@@ -44,7 +44,11 @@ impl Collector for TlsCollector {
                 .chain(m.cas.iter().map(|v| ("ca", &ca, v)))
                 .map(|(kind, file, v)| {
                     (
-                        [("kind", kind), ("file", file.as_str()), ("serial", &v.serial)],
+                        [
+                            ("kind", kind),
+                            ("file", file.as_str()),
+                            ("serial", &v.serial),
+                        ],
                         secs(v.not_after),
                     )
                 }),
@@ -92,7 +96,10 @@ impl Collector for ListenerCollector {
             "trackwire_grpc_connections_dropped",
             "Connections dropped before they were established, by reason (handshake: TLS handshake failed or timed out; preface: no HTTP/2 preface in time; evicted: made room for newer ones).",
             [
-                ([("reason", "handshake")], l.handshake_failures.load(Relaxed)),
+                (
+                    [("reason", "handshake")],
+                    l.handshake_failures.load(Relaxed),
+                ),
                 ([("reason", "preface")], l.preface_timeouts.load(Relaxed)),
                 ([("reason", "evicted")], l.evicted.load(Relaxed)),
             ],

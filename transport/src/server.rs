@@ -193,7 +193,10 @@ pub fn incoming(
     shutdown: CancellationToken,
 ) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, tls, limits, stats, tx, shutdown).instrument(tracing::info_span!("grpc_accept")));
+    tokio::spawn(
+        accept_loop(listener, tls, limits, stats, tx, shutdown)
+            .instrument(tracing::info_span!("grpc_accept")),
+    );
     ReceiverStream::new(rx)
 }
 

@@ -86,16 +86,19 @@ impl AdminService for AdminSvc {
         // several transactions, and stopping between them helps nobody.
         let store = Arc::clone(&self.store);
         let keys = self.keys.clone();
-        let applied = tokio::spawn(async move {
-            crate::writes::apply(
-                store.as_ref(),
-                &keys,
-                &specs,
-                req.expected_revision,
-                req.dry_run,
-            )
-            .await
-        }.in_current_span())
+        let applied = tokio::spawn(
+            async move {
+                crate::writes::apply(
+                    store.as_ref(),
+                    &keys,
+                    &specs,
+                    req.expected_revision,
+                    req.dry_run,
+                )
+                .await
+            }
+            .in_current_span(),
+        )
         .await
         .map_err(|e| Status::internal(format!("apply task: {e}")))?
         .map_err(write_status)?;
@@ -168,27 +171,34 @@ impl AdminService for AdminSvc {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            state.mark_changed();
-            loop {
-                tokio::select! {
-                    r = state.changed() => if r.is_err() { return },
-                    () = tx.closed() => return,
-                    () = shutdown.cancelled() => return,
-                }
-                let Some(snap) = state.borrow_and_update().clone() else {
-                    continue;
-                };
-                let events =
-                    crate::events::between(&last, &snap.derived.map, &snap.facts.admin, &req.pools);
-                for e in events {
-                    if tx.send(Ok(e)).await.is_err() {
-                        return;
+        tokio::spawn(
+            async move {
+                state.mark_changed();
+                loop {
+                    tokio::select! {
+                        r = state.changed() => if r.is_err() { return },
+                        () = tx.closed() => return,
+                        () = shutdown.cancelled() => return,
                     }
+                    let Some(snap) = state.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    let events = crate::events::between(
+                        &last,
+                        &snap.derived.map,
+                        &snap.facts.admin,
+                        &req.pools,
+                    );
+                    for e in events {
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                    last = Arc::clone(&snap.derived.map);
                 }
-                last = Arc::clone(&snap.derived.map);
             }
-        }.in_current_span());
+            .in_current_span(),
+        );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -205,14 +215,13 @@ impl AdminService for AdminSvc {
         let store = Arc::clone(&self.store);
         let keys = self.keys.clone();
         let pool = name.clone();
-        let revision =
-            tokio::spawn(
-                async move { crate::writes::delete(store.as_ref(), &keys, &pool).await }
-                    .in_current_span(),
-            )
-            .await
-                .map_err(|e| Status::internal(format!("delete task: {e}")))?
-                .map_err(write_status)?;
+        let revision = tokio::spawn(
+            async move { crate::writes::delete(store.as_ref(), &keys, &pool).await }
+                .in_current_span(),
+        )
+        .await
+        .map_err(|e| Status::internal(format!("delete task: {e}")))?
+        .map_err(write_status)?;
         info!(%caller, %peer, pool = %name, revision, "pool deleted");
         Ok(Response::new(pb::DeletePoolResponse { revision }))
     }

@@ -34,8 +34,14 @@ pub const METHODS: [(&str, &str); 15] = [
     ("trackwire.v1.AdminService", "ListSubscribers"),
     ("grpc.health.v1.Health", "Check"),
     ("grpc.health.v1.Health", "Watch"),
-    ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo"),
-    ("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo"),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+    ),
 ];
 
 /// The row of unknown paths.
@@ -59,7 +65,10 @@ impl Default for Calls {
 
 impl Calls {
     fn record(&self, method: usize, code: i32) {
-        let code = usize::try_from(code).ok().filter(|c| *c < CODES).unwrap_or(2);
+        let code = usize::try_from(code)
+            .ok()
+            .filter(|c| *c < CODES)
+            .unwrap_or(2);
         self.counts[method][code].fetch_add(1, Relaxed);
     }
 
@@ -255,17 +264,13 @@ mod tests {
 
     #[test]
     fn methods_are_every_trackwire_method() {
-        let set =
-            prost_types::FileDescriptorSet::decode(trackwire_proto::v1::FILE_DESCRIPTOR_SET)
-                .expect("descriptor set");
+        let set = prost_types::FileDescriptorSet::decode(trackwire_proto::v1::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
         let mut served: Vec<(String, String)> = Vec::new();
         for f in &set.file {
             for s in &f.service {
                 for m in &s.method {
-                    served.push((
-                        format!("{}.{}", f.package(), s.name()),
-                        m.name().to_owned(),
-                    ));
+                    served.push((format!("{}.{}", f.package(), s.name()), m.name().to_owned()));
                 }
             }
         }

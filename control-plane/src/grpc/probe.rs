@@ -269,8 +269,7 @@ impl ProbeService for ProbeSvc {
         } else {
             owner_rev
         };
-        self.metrics
-            .verdict_writes.inc_by(written.len() as u64);
+        self.metrics.verdict_writes.inc_by(written.len() as u64);
         if rejected > 0 {
             self.metrics.verdicts_rejected.inc_by(rejected);
             warn!(agent = %hello.agent_id, rejected, "hello verdicts about backends not assigned to this agent were not stored");
@@ -370,18 +369,21 @@ impl KeepAlive {
         let failed = CancellationToken::new();
         let error = Arc::new(parking_lot::Mutex::new(None));
         let (f, e) = (failed.clone(), Arc::clone(&error));
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ttl / 3);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(err) = store.keep_alive(lease).await {
-                    *e.lock() = Some(err);
-                    f.cancel();
-                    return;
+        let task = tokio::spawn(
+            async move {
+                let mut tick = tokio::time::interval(ttl / 3);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(err) = store.keep_alive(lease).await {
+                        *e.lock() = Some(err);
+                        f.cancel();
+                        return;
+                    }
                 }
             }
-        }.in_current_span());
+            .in_current_span(),
+        );
         KeepAlive {
             task,
             failed,
@@ -675,7 +677,8 @@ impl Session {
                 };
                 if known.len() < sent {
                     self.metrics
-                        .verdicts_rejected.inc_by((sent - known.len()) as u64);
+                        .verdicts_rejected
+                        .inc_by((sent - known.len()) as u64);
                     debug!(
                         dropped = sent - known.len(),
                         "dropped verdicts not about this agent's assignment"
@@ -697,8 +700,7 @@ impl Session {
                     self.written
                         .insert((v.pool.clone(), v.backend.clone()), v.fingerprint);
                 }
-                self.metrics
-                    .verdict_writes.inc_by(known.len() as u64);
+                self.metrics.verdict_writes.inc_by(known.len() as u64);
                 Ok(())
             }
             Some(pb::agent_message::Msg::Heartbeat(h)) => {

@@ -9,9 +9,9 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use tracing::Instrument;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{
     Compare, KeyValue, LeaseId, Op, Result, Store, StoreError, TxnResult, WatchBatch, WatchEvent,
@@ -168,11 +168,14 @@ impl Inner {
                     // The watcher fell too far behind: cancel it rather than
                     // buffer without bound. Its owner re-lists and re-watches.
                     let tx = w.tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx
-                            .send(Err(StoreError::WatchCancelled("watcher too slow".into())))
-                            .await;
-                    }.in_current_span());
+                    tokio::spawn(
+                        async move {
+                            let _ = tx
+                                .send(Err(StoreError::WatchCancelled("watcher too slow".into())))
+                                .await;
+                        }
+                        .in_current_span(),
+                    );
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -48,7 +48,8 @@ impl Store for Metered {
         self.timed(StoreOp::Delete, self.inner.delete(key)).await
     }
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<TxnResult> {
-        self.timed(StoreOp::Txn, self.inner.txn(compares, ops)).await
+        self.timed(StoreOp::Txn, self.inner.txn(compares, ops))
+            .await
     }
     async fn watch(&self, prefix: &str, from_revision: u64) -> Result<WatchStream> {
         self.timed(StoreOp::Watch, self.inner.watch(prefix, from_revision))
