@@ -386,6 +386,10 @@ pub struct DataPlaneArgs {
     /// How long open sessions may continue after SIGTERM.
     #[arg(long, env = "TRACKWIRE_DRAIN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub drain_grace: Duration,
+    /// Worker threads serving connections, each with its own socket per
+    /// listener (SO_REUSEPORT); 0: one per CPU.
+    #[arg(long, env = "TRACKWIRE_WORKERS", default_value_t = 0)]
+    pub workers: usize,
 }
 
 #[derive(Debug, Args)]

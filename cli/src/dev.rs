@@ -184,6 +184,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
                 state_dir: None,
                 proxy_id: "dev".into(),
                 drain_grace: Duration::from_secs(2),
+                workers: 0,
                 tls: tls_for(Role::Proxy, Side::Client)?,
             },
             proxies,

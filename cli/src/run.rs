@@ -250,6 +250,7 @@ pub async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
             .proxy_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         drain_grace: args.drain_grace,
+        workers: args.workers,
     };
     config.validate().map_err(|e| match e {
         // A flag, not the config file.

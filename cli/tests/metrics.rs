@@ -194,6 +194,7 @@ async fn every_component_exports_metrics_promtool_accepts() {
             state_dir: None,
             proxy_id: "edge-1".into(),
             drain_grace: Duration::from_secs(1),
+            workers: 0,
             tls: Some(pki.client(Role::Proxy, "edge-1")),
         },
         vec![listener],

@@ -115,6 +115,7 @@ async fn proxy(
             state_dir,
             proxy_id: "pools-test".into(),
             drain_grace: Duration::from_secs(1),
+            workers: 0,
             tls: None,
         },
         bound,

@@ -1,5 +1,7 @@
 //! Balancing algorithms, sans IO: the caller passes candidates, the active
-//! connection counts, the client address and random numbers.
+//! connection counts, the client address and random numbers. Picking
+//! allocates nothing and clones nothing: candidates are addressed by index
+//! (the caller keeps per-candidate state in the same order).
 //!
 //! - `roundrobin`: smooth weighted round robin (nginx's algorithm). Over any
 //!   window of `sum(weights)` picks each backend is chosen exactly `weight`
@@ -10,58 +12,68 @@
 //!   client lands on the same backend, and a backend leaving remaps only its
 //!   own clients (about 1/n of them).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use trackwire_core::Endpoint;
 use trackwire_core::config::Balance;
 
+/// Smooth weighted round robin over one candidate list. The scores follow
+/// the list they were computed for; a new list (a new map) starts afresh.
 #[derive(Debug, Default)]
 pub struct SmoothWrr {
-    scores: HashMap<String, i64>,
+    /// Identifies the list the scores belong to: its address and length.
+    list: (usize, usize),
+    scores: Vec<i64>,
 }
 
 impl SmoothWrr {
-    /// Picks among `candidates`, skipping the names in `exclude` (backends
-    /// that just failed to connect).
-    pub fn pick<'a>(
+    /// Picks among `candidates` but `excluded` ones (backends that just
+    /// failed to connect); returns the index.
+    pub fn pick(
         &mut self,
-        candidates: &'a [Endpoint],
-        exclude: &[&str],
-    ) -> Option<&'a Endpoint> {
+        candidates: &[Endpoint],
+        excluded: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let list = (candidates.as_ptr() as usize, candidates.len());
+        if self.list != list {
+            self.list = list;
+            self.scores.clear();
+            self.scores.resize(candidates.len(), 0);
+        }
         let mut total: i64 = 0;
-        let mut best: Option<(&'a Endpoint, i64)> = None;
-        for e in candidates {
-            if exclude.contains(&e.backend.as_str()) {
+        let mut best: Option<(usize, i64)> = None;
+        for (i, e) in candidates.iter().enumerate() {
+            if excluded(i) {
                 continue;
             }
             let w = i64::from(e.weight.max(1));
             total += w;
-            let score = self.scores.entry(e.backend.clone()).or_insert(0);
-            *score += w;
-            if best.is_none_or(|(_, s)| *score > s) {
-                best = Some((e, *score));
+            self.scores[i] += w;
+            let score = self.scores[i];
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((i, score));
             }
         }
-        let (e, _) = best?;
-        if let Some(s) = self.scores.get_mut(&e.backend) {
-            *s -= total;
-        }
-        // Forget backends no longer offered, so the table stays bounded.
-        if self.scores.len() > candidates.len() * 2 + 8 {
-            self.scores
-                .retain(|name, _| candidates.iter().any(|c| &c.backend == name));
-        }
-        Some(e)
+        let (i, _) = best?;
+        self.scores[i] -= total;
+        Some(i)
     }
 }
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+/// An address's bytes (IPv4-mapped IPv6 as IPv4), without allocating.
+fn ip_bytes(ip: IpAddr) -> ([u8; 16], usize) {
+    let mut out = [0u8; 16];
     match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, 4)
+        }
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.octets().to_vec(),
-            None => v6.octets().to_vec(),
+            Some(v4) => {
+                out[..4].copy_from_slice(&v4.octets());
+                (out, 4)
+            }
+            None => (v6.octets(), 16),
         },
     }
 }
@@ -83,71 +95,84 @@ impl Balancer {
         }
     }
 
-    /// Picks a backend. `active(name)` is its open connection count;
-    /// `units` are two random numbers in [0, 1) (used by `random`).
-    pub fn pick<'a>(
+    /// Picks a backend among `candidates` but those named in `exclude`;
+    /// returns its index. `active(i)` is candidate `i`'s open connection
+    /// count; `units` are two random numbers in [0, 1) (used by `random`).
+    pub fn pick(
         &mut self,
-        candidates: &'a [Endpoint],
+        candidates: &[Endpoint],
         exclude: &[&str],
         client: IpAddr,
-        active: impl Fn(&str) -> u32,
+        active: impl Fn(usize) -> u32,
         units: (f64, f64),
-    ) -> Option<&'a Endpoint> {
-        let open: Vec<&'a Endpoint> = candidates
-            .iter()
-            .filter(|e| !exclude.contains(&e.backend.as_str()))
-            .collect();
-        if open.is_empty() {
-            return None;
-        }
+    ) -> Option<usize> {
+        let excluded =
+            |i: usize| !exclude.is_empty() && exclude.contains(&candidates[i].backend.as_str());
+        let n = candidates.len();
+        let open = (0..n).filter(|i| !excluded(*i));
         // load(a) < load(b)  <=>  (active_a + 1) / w_a < (active_b + 1) / w_b
-        let lighter = |a: &Endpoint, b: &Endpoint| {
-            let la = u64::from(active(&a.backend)) + 1;
-            let lb = u64::from(active(&b.backend)) + 1;
-            la * u64::from(b.weight.max(1)) < lb * u64::from(a.weight.max(1))
+        let weight = |i: usize| u64::from(candidates[i].weight.max(1));
+        let lighter = |a: usize, b: usize| {
+            let la = u64::from(active(a)) + 1;
+            let lb = u64::from(active(b)) + 1;
+            la * weight(b) < lb * weight(a)
         };
         match self.algorithm {
-            Balance::RoundRobin => self.wrr.pick(candidates, exclude),
+            Balance::RoundRobin => self.wrr.pick(candidates, excluded),
             Balance::LeastConn => {
+                if n == 0 {
+                    return None;
+                }
                 self.rotation = self.rotation.wrapping_add(1);
-                let n = open.len();
-                let mut best = open[self.rotation % n];
-                for i in 1..n {
-                    let e = open[(self.rotation + i) % n];
-                    if lighter(e, best) {
-                        best = e;
+                let mut best: Option<usize> = None;
+                for k in 0..n {
+                    let i = (self.rotation.wrapping_add(k)) % n;
+                    if excluded(i) {
+                        continue;
+                    }
+                    if best.is_none_or(|b| lighter(i, b)) {
+                        best = Some(i);
                     }
                 }
-                Some(best)
+                best
             }
             Balance::Random => {
-                let total: u64 = open.iter().map(|e| u64::from(e.weight.max(1))).sum();
+                let total: u64 = open.clone().map(weight).sum();
+                let count = open.clone().count();
+                if count == 0 {
+                    return None;
+                }
+                // The `k`-th open candidate by weighted position `u`.
                 let at = |u: f64| {
                     let mut target = (u.clamp(0.0, 0.999_999_999) * total as f64) as u64;
-                    for (i, e) in open.iter().enumerate() {
-                        let w = u64::from(e.weight.max(1));
+                    let mut last = 0;
+                    for i in open.clone() {
+                        let w = weight(i);
                         if target < w {
                             return i;
                         }
                         target -= w;
+                        last = i;
                     }
-                    open.len() - 1
+                    last
                 };
                 let a = at(units.0);
                 let mut b = at(units.1);
-                if b == a && open.len() > 1 {
-                    b = (a + 1) % open.len();
+                if b == a && count > 1 {
+                    // The next open candidate after `a`, wrapping.
+                    b = (1..n)
+                        .map(|k| (a + k) % n)
+                        .find(|i| !excluded(*i))
+                        .unwrap_or(a);
                 }
-                Some(if lighter(open[b], open[a]) {
-                    open[b]
-                } else {
-                    open[a]
-                })
+                Some(if lighter(b, a) { b } else { a })
             }
             Balance::Source => {
-                let ip = ip_bytes(client);
-                open.into_iter()
-                    .max_by(|a, b| source_score(&ip, a).total_cmp(&source_score(&ip, b)))
+                let (bytes, len) = ip_bytes(client);
+                let ip = &bytes[..len];
+                open.max_by(|a, b| {
+                    source_score(ip, &candidates[*a]).total_cmp(&source_score(ip, &candidates[*b]))
+                })
             }
         }
     }
@@ -163,6 +188,7 @@ fn source_score(ip: &[u8], e: &Endpoint) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::net::Ipv4Addr;
 
     fn ep(name: &str, weight: u32) -> Endpoint {
@@ -183,7 +209,7 @@ mod tests {
         let mut counts = HashMap::new();
         let mut seq = String::new();
         for _ in 0..7 {
-            let e = w.pick(&eps, &[]).expect("a pick");
+            let e = &eps[w.pick(&eps, |_| false).expect("a pick")];
             *counts.entry(e.backend.clone()).or_insert(0) += 1;
             seq.push_str(&e.backend);
         }
@@ -196,13 +222,13 @@ mod tests {
         let eps = vec![ep("a", 1), ep("b", 1), ep("c", 1)];
         let mut w = SmoothWrr::default();
         let picks: Vec<String> = (0..6)
-            .map(|_| w.pick(&eps, &[]).expect("pick").backend.clone())
+            .map(|_| eps[w.pick(&eps, |_| false).expect("pick")].backend.clone())
             .collect();
         assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
         for _ in 0..4 {
-            assert_eq!(w.pick(&eps, &["a", "c"]).expect("pick").backend, "b");
+            assert_eq!(eps[w.pick(&eps, |i| i != 1).expect("pick")].backend, "b");
         }
-        assert!(w.pick(&eps, &["a", "b", "c"]).is_none());
+        assert!(w.pick(&eps, |_| true).is_none());
     }
 
     #[test]
@@ -212,17 +238,22 @@ mod tests {
         let mut b = Balancer::new(Balance::LeastConn);
         // Loads per weight: a 4/1, b 5/2, c 2/1 -> c.
         for _ in 0..5 {
-            let e = b
-                .pick(&eps, &[], ip(1), |n| load[n], (0.0, 0.0))
-                .expect("pick");
+            let e = &eps[b
+                .pick(
+                    &eps,
+                    &[],
+                    ip(1),
+                    |i| load[eps[i].backend.as_str()],
+                    (0.0, 0.0),
+                )
+                .expect("pick")];
             assert_eq!(e.backend, "c");
         }
         // Equal loads: ties rotate over everyone.
         let pair = vec![ep("x", 1), ep("y", 1)];
         let seen: std::collections::HashSet<String> = (0..6)
             .map(|_| {
-                b.pick(&pair, &[], ip(1), |_| 0, (0.0, 0.0))
-                    .expect("pick")
+                pair[b.pick(&pair, &[], ip(1), |_| 0, (0.0, 0.0)).expect("pick")]
                     .backend
                     .clone()
             })
@@ -247,9 +278,15 @@ mod tests {
         let mut open: HashMap<String, u32> = HashMap::new();
         for _ in 0..10_000 {
             let u = (next(), next());
-            let e = bal
-                .pick(&eps, &[], ip(1), |n| open.get(n).copied().unwrap_or(0), u)
-                .expect("pick");
+            let e = &eps[bal
+                .pick(
+                    &eps,
+                    &[],
+                    ip(1),
+                    |i| open.get(&eps[i].backend).copied().unwrap_or(0),
+                    u,
+                )
+                .expect("pick")];
             *open.entry(e.backend.clone()).or_insert(0) += 1;
             *counts.entry(e.backend.clone()).or_insert(0u32) += 1;
         }
@@ -261,11 +298,20 @@ mod tests {
                 &eps,
                 &[],
                 ip(1),
-                |n| if n == "a" { 100 } else { 0 },
+                |i| if i == 0 { 100 } else { 0 },
                 (0.1, 0.9),
             )
             .expect("pick");
-        assert_eq!(e.backend, "b");
+        assert_eq!(eps[e].backend, "b");
+        // An excluded backend is never picked.
+        for u in [(0.1, 0.9), (0.9, 0.1), (0.5, 0.5)] {
+            let e = bal.pick(&eps, &["a"], ip(1), |_| 0, u).expect("pick");
+            assert_eq!(eps[e].backend, "b");
+        }
+        assert!(
+            bal.pick(&eps, &["a", "b"], ip(1), |_| 0, (0.1, 0.9))
+                .is_none()
+        );
     }
 
     #[test]
@@ -274,17 +320,14 @@ mod tests {
         let mut bal = Balancer::new(Balance::Source);
         let before: Vec<String> = (0..10_000)
             .map(|i| {
-                bal.pick(&eps, &[], ip(i), |_| 0, (0.0, 0.0))
-                    .expect("pick")
+                eps[bal.pick(&eps, &[], ip(i), |_| 0, (0.0, 0.0)).expect("pick")]
                     .backend
                     .clone()
             })
             .collect();
         // Sticky: the same client, the same backend.
         assert_eq!(
-            bal.pick(&eps, &[], ip(7), |_| 0, (0.0, 0.0))
-                .expect("pick")
-                .backend,
+            eps[bal.pick(&eps, &[], ip(7), |_| 0, (0.0, 0.0)).expect("pick")].backend,
             before[7]
         );
         // Roughly even: each of 10 backends gets 10% ± 2%.
@@ -296,11 +339,11 @@ mod tests {
         let without: Vec<Endpoint> = eps.iter().filter(|e| e.backend != "b3").cloned().collect();
         let mut moved = 0;
         for (i, old) in before.iter().enumerate() {
-            let now = bal
+            let now = without[bal
                 .pick(&without, &[], ip(i as u32), |_| 0, (0.0, 0.0))
-                .expect("pick")
-                .backend
-                .clone();
+                .expect("pick")]
+            .backend
+            .clone();
             if &now != old {
                 assert_eq!(old, "b3", "client {i} moved from {old} to {now}");
                 moved += 1;
@@ -316,9 +359,10 @@ mod tests {
         let mut bal = Balancer::new(Balance::Source);
         let a = (0..10_000)
             .filter(|i| {
-                bal.pick(&eps, &[], ip(*i), |_| 0, (0.0, 0.0))
-                    .expect("pick")
-                    .backend
+                eps[bal
+                    .pick(&eps, &[], ip(*i), |_| 0, (0.0, 0.0))
+                    .expect("pick")]
+                .backend
                     == "a"
             })
             .count();

@@ -30,4 +30,6 @@ pub enum Error {
     },
     #[error("http server: {0}")]
     Http(std::io::Error),
+    #[error("worker thread: {0}")]
+    Worker(std::io::Error),
 }

@@ -73,7 +73,12 @@ pub struct Config {
     /// Mutual TLS to `https://` control planes; the proxy id is then the
     /// certificate's name.
     pub tls: Option<Tls>,
+    /// Worker threads serving the listeners (0: one per CPU; see [`run`]).
+    pub workers: usize,
 }
+
+/// The most worker threads a proxy runs.
+pub const MAX_WORKERS: usize = 256;
 
 impl Config {
     pub fn validate(&self) -> Result<(), Error> {
@@ -92,7 +97,21 @@ impl Config {
         if let Some(dir) = &self.state_dir {
             check_state_dir(dir)?;
         }
+        if self.workers > MAX_WORKERS {
+            return Err(Error::Config(format!(
+                "--workers {}: at most {MAX_WORKERS} (0: one per CPU)",
+                self.workers
+            )));
+        }
         Ok(())
+    }
+
+    /// The worker threads to run: `workers`, or one per CPU when 0.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// The pools the listeners route to, deduplicated.
@@ -147,6 +166,14 @@ pub fn check_handover() -> Option<bool> {
 
 /// Serves until `shutdown`, then stops accepting and lets open sessions run
 /// for up to `drain_grace`.
+///
+/// Connections are served thread per core, HAProxy's and Envoy's model:
+/// each of [`Config::worker_threads`] threads runs its own single-threaded
+/// runtime with its own socket for every listener (SO_REUSEPORT on the same
+/// address, so the kernel spreads connections over them), and a connection
+/// lives on the thread that accepted it, never crossing threads. The
+/// workers share each listener's routing state, counters and limits. The
+/// subscription, the HTTP port and the drain run on the caller's runtime.
 pub async fn run(
     config: Config,
     listeners: Vec<Listener>,
@@ -256,21 +283,45 @@ pub async fn run(
     let tracker = TaskTracker::new();
     // Cancelled when the drain grace ends: cuts the sessions still open.
     let cut = CancellationToken::new();
-    let mut accept_loops = Vec::new();
+    let workers = config.worker_threads();
+    // Per worker: its sockets, each with its listener's shared routing.
+    let mut sockets: Vec<Vec<(Listener, Arc<routing::Routing>)>> =
+        (0..workers).map(|_| Vec::new()).collect();
     for l in listeners {
-        let span = info_span!("listener", name = %l.spec.name);
-        accept_loops.push(tokio::spawn(
-            listener::serve(
-                l,
-                rx.clone(),
-                Arc::clone(&metrics),
-                tracker.clone(),
-                stop.clone(),
-                cut.clone(),
-            )
-            .instrument(span),
+        let routing = Arc::new(routing::Routing::new(
+            l.spec.clone(),
+            rx.clone(),
+            Arc::clone(&metrics),
+            cut.clone(),
         ));
+        // The bound address (port 0 resolved), which the others join.
+        let bind = l.local_addr().unwrap_or(l.spec.bind);
+        for w in sockets.iter_mut().skip(1) {
+            let spec = ListenerSpec {
+                bind,
+                ..l.spec.clone()
+            };
+            let extra = Listener::bind(spec).map_err(|error| Error::Bind {
+                listener: l.spec.name.clone(),
+                addr: bind,
+                error,
+            })?;
+            w.push((extra, Arc::clone(&routing)));
+        }
+        sockets[0].push((l, routing));
     }
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut threads = Vec::new();
+    for (w, socks) in sockets.into_iter().enumerate() {
+        let (tracker, stop, done) = (tracker.clone(), stop.clone(), done_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("trackwire-w{w}"))
+            .spawn(move || worker(w, socks, tracker, stop, done))
+            .map_err(Error::Worker)?;
+        threads.push(thread);
+    }
+    drop(done_tx);
+    info!(workers, "serving listeners on one thread per worker");
     if let Some(l) = http {
         info!(http_addr = %l.local_addr().map_err(Error::Http)?, "data plane HTTP listening");
         trackwire_transport::http::serve(
@@ -284,8 +335,9 @@ pub async fn run(
     }
     stop.cancelled().await;
     let mut failed = None;
-    for a in accept_loops {
-        if let Ok(Err(e)) = a.await {
+    // Every accept loop's end (and a worker that could not start).
+    while let Some(r) = done_rx.recv().await {
+        if let Err(e) = r {
             failed.get_or_insert(e);
         }
     }
@@ -301,8 +353,57 @@ pub async fn run(
         cut.cancel();
         tracker.wait().await;
     }
+    // Each worker returns once every session is over.
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// One worker thread: its own single-threaded runtime serving its sockets;
+/// the sessions they accept run here until they end. Reports each accept
+/// loop's end on `done`.
+fn worker(
+    id: usize,
+    sockets: Vec<(Listener, Arc<routing::Routing>)>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    done: tokio::sync::mpsc::UnboundedSender<Result<(), Error>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot start a worker runtime; stopping");
+            let _ = done.send(Err(Error::Worker(e)));
+            stop.cancel();
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let serving = sockets.into_iter().map(|(l, routing)| {
+            let span = info_span!("listener", name = %l.spec.name, worker = id);
+            let (tracker, stop, done) = (tracker.clone(), stop.clone(), done.clone());
+            async move {
+                let r = listener::serve_shared(l, routing, tracker, stop).await;
+                let _ = done.send(r);
+            }
+            .instrument(span)
+        });
+        for s in serving.collect::<Vec<_>>() {
+            tokio::spawn(s);
+        }
+        drop(done);
+        // Runs this thread's sessions until the proxy is done with them
+        // (the tracker is closed once every accept loop has ended).
+        tracker.wait().await;
+    });
 }

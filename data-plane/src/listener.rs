@@ -7,10 +7,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug_span, info, info_span, warn};
@@ -88,9 +89,22 @@ pub async fn serve(
     shutdown: CancellationToken,
     cut: CancellationToken,
 ) -> Result<(), Error> {
+    let routing = Arc::new(Routing::new(listener.spec.clone(), map, metrics, cut));
+    serve_shared(listener, routing, tracker, shutdown).await
+}
+
+/// [`serve`] for one of several sockets of the same listener (one per
+/// worker thread, bound with SO_REUSEPORT to the same address), sharing
+/// its routing state, counters and connection limit.
+pub(crate) async fn serve_shared(
+    listener: Listener,
+    routing: Arc<Routing>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let addr = listener.local_addr().unwrap_or(listener.spec.bind);
     let pool = listener.spec.pool.clone();
-    let mut ready = map.clone();
+    let mut ready = routing.map.clone();
     let routable = |m: &Arc<HealthMap>| m.received() && m.pools.contains_key(&pool);
     if !routable(&ready.borrow()) {
         info!(listener = %listener.spec.name, %addr, %pool, "waiting for a health map with the listener's pool before listening");
@@ -112,11 +126,22 @@ pub async fn serve(
             });
         }
     };
-    info!(listener = %spec.name, %addr, pool = %spec.pool, "proxy listening");
-    metrics.listeners_listening.inc();
-    let routing = Arc::new(Routing::new(spec, map, Arc::clone(&metrics), cut));
-    accept_loop(socket, routing, tracker, shutdown).await;
-    metrics.listeners_listening.dec();
+    // The first socket of a listener to listen counts it and logs it.
+    if routing.listening.fetch_add(1, Relaxed) == 0 {
+        info!(listener = %spec.name, %addr, pool = %spec.pool, "proxy listening");
+        routing.metrics.listeners_listening.inc();
+        if spec.shutdown_sessions_on_down {
+            tokio::spawn(
+                Arc::clone(&routing)
+                    .close_sessions_of_down_backends(shutdown.clone())
+                    .instrument(info_span!("down", listener = %spec.name)),
+            );
+        }
+    }
+    accept_loop(socket, Arc::clone(&routing), tracker, shutdown).await;
+    if routing.listening.fetch_sub(1, Relaxed) == 1 {
+        routing.metrics.listeners_listening.dec();
+    }
     Ok(())
 }
 
@@ -126,14 +151,7 @@ async fn accept_loop(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(routing.spec.max_connections as usize));
-    if routing.spec.shutdown_sessions_on_down {
-        tokio::spawn(
-            Arc::clone(&routing)
-                .close_sessions_of_down_backends(shutdown.clone())
-                .instrument(info_span!("down", listener = %routing.spec.name)),
-        );
-    }
+    let limit = Arc::clone(&routing.limit);
     // EMFILE and friends: back off instead of spinning.
     let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
     loop {
@@ -152,7 +170,7 @@ async fn accept_loop(
         let (client, peer) = match accepted {
             Ok(v) => v,
             Err(e) => {
-                warn!(error = %e, "accept failed");
+                warn!(listener = %routing.spec.name, error = %e, "accept failed");
                 tokio::time::sleep(backoff.next_jittered()).await;
                 continue;
             }

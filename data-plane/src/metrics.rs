@@ -70,7 +70,13 @@ pub struct ListenerStats {
 #[derive(Debug, Default)]
 pub struct BackendStats {
     pub connections: AtomicU64,
+    /// Sessions counted against the backend, from the pick (before the
+    /// connect) to the end: leastconn, random and the per-backend limit
+    /// read it, over every worker thread.
     pub active: AtomicU64,
+    /// A connect failure is on record for passive health (a success then
+    /// clears it under the routing lock; otherwise successes take no lock).
+    pub failing: std::sync::atomic::AtomicBool,
     pub connect_failures: AtomicU64,
     pub passive_ejections: AtomicU64,
     pub bytes_in: AtomicU64,

@@ -1,11 +1,13 @@
 //! One listener's routing: which endpoints a new connection may go to
 //! ([`candidates`]: primaries, then backups, or everything but `maint` in
-//! panic mode) and the listener's mutable state, behind one lock — the
-//! candidates of the map last seen, the balancer, open sessions per
-//! backend, passive health and the sessions to close when a backend is
-//! marked DOWN. Every critical section is short and awaits nothing; a
-//! session takes the lock once to learn what to skip, once per pick, once
-//! per connect outcome and once when it ends.
+//! panic mode) and the listener's state, shared by its worker threads: the
+//! candidates of the map last seen with each one's counters, the balancer,
+//! passive health and the sessions to close when a backend is marked DOWN
+//! behind one lock; open connections per backend in atomics (leastconn,
+//! random, the per-backend limit). Every critical section is short and
+//! awaits nothing, allocates nothing and clones no name; a session takes
+//! the lock once to learn what to skip and once per pick (and once per
+//! connect outcome only when its backend has failures on record).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,16 +56,21 @@ pub fn candidates(map: &HealthMap, pool: &str, on_no_backend: NoBackend) -> Vec<
 }
 
 /// A listener's configuration, map, counters and routing state, shared by
-/// its accept loop and its sessions.
+/// its accept loops (one per worker thread) and its sessions.
 pub(crate) struct Routing {
     pub spec: ListenerSpec,
     pub map: watch::Receiver<Arc<HealthMap>>,
+    pub metrics: Arc<Metrics>,
     /// This listener's counters (its backends' come with the candidates).
     pub stats: Arc<ListenerStats>,
     /// Connect failures and refusals are logged at most once per interval.
     pub log_limit: trackwire_transport::server::LogLimiter,
     /// Cancelled when the drain grace period ends: every session closes.
     pub cut: CancellationToken,
+    /// `max_connections` over every worker's accept loop.
+    pub limit: Arc<tokio::sync::Semaphore>,
+    /// Sockets of this listener listening now (one per worker).
+    pub listening: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -75,21 +82,11 @@ pub(crate) struct Candidates {
     pub stats: Vec<Arc<BackendStats>>,
 }
 
-impl Candidates {
-    /// The counters of `ep`, one of [`Candidates::eps`].
-    pub fn stats_of(&self, ep: &Endpoint) -> Option<&Arc<BackendStats>> {
-        let i = self.eps.iter().position(|e| std::ptr::eq(e, ep))?;
-        self.stats.get(i)
-    }
-}
-
 struct State {
     /// The map [`State::candidates`] were computed from (once per map).
     seen: Arc<HealthMap>,
     candidates: Arc<Candidates>,
     balancer: Balancer,
-    /// Open sessions per backend (leastconn, random, the per-backend limit).
-    active: HashMap<String, u32>,
     passive: Passive,
     /// backend → token cancelled when it is marked DOWN (shutdown_sessions_on_down).
     kill: HashMap<String, CancellationToken>,
@@ -106,7 +103,6 @@ impl Routing {
             seen: Arc::new(HealthMap::default()),
             candidates: Arc::new(Candidates::default()),
             balancer: Balancer::new(spec.balance),
-            active: HashMap::new(),
             passive: Passive::new(PassiveConfig {
                 consecutive_failures: spec.passive_failures,
                 base_ejection: spec.passive_ejection,
@@ -116,13 +112,16 @@ impl Routing {
         };
         let stats = metrics.listener(&spec.name, &spec.pool);
         Routing {
+            limit: Arc::new(tokio::sync::Semaphore::new(spec.max_connections as usize)),
             spec,
             map,
+            metrics,
             stats,
             log_limit: trackwire_transport::server::LogLimiter::new(
                 std::time::Duration::from_secs(10),
             ),
             cut,
+            listening: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(state),
         }
     }
@@ -130,6 +129,7 @@ impl Routing {
     /// The [`candidates`] of the current map (computed once per map, not per
     /// connection), and the backends to skip: those at their session limit
     /// and those this proxy ejected after failed connects (passive health).
+    /// Allocates only when there is something to skip.
     pub fn start(&self) -> (Arc<Candidates>, Vec<String>) {
         let map = Arc::clone(&self.map.borrow());
         let mut st = self.state.lock();
@@ -145,66 +145,64 @@ impl Routing {
             st.seen = map;
             st.candidates = Arc::new(Candidates { eps, stats });
         }
+        let c = Arc::clone(&st.candidates);
+        let mut skip = st.passive.ejected(Instant::now());
+        drop(st);
         let limit = self.spec.max_connections_per_backend;
-        let mut skip: Vec<String> = if limit > 0 {
-            st.active
-                .iter()
-                .filter(|(_, n)| **n >= limit)
-                .map(|(b, _)| b.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        skip.extend(st.passive.ejected(Instant::now()));
-        (Arc::clone(&st.candidates), skip)
+        if limit > 0 {
+            for (ep, s) in c.eps.iter().zip(&c.stats) {
+                if s.active.load(Relaxed) >= u64::from(limit) {
+                    skip.push(ep.backend.clone());
+                }
+            }
+        }
+        (c, skip)
     }
 
-    /// Picks a backend among `eps` but those in `skip` and counts a session
-    /// against it until the returned guard drops.
+    /// Picks a backend among `c` but those in `skip` and counts a session
+    /// against it (open connections, for leastconn, random and the
+    /// per-backend limit) until the returned guard drops.
     pub fn pick<'a>(
-        &'a self,
-        eps: &'a [Endpoint],
+        &self,
+        c: &'a Candidates,
         skip: &[String],
         client: IpAddr,
-    ) -> Option<(&'a Endpoint, Active<'a>)> {
+    ) -> Option<(usize, Active<'a>)> {
         let exclude: Vec<&str> = skip.iter().map(String::as_str).collect();
         let units = {
             let mut r = rand::rng();
             (r.random_range(0.0..1.0), r.random_range(0.0..1.0))
         };
-        let mut guard = self.state.lock();
-        let st = &mut *guard;
-        let active = &st.active;
-        let ep = st.balancer.pick(
-            eps,
+        let i = self.state.lock().balancer.pick(
+            &c.eps,
             &exclude,
             client,
-            |n| active.get(n).copied().unwrap_or(0),
+            |i| u32::try_from(c.stats[i].active.load(Relaxed)).unwrap_or(u32::MAX),
             units,
         )?;
-        match st.active.get_mut(&ep.backend) {
-            Some(n) => *n += 1,
-            None => {
-                st.active.insert(ep.backend.clone(), 1);
-            }
-        }
-        let active = Active {
-            routing: self,
-            backend: &ep.backend,
-        };
-        Some((ep, active))
+        let stats = &c.stats[i];
+        stats.active.fetch_add(1, Relaxed);
+        Some((i, Active(stats)))
     }
 
     /// Records a connect's outcome for passive health (`pool_size`: the
-    /// candidates it was picked from).
+    /// candidates it was picked from). A success on a backend with no
+    /// failure on record takes no lock.
     pub fn connected(&self, backend: &str, ok: bool, pool_size: usize, stats: &BackendStats) {
+        if ok && !stats.failing.load(Relaxed) {
+            return;
+        }
         let mut st = self.state.lock();
         if ok {
+            stats.failing.store(false, Relaxed);
             st.passive.on_success(backend);
-        } else if st.passive.on_failure(backend, pool_size, Instant::now()) {
+            return;
+        }
+        stats.failing.store(true, Relaxed);
+        if st.passive.on_failure(backend, pool_size, Instant::now()) {
             self.stats.passive_ejections.fetch_add(1, Relaxed);
             stats.passive_ejections.fetch_add(1, Relaxed);
-            warn!(%backend, "backend ejected after repeated connect failures (passive health)");
+            warn!(listener = %self.spec.name, %backend, "backend ejected after repeated connect failures (passive health)");
         }
     }
 
@@ -267,19 +265,10 @@ impl Routing {
 }
 
 /// Counts a session against its backend while alive.
-pub(crate) struct Active<'a> {
-    routing: &'a Routing,
-    backend: &'a str,
-}
+pub(crate) struct Active<'a>(&'a BackendStats);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        let mut st = self.routing.state.lock();
-        if let Some(n) = st.active.get_mut(self.backend) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                st.active.remove(self.backend);
-            }
-        }
+        self.0.active.fetch_sub(1, Relaxed);
     }
 }

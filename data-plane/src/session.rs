@@ -35,10 +35,9 @@ pub(crate) async fn handle(routing: Arc<Routing>, client: TcpStream, peer: Socke
         return;
     };
     let backend = &server.endpoint.backend;
-    let b = &server.stats;
+    let b = server.stats;
     stats.active.fetch_add(1, Relaxed);
     b.connections.fetch_add(1, Relaxed);
-    b.active.fetch_add(1, Relaxed);
     let kill = routing.kill_token(backend);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let moved = Moved {
@@ -52,7 +51,6 @@ pub(crate) async fn handle(routing: Arc<Routing>, client: TcpStream, peer: Socke
     };
     let (up, down) = (up.load(Relaxed), down.load(Relaxed));
     stats.active.fetch_sub(1, Relaxed);
-    b.active.fetch_sub(1, Relaxed);
     match relayed {
         Ok(()) => debug!(%backend, up, down, "session closed"),
         Err(e) => debug!(%backend, up, down, error = %e, "session ended with error"),
@@ -62,7 +60,7 @@ pub(crate) async fn handle(routing: Arc<Routing>, client: TcpStream, peer: Socke
 /// A connected backend.
 struct Upstream<'a> {
     endpoint: &'a Endpoint,
-    stats: Arc<BackendStats>,
+    stats: &'a BackendStats,
     stream: TcpStream,
     /// Counts the session against its backend until dropped.
     _active: Active<'a>,
@@ -84,20 +82,20 @@ async fn connect<'a>(
     let eps = &candidates.eps;
     let mut upstream = None;
     for attempt in 0..=spec.retries {
-        let Some((ep, active)) = routing.pick(eps, &skip, peer.ip()) else {
+        let Some((i, active)) = routing.pick(candidates, &skip, peer.ip()) else {
             break;
         };
         if attempt > 0 {
             stats.retries.fetch_add(1, Relaxed);
         }
-        let b = candidates.stats_of(ep).map(Arc::clone).unwrap_or_default();
+        let (ep, b) = (&eps[i], &*candidates.stats[i]);
         let start = Instant::now();
         let connected =
             tokio::time::timeout(spec.connect_timeout, TcpStream::connect(&ep.address)).await;
         let error = match connected {
             Ok(Ok(stream)) => {
                 stats.connect.observe(start.elapsed());
-                routing.connected(&ep.backend, true, eps.len(), &b);
+                routing.connected(&ep.backend, true, eps.len(), b);
                 upstream = Some(Upstream {
                     endpoint: ep,
                     stats: b,
@@ -114,7 +112,7 @@ async fn connect<'a>(
         if let Some(suppressed) = routing.log_limit.allow() {
             warn!(listener = %spec.name, backend = %ep.backend, %error, suppressed, "backend connect failed; redispatching");
         }
-        routing.connected(&ep.backend, false, eps.len(), &b);
+        routing.connected(&ep.backend, false, eps.len(), b);
         skip.push(ep.backend.clone());
     }
     let Some(mut up) = upstream else {

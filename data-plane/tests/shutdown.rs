@@ -53,6 +53,7 @@ async fn start(grace: Duration) -> Proxy {
             proxy_id: "shutdown-test".into(),
             drain_grace: grace,
             tls: None,
+            workers: 0,
         },
         listeners,
         None,
