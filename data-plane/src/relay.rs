@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -55,6 +56,9 @@ pub async fn relay_copy(
     relay_with(client, server, idle, false, moved).await
 }
 
+/// One future for the whole relay, each pump stored once (no future moved
+/// into a combinator after creation, which would store it twice): an idle
+/// session costs only the two pumps and this frame.
 async fn relay_with(
     client: &TcpStream,
     server: &TcpStream,
@@ -64,37 +68,37 @@ async fn relay_with(
 ) -> io::Result<()> {
     let last = AtomicU64::new(0);
     let start = Instant::now();
-    let both = async {
-        let (a, b) = tokio::join!(
-            pump(client, server, &last, start, splice, moved.up),
-            pump(server, client, &last, start, splice, moved.down)
-        );
-        a.and(b)
-    };
-    with_idle_timeout(both, &last, start, idle).await
-}
-
-/// Runs `both` unless nothing moved for `idle` (per `last`, ms since `start`).
-async fn with_idle_timeout(
-    both: impl Future<Output = io::Result<()>>,
-    last: &AtomicU64,
-    start: Instant,
-    idle: Duration,
-) -> io::Result<()> {
-    let watchdog = async {
-        loop {
-            let idle_for = start
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last.load(Relaxed)));
-            if idle_for >= idle {
-                return;
+    let mut up = std::pin::pin!(pump(client, server, &last, start, splice, moved.up));
+    let mut down = std::pin::pin!(pump(server, client, &last, start, splice, moved.down));
+    let (mut up_done, mut down_done) = (false, false);
+    let mut both = std::pin::pin!(std::future::poll_fn(|cx| {
+        for (pump, done) in [(up.as_mut(), &mut up_done), (down.as_mut(), &mut down_done)] {
+            if !*done {
+                match pump.poll(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => *done = true,
+                    Poll::Pending => {}
+                }
             }
-            tokio::time::sleep(idle - idle_for).await;
         }
-    };
-    tokio::select! {
-        r = both => r,
-        () = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+        if up_done && down_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }));
+    // Unless nothing moved for `idle` (per `last`, ms since `start`).
+    loop {
+        let idle_for = start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+        if idle_for >= idle {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+        }
+        tokio::select! {
+            r = &mut both => return r,
+            () = tokio::time::sleep(idle - idle_for) => {}
+        }
     }
 }
 

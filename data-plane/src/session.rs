@@ -149,3 +149,35 @@ fn tune(s: &TcpStream, idle: Option<Duration>) {
         let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    /// What an idle session costs in memory is mostly its future: keep it
+    /// small (it was 2.5 KiB while the relay stored its pumps twice).
+    #[tokio::test]
+    async fn an_idle_session_future_stays_under_2_kib() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let c = tokio::net::TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let spec = trackwire_core::config::ListenerSpec::new(
+            "x",
+            "127.0.0.1:0".parse().expect("addr"),
+            "p",
+        );
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(trackwire_core::HealthMap::default()));
+        let routing = Arc::new(crate::routing::Routing::new(
+            spec,
+            rx,
+            Arc::default(),
+            Default::default(),
+        ));
+        let session = super::handle(routing, c, "127.0.0.1:1".parse().expect("addr"));
+        let size = std::mem::size_of_val(&session);
+        assert!(size <= 2048, "a session future takes {size} bytes");
+    }
+}
