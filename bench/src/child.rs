@@ -7,7 +7,7 @@
 use std::ffi::{OsStr, OsString};
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::Context;
 
@@ -45,6 +45,12 @@ impl ChildArgs {
 
     /// This binary re-executed as this child (see [`command`]).
     pub fn command(&self, cpus: Option<&str>) -> anyhow::Result<Command> {
+        Ok(command(&self.argv()?, cpus))
+    }
+
+    /// The arguments that start this child, this binary's path first (to
+    /// run it under another program, such as `ip netns exec`).
+    pub fn argv(&self) -> anyhow::Result<Vec<OsString>> {
         let mut argv: Vec<OsString> = vec![std::env::current_exe()?.into()];
         for (flag, value) in [
             ("--role", &self.role),
@@ -56,7 +62,7 @@ impl ChildArgs {
         if let Some(dir) = &self.state_dir {
             argv.extend(["--state-dir".into(), dir.into()]);
         }
-        Ok(command(&argv, cpus))
+        Ok(argv)
     }
 }
 
@@ -95,6 +101,11 @@ impl Running {
 
     pub fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// Its exit status if it has exited (it is then reaped), else `None`.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.0.try_wait()
     }
 }
 

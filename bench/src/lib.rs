@@ -1,8 +1,8 @@
 //! Shared pieces of the benchmarks: child processes and their arguments
-//! ([`child`]), process accounting from `/proc`, Prometheus text parsing,
-//! waiting with a deadline, pools for the control plane, and a minimal
-//! loopback HTTP target server. Each binary in `src/bin` keeps only its
-//! own workload and report.
+//! ([`child`]), process accounting from `/proc`, the descriptor limit,
+//! Prometheus text parsing, waiting with a deadline, pools for the control
+//! plane, and a minimal loopback HTTP target server. Each binary in
+//! `src/bin` keeps only its own workload and report.
 
 pub mod child;
 
@@ -48,6 +48,37 @@ fn clock_ticks_per_second() -> f64 {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
     })
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (the
+/// children it starts inherit it) and returns the new soft limit.
+// Through util-linux's `prlimit` on this process: std has no setrlimit,
+// and the workspace keeps `unsafe` to the data plane's splice module.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let (soft, hard) = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| {
+            let mut words = rest.split_whitespace();
+            Some((words.next()?.to_owned(), words.next()?.to_owned()))
+        })
+        .ok_or_else(|| std::io::Error::other("no 'Max open files' in /proc/self/limits"))?;
+    if soft == hard {
+        return soft.parse().map_err(std::io::Error::other);
+    }
+    let status = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={hard}:{hard}"))
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "prlimit exited with {status}"
+        )));
+    }
+    // "unlimited" cannot be a descriptor limit; report what the kernel caps at.
+    Ok(hard.parse().unwrap_or(1 << 20))
 }
 
 /// Resident set size in bytes, from `/proc/PID/status`.
