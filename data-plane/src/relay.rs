@@ -11,10 +11,12 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -68,8 +70,23 @@ async fn relay_with(
 ) -> io::Result<()> {
     let last = AtomicU64::new(0);
     let start = Instant::now();
-    let mut up = std::pin::pin!(pump(client, server, &last, start, splice, moved.up));
-    let mut down = std::pin::pin!(pump(server, client, &last, start, splice, moved.down));
+    // Each pump's end, so the last one to end skips a shutdown(2) that
+    // the close right after would make anyway.
+    let (up_ended, down_ended) = (AtomicBool::new(false), AtomicBool::new(false));
+    let up_ends = Ends {
+        mine: &up_ended,
+        other: &down_ended,
+    };
+    let down_ends = Ends {
+        mine: &down_ended,
+        other: &up_ended,
+    };
+    let mut up = std::pin::pin!(pump(
+        client, server, &last, start, splice, moved.up, up_ends
+    ));
+    let mut down = std::pin::pin!(pump(
+        server, client, &last, start, splice, moved.down, down_ends
+    ));
     let (mut up_done, mut down_done) = (false, false);
     let mut both = std::pin::pin!(std::future::poll_fn(|cx| {
         for (pump, done) in [(up.as_mut(), &mut up_done), (down.as_mut(), &mut down_done)] {
@@ -102,7 +119,16 @@ async fn relay_with(
     }
 }
 
-/// Moves bytes from `src` to `dst` until EOF, then shuts `dst`'s write side.
+/// Where a pump records its end and learns the other's.
+#[derive(Clone, Copy)]
+pub(crate) struct Ends<'a> {
+    pub mine: &'a AtomicBool,
+    pub other: &'a AtomicBool,
+}
+
+/// Moves bytes from `src` to `dst` until EOF, then shuts `dst`'s write side
+/// (unless the other direction has ended too: the relay is over and the
+/// close that follows sends the FIN).
 /// Notes the time of the last byte in `last_ms` (ms since `start`) and
 /// adds the bytes to each of `moved`. With `splice`, a full buffer switches to
 /// splicing (see the module docs).
@@ -113,6 +139,7 @@ pub(crate) async fn pump(
     start: Instant,
     splice: bool,
     moved: &[&AtomicU64],
+    ends: Ends<'_>,
 ) -> io::Result<()> {
     let mut bulk = false;
     loop {
@@ -150,7 +177,10 @@ pub(crate) async fn pump(
             }
         };
         if n == 0 {
-            socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+            ends.mine.store(true, Relaxed);
+            if !ends.other.load(Relaxed) {
+                socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+            }
             return Ok(());
         }
         for m in moved {
@@ -182,13 +212,29 @@ thread_local! {
 }
 
 /// One read from `src` and as much of it written to `dst` as it takes, with
-/// no await in between (so the per-thread buffer can be used).
+/// no await in between (so the per-thread buffer can be used). A read that
+/// does not fill the buffer drained the socket: its readiness is cleared
+/// then (as tokio's own `poll_read` does), so the next round waits for new
+/// bytes instead of paying a read that would only say EAGAIN.
 fn copy_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Copied> {
     BUF.with_borrow_mut(|buf| {
-        let n = match src.try_read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Copied::Nothing),
-            Err(e) => return Err(e),
+        let mut short = None;
+        let read = src.try_io(Interest::READABLE, || {
+            let n = (&*socket2::SockRef::from(src)).read(buf)?;
+            if n > 0 && n < buf.len() {
+                short = Some(n);
+                // Clears the readiness observed before this read.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match (read, short) {
+            (_, Some(n)) => n,
+            (Ok(n), None) => n,
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Ok(Copied::Nothing);
+            }
+            (Err(e), None) => return Err(e),
         };
         let mut sent = 0;
         while sent < n {

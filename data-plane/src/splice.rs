@@ -167,8 +167,17 @@ mod tests {
         let begin = Instant::now();
         let before = pooled();
         let moved = AtomicU64::new(0);
-        let relay =
-            async { crate::relay::pump(&server, &out, &last, begin, true, &[&moved]).await };
+        let relay = async {
+            let (mine, other) = (
+                std::sync::atomic::AtomicBool::new(false),
+                std::sync::atomic::AtomicBool::new(false),
+            );
+            let ends = crate::relay::Ends {
+                mine: &mine,
+                other: &other,
+            };
+            crate::relay::pump(&server, &out, &last, begin, true, &[&moved], ends).await
+        };
         let drive = async {
             let block = vec![7u8; 1 << 20];
             client.write_all(&block).await.expect("write");
