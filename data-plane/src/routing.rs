@@ -206,18 +206,20 @@ impl Routing {
         }
     }
 
-    /// The token cancelled when `backend` is marked DOWN (a fresh one, never
-    /// cancelled, unless the listener has `shutdown_sessions_on_down`).
+    /// The token that ends a session on `backend`: cancelled when the drain
+    /// grace period ends (`cut`) and, with `shutdown_sessions_on_down`, when
+    /// the backend is marked DOWN (a child of `cut`, one per backend). Without
+    /// that option it is `cut` itself: nothing allocated per connection.
     pub fn kill_token(&self, backend: &str) -> CancellationToken {
         if !self.spec.shutdown_sessions_on_down {
-            return CancellationToken::new();
+            return self.cut.clone();
         }
         let kill = self
             .state
             .lock()
             .kill
             .entry(backend.to_string())
-            .or_default()
+            .or_insert_with(|| self.cut.child_token())
             .clone();
         // Marked DOWN between the pick and now: the watcher may have run already.
         if self.state_of(backend) == Some(HealthState::Down) {

@@ -46,8 +46,11 @@ pub(crate) async fn handle(routing: Arc<Routing>, client: TcpStream, peer: Socke
     };
     let relayed = tokio::select! {
         r = relay(&client, &server.stream, routing.spec.idle_timeout, moved) => r,
-        () = kill.cancelled() => Err(std::io::Error::other("backend marked DOWN")),
-        () = routing.cut.cancelled() => Err(std::io::Error::other("drain grace period over")),
+        () = kill.cancelled() => Err(std::io::Error::other(if routing.cut.is_cancelled() {
+            "drain grace period over"
+        } else {
+            "backend marked DOWN"
+        })),
     };
     let (up, down) = (up.load(Relaxed), down.load(Relaxed));
     stats.active.fetch_sub(1, Relaxed);
