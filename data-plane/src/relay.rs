@@ -1,27 +1,32 @@
-//! Relaying a session: one `pump` per direction until both are done
-//! (half-closes are passed on), or until nothing moved for the idle timeout.
+//! Relaying a session: both directions until both are done (half-closes
+//! are passed on), or until nothing moved for the idle timeout.
 //!
-//! A pump copies small reads through a 16 KiB buffer (for a few hundred
-//! bytes `recv`/`send` beat splicing, which has to put linear skb data in a
-//! fresh page). On Linux a read that fills the buffer switches the
-//! direction to `splice(2)` through a pooled pipe (zero copy, see
+//! A direction copies small reads through a 16 KiB buffer (for a few
+//! hundred bytes `recv`/`send` beat splicing, which has to put linear skb
+//! data in a fresh page). On Linux a read that fills the buffer switches
+//! the direction to `splice(2)` through a pooled pipe (zero copy, see
 //! [`crate::splice`]), and a splice that moves less than the buffer
 //! switches it back (HAProxy's `splice-auto` idea). [`relay_copy`] never
 //! splices: it is what other systems run, and is tested here too.
+//!
+//! Each direction is a small state machine ([`Dir`]) polled by one future
+//! with the idle timer. Readiness is polled with `poll_read_ready` /
+//! `poll_write_ready`, which register the task with the socket directly,
+//! so no readiness future is stored per await: an idle session costs a few
+//! hundred bytes. A read that does not fill the buffer drained the socket:
+//! its readiness is cleared then (as tokio's own `poll_read` does), so the
+//! next round waits for new bytes instead of paying a read that would only
+//! say EAGAIN.
 
-use std::future::Future;
 use std::io;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::task::Poll;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-#[cfg(target_os = "linux")]
-use crate::splice::splice_once;
 
 /// Read buffer of the copy mode, and the size of a read that switches a
 /// direction to splicing.
@@ -58,9 +63,6 @@ pub async fn relay_copy(
     relay_with(client, server, idle, false, moved).await
 }
 
-/// One future for the whole relay, each pump stored once (no future moved
-/// into a combinator after creation, which would store it twice): an idle
-/// session costs only the two pumps and this frame.
 async fn relay_with(
     client: &TcpStream,
     server: &TcpStream,
@@ -68,132 +70,170 @@ async fn relay_with(
     splice: bool,
     moved: Moved<'_>,
 ) -> io::Result<()> {
-    let last = AtomicU64::new(0);
+    let mut up = Dir::new(splice, moved.up);
+    let mut down = Dir::new(splice, moved.down);
+    // When bytes last moved either way, in ms since `start`.
     let start = Instant::now();
-    // Each pump's end, so the last one to end skips a shutdown(2) that
-    // the close right after would make anyway.
-    let (up_ended, down_ended) = (AtomicBool::new(false), AtomicBool::new(false));
-    let up_ends = Ends {
-        mine: &up_ended,
-        other: &down_ended,
-    };
-    let down_ends = Ends {
-        mine: &down_ended,
-        other: &up_ended,
-    };
-    let mut up = std::pin::pin!(pump(
-        client, server, &last, start, splice, moved.up, up_ends
-    ));
-    let mut down = std::pin::pin!(pump(
-        server, client, &last, start, splice, moved.down, down_ends
-    ));
-    let (mut up_done, mut down_done) = (false, false);
-    let mut both = std::pin::pin!(std::future::poll_fn(|cx| {
-        for (pump, done) in [(up.as_mut(), &mut up_done), (down.as_mut(), &mut down_done)] {
-            if !*done {
-                match pump.poll(cx) {
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => *done = true,
-                    Poll::Pending => {}
-                }
-            }
+    let last = AtomicU64::new(0);
+    let both = std::future::poll_fn(|cx| {
+        let before = up.moved + down.moved;
+        let up_done = up.poll(cx, client, server, down.ended);
+        let down_done = down.poll(cx, server, client, up.ended);
+        if up.moved + down.moved != before {
+            last.store(start.elapsed().as_millis() as u64, Relaxed);
         }
-        if up_done && down_done {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
+        match (up_done, down_done) {
+            (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
         }
-    }));
-    // Unless nothing moved for `idle` (per `last`, ms since `start`).
+    });
+    let mut both = std::pin::pin!(both);
+    let mut timer = std::pin::pin!(tokio::time::sleep(idle));
     loop {
-        let idle_for = start
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last.load(Relaxed)));
-        if idle_for >= idle {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
-        }
         tokio::select! {
             r = &mut both => return r,
-            () = tokio::time::sleep(idle - idle_for) => {}
+            () = &mut timer => {}
         }
+        let quiet_since = start + Duration::from_millis(last.load(Relaxed));
+        if quiet_since.elapsed() >= idle {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+        }
+        timer.as_mut().reset(quiet_since + idle);
     }
 }
 
-/// Where a pump records its end and learns the other's.
-#[derive(Clone, Copy)]
-pub(crate) struct Ends<'a> {
-    pub mine: &'a AtomicBool,
-    pub other: &'a AtomicBool,
+/// One direction: moves bytes from a source to a destination until EOF,
+/// then shuts the destination's write side (unless the other direction
+/// has ended too: the relay is over and the close that follows sends the
+/// FIN).
+pub(crate) struct Dir<'a> {
+    splice: bool,
+    /// Splicing (the last read filled the buffer).
+    bulk: bool,
+    /// Copy-mode bytes the destination did not take yet.
+    pending: Vec<u8>,
+    #[cfg(target_os = "linux")]
+    inflight: Option<crate::splice::InFlight>,
+    counters: &'a [&'a AtomicU64],
+    /// Bytes moved so far.
+    pub moved: u64,
+    pub ended: bool,
 }
 
-/// Moves bytes from `src` to `dst` until EOF, then shuts `dst`'s write side
-/// (unless the other direction has ended too: the relay is over and the
-/// close that follows sends the FIN).
-/// Notes the time of the last byte in `last_ms` (ms since `start`) and
-/// adds the bytes to each of `moved`. With `splice`, a full buffer switches to
-/// splicing (see the module docs).
+impl<'a> Dir<'a> {
+    pub(crate) fn new(splice: bool, counters: &'a [&'a AtomicU64]) -> Dir<'a> {
+        Dir {
+            splice,
+            bulk: false,
+            pending: Vec::new(),
+            #[cfg(target_os = "linux")]
+            inflight: None,
+            counters,
+            moved: 0,
+            ended: false,
+        }
+    }
+
+    fn count(&mut self, n: usize) {
+        self.moved += n as u64;
+        for c in self.counters {
+            c.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Moves what it can; ready at EOF (after the shutdown) or on error.
+    /// `other_ended`: the opposite direction is done.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        other_ended: bool,
+    ) -> Poll<io::Result<()>> {
+        if self.ended {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            // What the destination has not taken yet goes first.
+            while !self.pending.is_empty() {
+                ready!(dst.poll_write_ready(cx))?;
+                match dst.try_write(&self.pending) {
+                    Ok(m) => {
+                        self.pending.drain(..m);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            #[cfg(target_os = "linux")]
+            ready!(crate::splice::poll_drain(&mut self.inflight, dst, cx))?;
+            ready!(src.poll_read_ready(cx))?;
+            let n = if self.bulk {
+                match self.fill(src)? {
+                    None => continue,
+                    Some(n) => {
+                        self.bulk = n >= COPY_BUF;
+                        n
+                    }
+                }
+            } else {
+                match copy_once(src, dst)? {
+                    Copied::Nothing => continue,
+                    Copied::All(n) => {
+                        self.bulk = self.splice && n == COPY_BUF;
+                        n
+                    }
+                    Copied::Partly(n, rest) => {
+                        // The destination is full: keep what it did not take.
+                        self.pending = rest;
+                        n
+                    }
+                }
+            };
+            if n == 0 {
+                self.ended = true;
+                if !other_ended {
+                    socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            self.count(n);
+        }
+    }
+
+    /// One splice from `src` into a pooled pipe (drained by the next round):
+    /// `None` when there was nothing to read after all.
+    #[cfg(target_os = "linux")]
+    fn fill(&mut self, src: &TcpStream) -> io::Result<Option<usize>> {
+        use crate::splice::Filled;
+        Ok(match crate::splice::fill(src)? {
+            Filled::Nothing => None,
+            Filled::Eof => Some(0),
+            Filled::Bytes(inflight, n) => {
+                self.inflight = Some(inflight);
+                Some(n)
+            }
+        })
+    }
+
+    /// Splicing needs Linux; elsewhere a direction never enters bulk mode.
+    #[cfg(not(target_os = "linux"))]
+    fn fill(&mut self, _: &TcpStream) -> io::Result<Option<usize>> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// One direction on its own until EOF (tests).
+#[cfg(test)]
 pub(crate) async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    last_ms: &AtomicU64,
-    start: Instant,
     splice: bool,
-    moved: &[&AtomicU64],
-    ends: Ends<'_>,
+    counters: &[&AtomicU64],
 ) -> io::Result<()> {
-    let mut bulk = false;
-    loop {
-        src.readable().await?;
-        let n = if bulk {
-            match splice_once(src, dst).await? {
-                None => continue,
-                Some(n) => {
-                    bulk = n >= COPY_BUF;
-                    n
-                }
-            }
-        } else {
-            dst.writable().await?;
-            match copy_once(src, dst)? {
-                Copied::Nothing => continue,
-                Copied::All(n) => {
-                    bulk = splice && n == COPY_BUF;
-                    n
-                }
-                Copied::Partly(n, mut rest) => {
-                    // The destination is full: keep what it did not take.
-                    while !rest.is_empty() {
-                        dst.writable().await?;
-                        match dst.try_write(&rest) {
-                            Ok(m) => {
-                                rest.drain(..m);
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    n
-                }
-            }
-        };
-        if n == 0 {
-            ends.mine.store(true, Relaxed);
-            if !ends.other.load(Relaxed) {
-                socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
-            }
-            return Ok(());
-        }
-        for m in moved {
-            m.fetch_add(n as u64, Relaxed);
-        }
-        last_ms.store(start.elapsed().as_millis() as u64, Relaxed);
-    }
-}
-
-/// Splicing needs Linux; elsewhere a pump never enters bulk mode.
-#[cfg(not(target_os = "linux"))]
-async fn splice_once(_: &TcpStream, _: &TcpStream) -> io::Result<Option<usize>> {
-    Err(io::Error::from(io::ErrorKind::Unsupported))
+    let mut dir = Dir::new(splice, counters);
+    std::future::poll_fn(|cx| dir.poll(cx, src, dst, false)).await
 }
 
 enum Copied {
@@ -207,15 +247,13 @@ enum Copied {
 
 thread_local! {
     /// The copy mode's buffer: one per runtime thread, not one per session,
-    /// so session futures stay small (no 16 KiB array moved around).
+    /// so sessions stay small (no 16 KiB array moved around).
     static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; COPY_BUF]);
 }
 
 /// One read from `src` and as much of it written to `dst` as it takes, with
-/// no await in between (so the per-thread buffer can be used). A read that
-/// does not fill the buffer drained the socket: its readiness is cleared
-/// then (as tokio's own `poll_read` does), so the next round waits for new
-/// bytes instead of paying a read that would only say EAGAIN.
+/// no await in between (so the per-thread buffer can be used). A short read
+/// clears the source's readiness (see the module docs).
 fn copy_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Copied> {
     BUF.with_borrow_mut(|buf| {
         let mut short = None;

@@ -1,6 +1,6 @@
 //! Zero-copy relaying on Linux: `splice(2)` moves bytes socket → pipe →
-//! socket inside the kernel, never through user space. `splice_once` is
-//! one such round, the bulk mode of [`crate::relay`]'s pump.
+//! socket inside the kernel, never through user space. [`fill`] and
+//! [`poll_drain`] are one such round, the bulk mode of [`crate::relay`].
 //!
 //! Pipes come from a process-wide pool and are held only while bytes are in
 //! flight (like HAProxy's pipe pool): an idle session holds none, so open
@@ -14,8 +14,7 @@
 //! denies it elsewhere): three libc calls — `pipe2`, `fcntl` and `splice` —
 //! each on file descriptors this module owns or borrows from a live
 //! `TcpStream` for the duration of the call. Readiness comes from tokio
-//! (`readable`/`writable` + `try_io`), so the sockets stay in tokio's
-//! reactor and the pumps are ordinary async code.
+//! (`poll_*_ready` + `try_io`), so the sockets stay in tokio's reactor.
 #![allow(unsafe_code)]
 
 use parking_lot::Mutex;
@@ -96,50 +95,79 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// One splice round: source → pooled pipe → destination. `None` when the
-/// source had nothing to read after all, `Some(0)` at EOF.
-pub(crate) async fn splice_once(src: &TcpStream, dst: &TcpStream) -> io::Result<Option<usize>> {
-    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
-    // Take a pipe only once there may be bytes to move.
+/// Bytes moved into a pooled pipe and not yet written out.
+pub(crate) struct InFlight {
+    pipe: Pipe,
+    left: usize,
+}
+
+/// What [`fill`] found.
+pub(crate) enum Filled {
+    /// The source had nothing to read after all (readiness cleared).
+    Nothing,
+    Eof,
+    /// This many bytes are in the pipe.
+    Bytes(InFlight, usize),
+}
+
+/// Fills an empty pooled pipe from `src` (whose read readiness was polled).
+/// On any outcome but bytes the pipe goes back to the pool.
+pub(crate) fn fill(src: &TcpStream) -> io::Result<Filled> {
     let pipe = take()?;
-    let (pipe_r, pipe_w) = (pipe.read.as_raw_fd(), pipe.write.as_raw_fd());
-    // Fill the (empty) pipe from the source: EAGAIN can only mean the socket
-    // has nothing to read. On any outcome but bytes the pipe is still empty
-    // and goes back to the pool.
-    let n = match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, PIPE_SIZE)) {
-        Ok(n) => n,
+    let (src_fd, pipe_w) = (src.as_raw_fd(), pipe.write.as_raw_fd());
+    // EAGAIN can only mean the socket has nothing to read.
+    match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, PIPE_SIZE)) {
+        Ok(0) => {
+            give(pipe);
+            Ok(Filled::Eof)
+        }
+        Ok(n) => Ok(Filled::Bytes(InFlight { pipe, left: n }, n)),
         Err(e) => {
             give(pipe);
             if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
+                Ok(Filled::Nothing)
+            } else {
+                Err(e)
             }
-            return Err(e);
         }
-    };
-    if n == 0 {
-        give(pipe);
-        return Ok(Some(0));
     }
-    // Drain the pipe into the destination: EAGAIN means the socket is full.
-    // On an error the pipe still holds bytes and is closed, not pooled.
-    let mut left = n;
-    while left > 0 {
-        dst.writable().await?;
-        match dst.try_io(Interest::WRITABLE, || splice(pipe_r, dst_fd, left)) {
-            Ok(m) => left -= m,
+}
+
+/// Writes what `f` holds to `dst`; ready once the pipe is empty (and back
+/// in the pool). On an error the pipe still holds bytes and is closed with
+/// `f`, not pooled.
+pub(crate) fn poll_drain(
+    f: &mut Option<InFlight>,
+    dst: &TcpStream,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<io::Result<()>> {
+    use std::task::Poll;
+    while let Some(inflight) = f.as_mut() {
+        if inflight.left == 0 {
+            if let Some(done) = f.take() {
+                give(done.pipe);
+            }
+            break;
+        }
+        match dst.poll_write_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        let (pipe_r, dst_fd) = (inflight.pipe.read.as_raw_fd(), dst.as_raw_fd());
+        match dst.try_io(Interest::WRITABLE, || splice(pipe_r, dst_fd, inflight.left)) {
+            Ok(m) => inflight.left -= m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
-    give(pipe);
-    Ok(Some(n))
+    Poll::Ready(Ok(()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
-    use tokio::time::Instant;
 
     fn pooled() -> usize {
         POOL.lock().len()
@@ -163,21 +191,10 @@ mod tests {
             .await
             .expect("connect");
         let (mut sink, _) = l2.accept().await.expect("accept");
-        let last = AtomicU64::new(0);
-        let begin = Instant::now();
         let before = pooled();
         let moved = AtomicU64::new(0);
-        let relay = async {
-            let (mine, other) = (
-                std::sync::atomic::AtomicBool::new(false),
-                std::sync::atomic::AtomicBool::new(false),
-            );
-            let ends = crate::relay::Ends {
-                mine: &mine,
-                other: &other,
-            };
-            crate::relay::pump(&server, &out, &last, begin, true, &[&moved], ends).await
-        };
+        let counters = [&moved];
+        let relay = crate::relay::pump(&server, &out, true, &counters);
         let drive = async {
             let block = vec![7u8; 1 << 20];
             client.write_all(&block).await.expect("write");
