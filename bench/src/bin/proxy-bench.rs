@@ -175,7 +175,8 @@ async fn proxy(child: ChildArgs) -> anyhow::Result<()> {
             proxy_id: "bench".into(),
             drain_grace: Duration::from_secs(1),
             // One per CPU, as HAProxy's nbthread here.
-            workers: 0,
+            // As `trackwire data-plane --workers` reads it (0: one per CPU).
+            workers: trackwire_workers(),
             tls: None,
         },
         listeners,
@@ -715,8 +716,13 @@ fn print_header(env: &Env, args: &Args) {
     );
     println!(
         "  haproxy: nbthread {}, maxconn {} (global), 30000 (frontends); \
-         trackwire: max_connections 10000, idle_timeout 5m, no TCP keep-alive",
-        env.cpus, env.haproxy_maxconn
+         trackwire: workers {}, max_connections 10000, idle_timeout 5m, no TCP keep-alive",
+        env.cpus,
+        env.haproxy_maxconn,
+        match trackwire_workers() {
+            0 => format!("{} (one per CPU)", env.cpus),
+            n => n.to_string(),
+        }
     );
     println!(
         "  {} round(s); wrk -t2 -c64 for {:?}; iperf3 -P4 -t{}; {} idle connections; \
@@ -1279,4 +1285,12 @@ fn report(targets: &[Target], samples: &Samples, shaped: Option<&[(String, u64)]
              the load generator (and nginx, on the same CPUs) may be the bottleneck of the proxies' figures too"
         );
     }
+}
+
+/// `TRACKWIRE_WORKERS` from the environment (0, one per CPU, when unset).
+fn trackwire_workers() -> usize {
+    std::env::var("TRACKWIRE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
