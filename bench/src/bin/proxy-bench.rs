@@ -13,7 +13,8 @@
 //! `iperf3 -s` are the backends; HAProxy (`mode tcp`, `nbthread` = CPUs)
 //! and the trackwire proxy (this binary re-executed with `--role proxy`,
 //! routing from a health map in its fail-static cache, so no control plane
-//! is involved; one process in front of nginx, one in front of iperf3) are
+//! is involved; `TRACKWIRE_WORKERS` worker threads, one per CPU by default;
+//! one process in front of nginx, one in front of iperf3) are
 //! the targets besides `direct`. The descriptor limit is raised to the hard
 //! limit (children inherit it). Every child, and every network namespace,
 //! is removed at the end, also on an error, a panic or Ctrl-C.
