@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
+use trackwire_core::HealthState;
 use trackwire_core::convert::pool_to_pb;
-use trackwire_core::{BackendSpec, CheckSpec, HealthState, PoolSpec, StatusSet};
 use trackwire_proto::v1 as pb;
 use trackwire_testkit::EtcdCluster;
 use trackwire_testkit::http::TestHttp;
@@ -35,16 +35,7 @@ async fn transitions_are_recorded_with_their_votes_and_survive_a_restart() {
     let store = etcd_store(etcd.endpoints()).await;
     let cp = start_cp(store.clone(), Default::default()).await;
     let http = TestHttp::start().await;
-    let pool = PoolSpec {
-        check: Some(CheckSpec {
-            path: "/flip".into(),
-            expect_status: StatusSet::single(200),
-            rise: 1,
-            fall: 1,
-            ..CheckSpec::every(Duration::from_millis(100))
-        }),
-        ..PoolSpec::new("web", vec![BackendSpec::new("b1", http.address())])
-    };
+    let pool = flip_pool("web", "b1", http.address(), Duration::from_millis(100));
     admin(&cp.url)
         .await
         .apply_pools(pb::ApplyPoolsRequest {

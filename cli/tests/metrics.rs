@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackwire_core::config::ListenerSpec;
 use trackwire_core::convert::pool_to_pb;
-use trackwire_core::{BackendSpec, CheckSpec, PoolSpec, StatusSet};
 use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 use trackwire_testkit::EtcdCluster;
@@ -140,16 +139,7 @@ async fn every_component_exports_metrics_promtool_accepts() {
     .await;
     let url = cp.url.replacen("http://", "https://", 1);
     let backend = TestHttp::start().await;
-    let pool = PoolSpec {
-        check: Some(CheckSpec {
-            path: "/flip".into(),
-            expect_status: StatusSet::single(200),
-            rise: 1,
-            fall: 1,
-            ..CheckSpec::every(Duration::from_millis(100))
-        }),
-        ..PoolSpec::new("web", vec![BackendSpec::new("b1", backend.address())])
-    };
+    let pool = flip_pool("web", "b1", backend.address(), Duration::from_millis(100));
     let admin_tls = pki.client(Role::Admin, "ops");
     let mut admin = AdminServiceClient::new(
         trackwire_connect::channel(&url, Some(&admin_tls))

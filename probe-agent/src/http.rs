@@ -52,6 +52,25 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
+    /// GETs `path` from the router: (status, body).
+    async fn get(
+        shared: &Arc<Shared>,
+        registry: &Arc<Registry>,
+        path: &str,
+    ) -> (StatusCode, String) {
+        let resp = router(Arc::clone(shared), Arc::clone(registry))
+            .oneshot(
+                axum::http::Request::get(path)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     #[tokio::test]
     async fn metrics_expose_outcomes_by_pool_and_histograms() {
         let shared = Arc::new(Shared::default());
@@ -69,17 +88,8 @@ mod tests {
         let mut registry = Registry::default();
         m.register(&mut registry, None);
         let registry = Arc::new(registry);
-        let resp = router(Arc::clone(&shared), Arc::clone(&registry))
-            .oneshot(
-                axum::http::Request::get("/metrics")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        assert_eq!(resp.status(), StatusCode::OK);
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        let text = String::from_utf8_lossy(&body);
+        let (status, text) = get(&shared, &registry, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
         assert!(
             text.contains(
                 "trackwire_agent_check_results_total{pool=\"web\",outcome=\"L7STS\"} 2\n"
@@ -96,28 +106,9 @@ mod tests {
         );
         // A pool whose targets all stopped leaves the output.
         drop(web);
-        let resp = router(Arc::clone(&shared), registry)
-            .oneshot(
-                axum::http::Request::get("/metrics")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        assert!(!String::from_utf8_lossy(&body).contains("pool=\"web\""));
-        let ready = router(shared, Arc::new(Registry::default()))
-            .oneshot(
-                axum::http::Request::get("/readyz")
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        assert_eq!(
-            ready.status(),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected yet"
-        );
+        let (_, text) = get(&shared, &registry, "/metrics").await;
+        assert!(!text.contains("pool=\"web\""), "{text}");
+        let (status, _) = get(&shared, &registry, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not connected yet");
     }
 }

@@ -298,3 +298,25 @@ pub async fn hit(proxy: std::net::SocketAddr) -> Result<String, String> {
         .await
         .unwrap_or_else(|_| Err("timed out".into()))
 }
+
+/// A pool of one backend checked with `GET /flip` every `interval`,
+/// expecting 200, rise and fall 1 ([`trackwire_testkit::http::TestHttp`]
+/// answers what `set_flip` says there).
+pub fn flip_pool(
+    pool: &str,
+    backend: &str,
+    address: String,
+    interval: Duration,
+) -> trackwire_core::PoolSpec {
+    use trackwire_core::{BackendSpec, CheckSpec, PoolSpec, StatusSet};
+    PoolSpec {
+        check: Some(CheckSpec {
+            path: "/flip".into(),
+            expect_status: StatusSet::single(200),
+            rise: 1,
+            fall: 1,
+            ..CheckSpec::every(interval)
+        }),
+        ..PoolSpec::new(pool, vec![BackendSpec::new(backend, address)])
+    }
+}
