@@ -203,7 +203,11 @@ pub async fn control_plane(
     grpc: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listeners = trackwire_control_plane::Listeners { grpc, http: None };
+    let listeners = trackwire_control_plane::Listeners {
+        grpc,
+        http: None,
+        agent_check: None,
+    };
     trackwire_control_plane::run(Default::default(), store, listeners, shutdown).await?;
     Ok(())
 }

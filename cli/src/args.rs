@@ -263,6 +263,9 @@ pub struct ControlPlaneArgs {
     /// HTTP address for /metrics, /healthz, /readyz and the status page.
     #[arg(long, env = "TRACKWIRE_HTTP_BIND", default_value = "0.0.0.0:7401")]
     pub http_bind: SocketAddr,
+    /// Serve HAProxy's agent-check protocol here (`agent-send "<pool>/<backend>\n"`): off unless given.
+    #[arg(long, env = "TRACKWIRE_AGENT_CHECK_BIND")]
+    pub agent_check_bind: Option<SocketAddr>,
     /// A config document whose [[pool]] sections are applied at start.
     #[arg(long, env = "TRACKWIRE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -406,6 +409,9 @@ pub struct DevArgs {
     /// Control-plane HTTP address (status page, /metrics).
     #[arg(long, env = "TRACKWIRE_HTTP_BIND", default_value = "127.0.0.1:7401")]
     pub http_bind: SocketAddr,
+    /// Serve HAProxy's agent-check protocol here (off unless given).
+    #[arg(long, env = "TRACKWIRE_AGENT_CHECK_BIND")]
+    pub agent_check_bind: Option<SocketAddr>,
     /// Mutual TLS on every gRPC link, with a dev CA kept in --state-dir.
     #[arg(long)]
     pub tls: bool,

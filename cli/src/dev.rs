@@ -93,6 +93,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     let grpc = bind(args.grpc_bind, "--grpc-bind").await?;
     let http = bind(args.http_bind, "--http-bind").await?;
+    let agent_check = match args.agent_check_bind {
+        Some(addr) => Some(bind(addr, "--agent-check-bind").await?),
+        None => None,
+    };
     let proxies = trackwire_data_plane::bind(&doc.listeners).await?;
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
@@ -139,6 +143,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             trackwire_control_plane::Listeners {
                 grpc,
                 http: Some(http),
+                agent_check,
             },
             shutdown.clone(),
         ),

@@ -163,6 +163,10 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     };
     let grpc = bind(args.grpc_bind, "--grpc-bind").await?;
     let http = bind(args.http_bind, "--http-bind").await?;
+    let agent_check = match args.agent_check_bind {
+        Some(addr) => Some(bind(addr, "--agent-check-bind").await?),
+        None => None,
+    };
     let store: Arc<dyn Store> = match &args.etcd {
         Some(urls) => {
             let tls = etcd_tls(&args.etcd_tls, &urls.0)?;
@@ -201,6 +205,7 @@ pub async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         trackwire_control_plane::Listeners {
             grpc,
             http: Some(http),
+            agent_check,
         },
         shutdown,
     )

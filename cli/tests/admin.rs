@@ -58,7 +58,11 @@ async fn start() -> (
     tokio::spawn(trackwire_control_plane::run(
         trackwire_control_plane::Config::default(),
         Arc::clone(&store),
-        trackwire_control_plane::Listeners { grpc, http: None },
+        trackwire_control_plane::Listeners {
+            grpc,
+            http: None,
+            agent_check: None,
+        },
         token.clone(),
     ));
     let client = trackwire_cli::admin::connect_urls(std::slice::from_ref(&url))

@@ -41,7 +41,11 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
     tokio::spawn(trackwire_control_plane::run(
         trackwire_control_plane::Config::default(),
         Arc::clone(&store),
-        trackwire_control_plane::Listeners { grpc, http: None },
+        trackwire_control_plane::Listeners {
+            grpc,
+            http: None,
+            agent_check: None,
+        },
         token.clone(),
     ));
     let interval = Duration::from_millis(50);

@@ -118,7 +118,11 @@ async fn start(
             ..Default::default()
         },
         store,
-        trackwire_control_plane::Listeners { grpc, http: None },
+        trackwire_control_plane::Listeners {
+            grpc,
+            http: None,
+            agent_check: None,
+        },
         cp_token.clone(),
     ));
 

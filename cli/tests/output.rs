@@ -46,7 +46,11 @@ async fn start() -> Stack {
     tokio::spawn(trackwire_control_plane::run(
         trackwire_control_plane::Config::default(),
         store,
-        trackwire_control_plane::Listeners { grpc, http: None },
+        trackwire_control_plane::Listeners {
+            grpc,
+            http: None,
+            agent_check: None,
+        },
         token.clone(),
     ));
     let mut admin = trackwire_cli::admin::connect_urls(std::slice::from_ref(&url))

@@ -42,7 +42,11 @@ async fn control_plane(
     let task = tokio::spawn(trackwire_control_plane::run(
         trackwire_control_plane::Config::default(),
         store,
-        trackwire_control_plane::Listeners { grpc, http: None },
+        trackwire_control_plane::Listeners {
+            grpc,
+            http: None,
+            agent_check: None,
+        },
         token.clone(),
     ));
     (url, token, task)

@@ -7,10 +7,12 @@
 //! - [`state`]: list + watch the store, publish derived snapshots.
 //! - [`grpc`]: `ProbeService`, `HealthMapService`, `AdminService`.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, status page.
+//! - [`agent_check`]: HAProxy's agent-check protocol over the derived map.
 //!
 //! [`run`] takes already-bound listeners and a shutdown token, so tests bind
 //! `127.0.0.1:0` and read the real address back.
 
+pub mod agent_check;
 pub mod api;
 pub mod assign;
 pub mod damper;
@@ -102,6 +104,8 @@ impl Config {
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: Option<TcpListener>,
+    /// HAProxy's agent-check protocol (see [`agent_check`]); off when `None`.
+    pub agent_check: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -334,7 +338,12 @@ pub async fn run(
         }
         Ok::<(), Error>(())
     };
-    let (g, h) = tokio::join!(grpc, http);
+    let agent_check = async {
+        if let Some(l) = listeners.agent_check {
+            agent_check::serve(l, state.clone(), shutdown.clone()).await;
+        }
+    };
+    let (g, h, ()) = tokio::join!(grpc, http, agent_check);
     shutdown.cancel();
     let _ = sync.await;
     let _ = damper.await;

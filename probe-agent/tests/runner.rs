@@ -167,6 +167,7 @@ async fn verdicts_are_resent_after_failover() {
                 trackwire_control_plane::Listeners {
                     grpc: l,
                     http: None,
+                    agent_check: None,
                 },
                 token,
             ));

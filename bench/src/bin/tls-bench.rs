@@ -116,7 +116,11 @@ async fn start_cp(tls: Option<Tls>, shutdown: &CancellationToken) -> anyhow::Res
     tokio::spawn(trackwire_control_plane::run(
         config,
         store,
-        trackwire_control_plane::Listeners { grpc, http: None },
+        trackwire_control_plane::Listeners {
+            grpc,
+            http: None,
+            agent_check: None,
+        },
         shutdown.clone(),
     ));
     Ok(url)

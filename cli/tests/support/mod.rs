@@ -74,6 +74,7 @@ pub async fn start_cp_on(
         trackwire_control_plane::Listeners {
             grpc,
             http: Some(http),
+            agent_check: None,
         },
         token.clone(),
     ));
