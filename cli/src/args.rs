@@ -56,7 +56,7 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a control-plane replica (etcd with --etcd, else the embedded store).
-    ControlPlane(ControlPlaneArgs),
+    ControlPlane(Box<ControlPlaneArgs>),
     /// Run a probe agent that checks the backends the control plane assigns it.
     ProbeAgent(ProbeAgentArgs),
     /// Run a TCP proxy serving the config's listeners on the streamed health map.

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::ControlPlane(a) => trackwire_cli::run::control_plane(a).await,
+            Command::ControlPlane(a) => trackwire_cli::run::control_plane(*a).await,
             Command::ProbeAgent(a) => trackwire_cli::run::probe_agent(a).await,
             Command::DataPlane(a) => trackwire_cli::run::data_plane(a).await,
             Command::Dev(a) => trackwire_cli::dev::dev(a).await,
