@@ -79,6 +79,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// Translate another load balancer's configuration into a trackwire document (stdout).
     Import(ImportArgs),
+    /// Print the stored pools as another load balancer's configuration (stdout).
+    Export(ExportArgs),
     /// Return a backend to service (overrides the pool spec until `--clear`).
     Ready(StateArgs),
     /// Make a CA and certificates for mutual TLS between trackwire processes.
@@ -204,6 +206,29 @@ pub struct ImportArgs {
     pub from: ImportFrom,
     /// The configuration file (e.g. haproxy.cfg).
     pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportTo {
+    /// HAProxy `backend` sections whose servers follow the map through agent-check.
+    Haproxy,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The configuration's format.
+    pub to: ExportTo,
+    /// Where HAProxy reaches a control plane's --agent-check-bind (HOST:PORT).
+    #[arg(long, env = "TRACKWIRE_AGENT_CHECK_ADDR")]
+    pub agent_check_addr: String,
+    /// HAProxy's agent-inter: how often it asks trackwire.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub agent_inter: Duration,
+    /// HAProxy's own TCP check interval (`check inter`).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub check_inter: Duration,
+    #[command(flatten)]
+    pub control_plane: AdminTarget,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ pub mod args;
 pub mod certs;
 pub mod demo;
 pub mod dev;
+pub mod export;
 pub mod import;
 pub mod run;
 

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             Command::Ready(a) => trackwire_cli::admin::set_state(a, "ready").await,
             Command::Check(a) => trackwire_cli::check(&a.file),
             Command::Certs(c) => trackwire_cli::certs::run(c),
+            Command::Export(a) => trackwire_cli::export::run(a).await,
             Command::Import(a) => match a.from {
                 trackwire_cli::args::ImportFrom::Haproxy => trackwire_cli::import::run(&a.file),
             },

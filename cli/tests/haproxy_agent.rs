@@ -226,3 +226,84 @@ async fn haproxy_follows_the_map_through_agent_check() {
     agent.cancel();
     follower.cancel();
 }
+
+/// `trackwire export haproxy` prints backends HAProxy accepts (`haproxy -c`)
+/// with one agent-checked server per backend; a bad address exits 2
+/// naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_backends_are_valid_haproxy_configuration() {
+    let store: Arc<dyn trackwire_control_plane::store::Store> =
+        Arc::new(trackwire_control_plane::store::MemStore::new());
+    let cp = start_cp(store, Default::default()).await;
+    let mut pool = flip_pool(
+        "kube-api",
+        "master-1",
+        "127.0.0.1:6443".into(),
+        Duration::from_secs(1),
+    );
+    let mut backup = trackwire_core::BackendSpec::new("master-2", "127.0.0.1:6444");
+    backup.backup = true;
+    pool.backends.push(backup);
+    admin(&cp.url)
+        .await
+        .apply_pools(pb::ApplyPoolsRequest {
+            pools: vec![pool_to_pb(&pool)],
+            ..Default::default()
+        })
+        .await
+        .expect("apply");
+    let bin = env!("CARGO_BIN_EXE_trackwire");
+    let out = tokio::process::Command::new(bin)
+        .args(["export", "haproxy", "--agent-check-addr", "127.0.0.1:7404"])
+        .args(["--control-plane", &cp.url])
+        .output()
+        .await
+        .expect("run trackwire export");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.matches("agent-check agent-addr 127.0.0.1 agent-port 7404")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("agent-send \"kube-api/master-2\\n\" backup"),
+        "{text}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  timeout connect 1s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend fe\n  mode tcp\n  bind 127.0.0.1:7405\n  default_backend kube-api\n{text}"
+        ),
+    )
+    .expect("write");
+    let checked = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg)
+        .output()
+        .expect("run haproxy -c (scripts/test installs Debian's haproxy)");
+    assert!(
+        checked.status.success(),
+        "haproxy -c refused the export:\n{text}\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let bad = tokio::process::Command::new(bin)
+        .args(["export", "haproxy", "--agent-check-addr", "cp-1"])
+        .args(["--control-plane", &cp.url])
+        .output()
+        .await
+        .expect("run trackwire export");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--agent-check-addr"));
+    cp.stop().await;
+}
