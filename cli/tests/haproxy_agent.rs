@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use trackwire_core::HealthState;
-use trackwire_core::convert::{admin_to_pb, pool_to_pb};
+use trackwire_core::convert::admin_to_pb;
 use trackwire_proto::v1 as pb;
 use trackwire_testkit::EtcdCluster;
 use trackwire_testkit::http::TestHttp;
@@ -120,13 +120,7 @@ async fn haproxy_follows_the_map_through_agent_check() {
     pool.backends
         .push(trackwire_core::BackendSpec::new("b2", b2.address()));
     let mut admin = admin(&url).await;
-    admin
-        .apply_pools(pb::ApplyPoolsRequest {
-            pools: vec![pool_to_pb(&pool)],
-            ..Default::default()
-        })
-        .await
-        .expect("apply");
+    apply_pools(&mut admin, std::slice::from_ref(&pool)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (agent, _) = start_agent(vec![url.clone()], "a", dir.path()).await;
 
@@ -244,14 +238,7 @@ async fn exported_backends_are_valid_haproxy_configuration() {
     let mut backup = trackwire_core::BackendSpec::new("master-2", "127.0.0.1:6444");
     backup.backup = true;
     pool.backends.push(backup);
-    admin(&cp.url)
-        .await
-        .apply_pools(pb::ApplyPoolsRequest {
-            pools: vec![pool_to_pb(&pool)],
-            ..Default::default()
-        })
-        .await
-        .expect("apply");
+    apply_pools(&mut admin(&cp.url).await, std::slice::from_ref(&pool)).await;
     let bin = env!("CARGO_BIN_EXE_trackwire");
     let out = tokio::process::Command::new(bin)
         .args(["export", "haproxy", "--agent-check-addr", "127.0.0.1:7404"])

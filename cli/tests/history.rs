@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use trackwire_core::HealthState;
-use trackwire_core::convert::pool_to_pb;
 use trackwire_proto::v1 as pb;
 use trackwire_testkit::EtcdCluster;
 use trackwire_testkit::http::TestHttp;
@@ -36,14 +35,7 @@ async fn transitions_are_recorded_with_their_votes_and_survive_a_restart() {
     let cp = start_cp(store.clone(), Default::default()).await;
     let http = TestHttp::start().await;
     let pool = flip_pool("web", "b1", http.address(), Duration::from_millis(100));
-    admin(&cp.url)
-        .await
-        .apply_pools(pb::ApplyPoolsRequest {
-            pools: vec![pool_to_pb(&pool)],
-            ..Default::default()
-        })
-        .await
-        .expect("apply");
+    apply_pools(&mut admin(&cp.url).await, std::slice::from_ref(&pool)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (agent, agent_id) = start_agent(vec![cp.url.clone()], "a", dir.path()).await;
     let (map, follower) = follow(vec![cp.url.clone()]);

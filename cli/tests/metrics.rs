@@ -17,8 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use trackwire_core::config::ListenerSpec;
-use trackwire_core::convert::pool_to_pb;
-use trackwire_proto::v1 as pb;
 use trackwire_proto::v1::admin_service_client::AdminServiceClient;
 use trackwire_testkit::EtcdCluster;
 use trackwire_testkit::http::TestHttp;
@@ -146,13 +144,7 @@ async fn every_component_exports_metrics_promtool_accepts() {
             .await
             .expect("connect admin"),
     );
-    admin
-        .apply_pools(pb::ApplyPoolsRequest {
-            pools: vec![pool_to_pb(&pool)],
-            ..Default::default()
-        })
-        .await
-        .expect("apply");
+    apply_pools(&mut admin, std::slice::from_ref(&pool)).await;
 
     let stop = CancellationToken::new();
     let agent_http = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -321,3 +321,20 @@ pub fn flip_pool(
         ..PoolSpec::new(pool, vec![BackendSpec::new(backend, address)])
     }
 }
+
+/// Applies `pools` through `admin`, failing the test on an error.
+pub async fn apply_pools(
+    admin: &mut AdminServiceClient<tonic::transport::Channel>,
+    pools: &[trackwire_core::PoolSpec],
+) {
+    admin
+        .apply_pools(trackwire_proto::v1::ApplyPoolsRequest {
+            pools: pools
+                .iter()
+                .map(trackwire_core::convert::pool_to_pb)
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("apply");
+}
