@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
-use trackwire_core::{AdminState, HealthMap, HealthState};
+use trackwire_core::{AdminState, HealthState};
 
 use crate::derive::Derived;
 use crate::state::StateRx;
@@ -52,11 +52,11 @@ pub fn answer(derived: Option<&Derived>, request: &str) -> String {
         // last state for an answer without a state word).
         return "\n".to_owned();
     };
-    answer_from(&derived.map, derived, pool, backend)
+    answer_from(derived, pool, backend)
 }
 
-fn answer_from(map: &HealthMap, derived: &Derived, pool: &str, backend: &str) -> String {
-    let Some(eps) = map.pools.get(pool) else {
+fn answer_from(derived: &Derived, pool: &str, backend: &str) -> String {
+    let Some(eps) = derived.map.pools.get(pool) else {
         return down(&format!("unknown pool {pool}"));
     };
     let Some(ep) = eps.get(backend) else {

@@ -99,11 +99,6 @@ impl ListenerStats {
             .map(|ep| Arc::clone(all.entry(ep.backend.clone()).or_default()))
             .collect()
     }
-
-    /// The stats of `backend`, if it has any yet (tests, passive health).
-    pub fn backend(&self, backend: &str) -> Option<Arc<BackendStats>> {
-        self.backends.lock().get(backend).cloned()
-    }
 }
 
 impl Metrics {

@@ -72,7 +72,7 @@ impl Calls {
         self.counts[method][code].fetch_add(1, Relaxed);
     }
 
-    /// The count for `(service, method)` and `code` (tests, the CLI).
+    /// The count for `(service, method)` and `code`.
     pub fn get(&self, service: &str, method: &str, code: tonic::Code) -> u64 {
         let i = METHODS
             .iter()
