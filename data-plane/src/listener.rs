@@ -1,7 +1,9 @@
 //! A TCP listener that balances connections over one pool: bound at start,
 //! listening once the health map has its pool, then accepting under a
-//! `max_connections` semaphore — beyond it the listener stops accepting,
-//! so clients wait in the kernel's accept queue — and backing off on
+//! `max_connections` semaphore shared by its workers' sockets — at the
+//! limit each accept loop holds the one connection it accepted until a
+//! slot frees and stops accepting, so other clients wait in the kernel's
+//! accept queue — and backing off on
 //! accept errors. Each accepted connection becomes a session (see
 //! `session`), tracked so the caller can drain it.
 
@@ -155,14 +157,6 @@ async fn accept_loop(
     // EMFILE and friends: back off instead of spinning.
     let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_secs(1));
     loop {
-        // At the connection limit, stop accepting until a session ends.
-        let permit = tokio::select! {
-            p = Arc::clone(&limit).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            () = shutdown.cancelled() => return,
-        };
         let accepted = tokio::select! {
             a = socket.accept() => a,
             () = shutdown.cancelled() => return,
@@ -176,6 +170,19 @@ async fn accept_loop(
             }
         };
         backoff.reset();
+        // At the connection limit, stop accepting until a session ends:
+        // the connection in hand waits for a slot, the rest wait in the
+        // kernel's queue. A slot is asked for only with a connection in
+        // hand: a worker holding the listener's last slot while waiting on
+        // an empty socket would starve the connections queued on the
+        // other workers' sockets.
+        let permit = tokio::select! {
+            p = Arc::clone(&limit).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
         let routing = Arc::clone(&routing);
         // Per connection: below `info`, so nothing is formatted for it at
         // the default level.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trackwire_core::Endpoint;
 use trackwire_core::config::ListenerSpec;
-use trackwire_data_plane::{Config, Error, bind, cache, run};
+use trackwire_data_plane::{Config, Error, MAX_WORKERS, bind, cache, run};
 
 use support::{backend, eventually, map_of};
 
@@ -37,11 +37,22 @@ struct Proxy {
 
 /// Starts the data plane on a free port with the given drain grace.
 async fn start(grace: Duration) -> Proxy {
+    start_with(grace, 0, |_| {}, None).await
+}
+
+/// [`start`] with `workers` threads, a listener `tweak` and an HTTP port.
+async fn start_with(
+    grace: Duration,
+    workers: usize,
+    tweak: impl FnOnce(&mut ListenerSpec),
+    http: Option<TcpListener>,
+) -> Proxy {
     let dir = state_dir(backend("hello").await);
     // Nothing listens here: the proxy routes on its cached map (fail static).
     let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let dead = format!("http://{}", dead.local_addr().expect("addr"));
-    let spec = ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web");
+    let mut spec = ListenerSpec::new("web", "127.0.0.1:0".parse().expect("addr"), "web");
+    tweak(&mut spec);
     let listeners = bind(&[spec]).await.expect("bind listener");
     let addr = listeners[0].local_addr().expect("addr");
     let shutdown = CancellationToken::new();
@@ -53,10 +64,10 @@ async fn start(grace: Duration) -> Proxy {
             proxy_id: "shutdown-test".into(),
             drain_grace: grace,
             tls: None,
-            workers: 0,
+            workers,
         },
         listeners,
-        None,
+        http,
         shutdown.clone(),
     ));
     Proxy {
@@ -154,5 +165,101 @@ async fn sessions_still_open_after_the_grace_are_cut() {
     assert!(
         read.is_err() || rest.is_empty(),
         "cut session: {read:?} {rest:?}"
+    );
+}
+
+/// The value of an unlabelled series on the proxy's `/metrics`.
+async fn metric(http: SocketAddr, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(http).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: t\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Worker threads each accept on their own socket of the listener, yet
+/// share its `max_connections` and count it as one listener; routing on
+/// the cached map with no control plane shows as fail static.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_listener_limit_and_count_it_once() {
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http_addr = http.local_addr().expect("addr");
+    let p = start_with(
+        Duration::from_secs(1),
+        4,
+        |s| s.max_connections = 1,
+        Some(http),
+    )
+    .await;
+    let first = session(p.addr).await;
+    // Spread over the workers' sockets by the kernel: with a limit per
+    // worker some of these would be served now; with a worker holding the
+    // freed slot while waiting on its own empty socket, the ones queued on
+    // the others would never be.
+    let waiting: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { drop(session(p.addr).await) }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiting.iter().all(|t| !t.is_finished()),
+        "served beyond max_connections"
+    );
+    drop(first);
+    for t in waiting {
+        tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .expect("served one after another once the slot frees")
+            .expect("join");
+    }
+    assert_eq!(
+        metric(http_addr, "trackwire_proxy_listeners_listening").await,
+        Some(1.0),
+        "one listener, whatever the workers"
+    );
+    assert_eq!(
+        metric(http_addr, "trackwire_proxy_fail_static").await,
+        Some(1.0)
+    );
+    assert!(
+        metric(http_addr, "trackwire_proxy_map_age_seconds")
+            .await
+            .is_some_and(|age| age >= 0.0),
+        "the cached map's age"
+    );
+    assert_eq!(
+        metric(http_addr, "trackwire_proxy_connections_total").await,
+        Some(9.0)
+    );
+    p.shutdown.cancel();
+    p.task.await.expect("join").expect("clean stop");
+}
+
+#[test]
+fn too_many_workers_is_a_config_error_naming_the_flag() {
+    let config = Config {
+        control_plane: vec!["http://127.0.0.1:1".into()],
+        listeners: vec![ListenerSpec::new(
+            "web",
+            "127.0.0.1:0".parse().expect("addr"),
+            "web",
+        )],
+        state_dir: None,
+        proxy_id: "t".into(),
+        drain_grace: Duration::from_secs(1),
+        tls: None,
+        workers: MAX_WORKERS + 1,
+    };
+    let e = config.validate().expect_err("too many").to_string();
+    assert!(e.contains("--workers"), "{e}");
+    assert!(
+        Config {
+            workers: 0,
+            ..config
+        }
+        .worker_threads()
+            >= 1
     );
 }
