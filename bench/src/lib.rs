@@ -176,6 +176,7 @@ pub fn pool(
                 weight: 1,
                 admin_state: AdminState::Ready,
                 backup: false,
+                zone: String::new(),
             })
             .collect(),
         check: Some(check),
@@ -184,6 +185,7 @@ pub fn pool(
         replicas: 1,
         zone_spread: false,
         damping: None,
+        grpc_xds: false,
     }
 }
 

@@ -371,6 +371,7 @@ fn pool_of(
                 AdminState::Ready
             },
             backup: s.backup,
+            zone: String::new(),
         });
     }
     // One check per pool: every server must agree (HAProxy allows mixing).
@@ -400,6 +401,7 @@ fn pool_of(
         replicas: trackwire_core::model::DEFAULT_REPLICAS,
         zone_spread: false,
         damping: None,
+        grpc_xds: false,
     })
 }
 

@@ -24,6 +24,7 @@ fn pool(name: &str) -> PoolSpec {
                 weight: 1,
                 admin_state: AdminState::Ready,
                 backup: false,
+                zone: String::new(),
             })
             .collect(),
         check: None,
@@ -32,6 +33,7 @@ fn pool(name: &str) -> PoolSpec {
         replicas: 3,
         zone_spread: false,
         damping: None,
+        grpc_xds: false,
     }
 }
 

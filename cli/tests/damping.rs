@@ -70,6 +70,7 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
             reuse: 750,
             max_suppress: Duration::from_secs(30),
         }),
+        grpc_xds: false,
     };
     let k = Keys::new("/trackwire/").expect("prefix");
     trackwire_control_plane::writes::apply(store.as_ref(), &k, &[pool], 0, false)

@@ -64,6 +64,7 @@ async fn start() -> Stack {
             weight: 3,
             admin_state: AdminState::Ready,
             backup: false,
+            zone: String::new(),
         }],
         check: Some(CheckSpec {
             path: "/readyz".into(),
@@ -79,6 +80,7 @@ async fn start() -> Stack {
         replicas: 3,
         zone_spread: false,
         damping: None,
+        grpc_xds: false,
     };
     admin
         .apply_pools(pb::ApplyPoolsRequest {

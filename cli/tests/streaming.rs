@@ -52,6 +52,7 @@ fn pool(name: &str, n: usize, weight: u32) -> PoolSpec {
                 weight,
                 admin_state: AdminState::Ready,
                 backup: false,
+                zone: String::new(),
             })
             .collect(),
     )

@@ -468,6 +468,7 @@ mod tests {
             replicas: 3,
             zone_spread: false,
             damping: None,
+            grpc_xds: false,
         }
     }
 

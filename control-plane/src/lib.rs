@@ -29,7 +29,9 @@ pub mod state;
 pub mod store;
 pub mod subscribers;
 pub mod writes;
+pub mod xds;
 
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +182,12 @@ pub async fn run(
         .instrument(info_span!("damper")),
     );
 
+    // The map as xDS resources, converted once per snapshot for every stream.
+    let (xds_tx, xds_resources) = watch::channel(None);
+    tokio::spawn(
+        xds::publish(state.clone(), xds_tx, shutdown.clone()).instrument(info_span!("xds_publish")),
+    );
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     {
         let mut state = state.clone();
@@ -195,6 +203,9 @@ pub async fn run(
                         .await;
                     reporter
                         .set_serving::<AdminServiceServer<grpc::admin::AdminSvc>>()
+                        .await;
+                    reporter
+                        .set_serving::<AggregatedDiscoveryServiceServer<grpc::xds::XdsSvc>>()
                         .await;
                 }
             }
@@ -233,6 +244,12 @@ pub async fn run(
         snapshot_permits: Arc::new(tokio::sync::Semaphore::new(
             grpc::healthmap::SNAPSHOT_PERMITS,
         )),
+        shutdown: shutdown.clone(),
+    };
+    let ads = grpc::xds::XdsSvc {
+        resources: xds_resources,
+        metrics: Arc::clone(&metrics),
+        subscribers: Arc::clone(&subscribers),
         shutdown: shutdown.clone(),
     };
     let admin = grpc::admin::AdminSvc {
@@ -304,6 +321,11 @@ pub async fn run(
         )
         .add_service(
             AdminServiceServer::new(admin)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(ads)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )

@@ -58,6 +58,12 @@ pub struct Metrics {
     pub store_ops: StoreOps,
     /// gRPC calls by service, method and code.
     pub calls: crate::grpc::calls::Calls,
+    /// xDS (ADS) streams connected to this replica.
+    pub xds_streams: U64Gauge,
+    /// xDS responses sent and rejected (NACKed), by resource type
+    /// (indexed by `xds::Kind`).
+    pub xds_responses: [Counter; 4],
+    pub xds_nacks: [Counter; 4],
 }
 
 /// A store operation, for [`StoreOps`].
@@ -213,6 +219,11 @@ pub fn register(
             "Health-map subscribers (proxies' streams) connected to this replica",
             &m.subscribers,
         ),
+        (
+            "trackwire_xds_streams",
+            "xDS (ADS) streams of Envoy and gRPC clients connected to this replica",
+            &m.xds_streams,
+        ),
     ] {
         registry.register(name, help, g.clone());
     }
@@ -313,6 +324,23 @@ impl Collector for Fleet {
                 .map(|op| ([("op", op.name())], ops.errors(*op))),
         )?;
         m.calls.encode(&mut e)?;
+        let kinds = crate::xds::Kind::ALL;
+        counters(
+            &mut e,
+            "trackwire_xds_responses",
+            "xDS responses sent, by resource type.",
+            kinds
+                .iter()
+                .map(|k| ([("type", k.name())], m.xds_responses[*k as usize].get())),
+        )?;
+        counters(
+            &mut e,
+            "trackwire_xds_nacks",
+            "xDS responses a client rejected (NACK), by resource type; the client keeps its last accepted version.",
+            kinds
+                .iter()
+                .map(|k| ([("type", k.name())], m.xds_nacks[*k as usize].get())),
+        )?;
         let snap = self.state.borrow().clone();
         let Some(snap) = snap else {
             return Ok(());

@@ -204,6 +204,7 @@ pub fn pool_to_pb(p: &PoolSpec) -> pb::PoolSpec {
                 weight: b.weight,
                 admin_state: admin_to_pb(b.admin_state),
                 backup: b.backup,
+                zone: b.zone.clone(),
             })
             .collect(),
         check: p.check.as_ref().map(check_to_pb),
@@ -222,6 +223,7 @@ pub fn pool_to_pb(p: &PoolSpec) -> pb::PoolSpec {
             reuse: d.reuse,
             max_suppress_ms: ms(d.max_suppress),
         }),
+        grpc_xds: p.grpc_xds,
     }
 }
 
@@ -248,6 +250,7 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
                         &format!("backends[{i}].admin_state"),
                     )?,
                     backup: b.backup,
+                    zone: b.zone.clone(),
                 })
             })
             .collect::<Result<Vec<_>, FieldError>>()?;
@@ -291,6 +294,7 @@ impl TryFrom<&pb::PoolSpec> for PoolSpec {
                 reuse: d.reuse,
                 max_suppress: Duration::from_millis(d.max_suppress_ms),
             }),
+            grpc_xds: p.grpc_xds,
         };
         spec.validate(FieldNames::Wire)?;
         Ok(spec)

@@ -591,6 +591,8 @@ pub struct BackendSpec {
     pub admin_state: AdminState,
     /// Takes traffic only when no non-backup backend is available.
     pub backup: bool,
+    /// The zone the backend runs in (empty: none); its locality in xDS.
+    pub zone: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -608,6 +610,9 @@ pub struct PoolSpec {
     pub zone_spread: bool,
     /// Flap damping; `None`: off.
     pub damping: Option<DampingSpec>,
+    /// Also serve the pool to proxyless gRPC clients over xDS (Listener,
+    /// RouteConfiguration and Cluster besides its ClusterLoadAssignment).
+    pub grpc_xds: bool,
 }
 
 pub const DEFAULT_REPLICAS: u32 = 3;
@@ -640,6 +645,7 @@ impl BackendSpec {
             weight: 1,
             admin_state: AdminState::Ready,
             backup: false,
+            zone: String::new(),
         }
     }
 }
@@ -657,6 +663,7 @@ impl PoolSpec {
             replicas: DEFAULT_REPLICAS,
             zone_spread: false,
             damping: None,
+            grpc_xds: false,
         }
     }
 }
@@ -686,6 +693,11 @@ impl PoolSpec {
             }
             validate_address(&b.address)
                 .map_err(|e| FieldError::new(format!("{path}.address"), e))?;
+            if !b.zone.is_empty() {
+                validate_name(&b.zone).map_err(|e| {
+                    FieldError::new(format!("{path}.zone"), e.replacen("name", "zone", 1))
+                })?;
+            }
             if b.weight > 256 {
                 return Err(FieldError::new(
                     format!("{path}.weight"),

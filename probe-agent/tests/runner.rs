@@ -186,6 +186,7 @@ async fn verdicts_are_resent_after_failover() {
             weight: 1,
             admin_state: trackwire_core::AdminState::Ready,
             backup: false,
+            zone: String::new(),
         }],
         check: Some(check("/status/200", Duration::from_millis(100), 1)),
         quorum: trackwire_core::Quorum::Majority,
@@ -193,6 +194,7 @@ async fn verdicts_are_resent_after_failover() {
         replicas: 3,
         zone_spread: false,
         damping: None,
+        grpc_xds: false,
     };
     trackwire_control_plane::writes::apply(store.as_ref(), &keys, &[pool], 0, false)
         .await

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use trackwire_core::metrics::{DescriptorEncoder, counters};
 
 /// Every method served, as `(service, method)`.
-pub const METHODS: [(&str, &str); 15] = [
+pub const METHODS: [(&str, &str); 17] = [
     ("trackwire.v1.ProbeService", "Connect"),
     ("trackwire.v1.HealthMapService", "Subscribe"),
     ("trackwire.v1.AdminService", "ApplyPools"),
@@ -32,6 +32,14 @@ pub const METHODS: [(&str, &str); 15] = [
     ("trackwire.v1.AdminService", "SetBackendState"),
     ("trackwire.v1.AdminService", "ListAgents"),
     ("trackwire.v1.AdminService", "ListSubscribers"),
+    (
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        "StreamAggregatedResources",
+    ),
+    (
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        "DeltaAggregatedResources",
+    ),
     ("grpc.health.v1.Health", "Check"),
     ("grpc.health.v1.Health", "Watch"),
     (

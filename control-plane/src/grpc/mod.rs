@@ -5,6 +5,7 @@ pub mod admin;
 pub mod calls;
 pub mod healthmap;
 pub mod probe;
+pub mod xds;
 
 use tonic::Status;
 use trackwire_transport::auth::{Allow, Rule};
@@ -21,6 +22,10 @@ pub const ROLE_TABLE: &[Rule] = &[
     ),
     (
         "/trackwire.v1.HealthMapService/Subscribe",
+        Allow::Roles(&[Role::Proxy]),
+    ),
+    (
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/",
         Allow::Roles(&[Role::Proxy]),
     ),
     ("/grpc.health.v1.Health/", Allow::AnyPeer),

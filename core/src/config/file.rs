@@ -42,6 +42,7 @@ struct FilePool {
     initial_state: Option<String>,
     replicas: Option<u32>,
     zone_spread: Option<bool>,
+    grpc_xds: Option<bool>,
     damping: Option<FileDamping>,
     check: Option<FileCheck>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -66,6 +67,7 @@ struct FileBackend {
     weight: Option<u32>,
     admin_state: Option<String>,
     backup: Option<bool>,
+    zone: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -246,6 +248,7 @@ impl FilePool {
             initial_state,
             replicas,
             zone_spread,
+            grpc_xds,
             damping,
             check,
             backend,
@@ -261,6 +264,7 @@ impl FilePool {
                     weight,
                     admin_state,
                     backup,
+                    zone,
                 } = b;
                 Ok(BackendSpec {
                     name,
@@ -269,6 +273,7 @@ impl FilePool {
                     admin_state: parse(admin_state, &format!("{backends}[{i}].admin_state"))?
                         .unwrap_or_default(),
                     backup: backup.unwrap_or(false),
+                    zone: zone.unwrap_or_default(),
                 })
             })
             .collect::<Result<Vec<_>, FieldError>>()?;
@@ -282,6 +287,7 @@ impl FilePool {
             initial_state: parse(initial_state, "initial_state")?.unwrap_or(HealthState::Down),
             replicas: replicas.unwrap_or(DEFAULT_REPLICAS),
             zone_spread: zone_spread.unwrap_or(false),
+            grpc_xds: grpc_xds.unwrap_or(false),
             damping: damping
                 .map(|d| d.into_spec().map_err(|e| e.within("damping")))
                 .transpose()?,
@@ -302,6 +308,7 @@ impl TryFrom<&PoolSpec> for FilePool {
             replicas,
             zone_spread,
             damping,
+            grpc_xds,
         } = p;
         Ok(FilePool {
             name: name.clone(),
@@ -309,6 +316,7 @@ impl TryFrom<&PoolSpec> for FilePool {
             initial_state: Some(initial_state.as_str().into()),
             replicas: Some(*replicas),
             zone_spread: Some(*zone_spread),
+            grpc_xds: Some(*grpc_xds),
             damping: damping.as_ref().map(FileDamping::from),
             check: check
                 .as_ref()
@@ -323,6 +331,7 @@ impl TryFrom<&PoolSpec> for FilePool {
                         weight,
                         admin_state,
                         backup,
+                        zone,
                     } = b;
                     FileBackend {
                         name: name.clone(),
@@ -330,6 +339,7 @@ impl TryFrom<&PoolSpec> for FilePool {
                         weight: Some(*weight),
                         admin_state: Some(admin_state.as_str().into()),
                         backup: Some(*backup),
+                        zone: (!zone.is_empty()).then(|| zone.clone()),
                     }
                 })
                 .collect(),

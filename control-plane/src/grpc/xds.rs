@@ -1,0 +1,355 @@
+//! Envoy's Aggregated Discovery Service, state of the world
+//! (`StreamAggregatedResources`): Envoy and proxyless gRPC clients follow
+//! the health map as xDS resources (built by [`crate::xds`]). Under the
+//! same authentication as `Subscribe`: role `proxy`, and a certificate
+//! bound to a name may speak only as the node of that id.
+//!
+//! Per stream and per resource type the stream keeps what it subscribed
+//! to (explicit names, or every resource: the wildcard of listeners and
+//! clusters when no name is given, or `*`), the hash of each resource it
+//! last sent and the nonce of its last response:
+//!
+//! - a request whose `response_nonce` is not the last one sent is stale
+//!   and ignored, as the protocol asks;
+//! - a request with `error_detail` is a NACK: logged with the client's
+//!   message and counted; nothing is resent until a resource changes, and
+//!   the client keeps its last accepted version;
+//! - a response goes out only when the stream can take it, built from the
+//!   newest resources, so a slow client skips intermediate states as a
+//!   slow `Subscribe` does;
+//! - listeners and clusters are sent whole, endpoints and routes only
+//!   where they changed (or were newly asked for); a requested name that
+//!   does not exist is left out, for the client's does-not-exist timer.
+//!
+//! Nothing is answered before the replica has loaded the whole map, so a
+//! reconnecting client never receives an empty assignment. Delta xDS is
+//! not served (`Unimplemented`); clients fall back to state of the world
+//! when configured with `ADS`/`GRPC`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+use trackwire_core::time::now_ms;
+use trackwire_proto::v1 as pb;
+
+use crate::metrics::Metrics;
+use crate::subscribers::Subscribers;
+use crate::xds::{Kind, Resources, ResourcesRx};
+
+pub struct XdsSvc {
+    pub resources: ResourcesRx,
+    pub metrics: Arc<Metrics>,
+    pub subscribers: Arc<Subscribers>,
+    pub shutdown: CancellationToken,
+}
+
+/// Names a stream may subscribe to per type, and the length of each.
+pub const MAX_RESOURCE_NAMES: usize = 10_000;
+
+type AdsStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsSvc {
+    type StreamAggregatedResourcesStream = AdsStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<AdsStream>, Status> {
+        let peer = super::peer_addr(&request);
+        let caller = super::caller(&request);
+        let mut inbound = request.into_inner();
+        // The first request names the node: checked before anything is sent.
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
+        let node = first.node.clone().unwrap_or_default();
+        if node.id.is_empty() {
+            return Err(Status::invalid_argument(
+                "node.id: the first request must name the node",
+            ));
+        }
+        if node.id.len() > 253 {
+            return Err(Status::invalid_argument("node.id: at most 253 bytes"));
+        }
+        if let Some(name) = super::bound_name(&caller)
+            && node.id != name
+        {
+            return Err(Status::permission_denied(format!(
+                "node.id {:?}: the certificate {caller} may subscribe only as {name:?}",
+                node.id
+            )));
+        }
+        let mut labels = BTreeMap::from([("xds".to_owned(), "ads".to_owned())]);
+        if !node.cluster.is_empty() {
+            labels.insert(
+                "xds.cluster".into(),
+                node.cluster.chars().take(253).collect(),
+            );
+        }
+        let id = self.subscribers.add(pb::SubscriberInfo {
+            proxy_id: node.id.clone(),
+            peer,
+            labels: labels.into_iter().collect(),
+            connected_ms: now_ms(),
+            ..Default::default()
+        });
+        let (tx, rx) = mpsc::channel(1);
+        let span = info_span!("xds_stream", node = %node.id);
+        let stream = AdsSession {
+            id,
+            node: node.id,
+            subs: Default::default(),
+            nonce: 0,
+            metrics: Arc::clone(&self.metrics),
+            subscribers: Arc::clone(&self.subscribers),
+        };
+        let resources = self.resources.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(
+            async move {
+                stream.run(first, inbound, tx, resources, shutdown).await;
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented(
+            "Delta xDS is not served: use state-of-the-world ADS (api_type: GRPC)",
+        ))
+    }
+}
+
+/// What a stream subscribed to for one type.
+#[derive(Debug, Default)]
+struct Sub {
+    /// `None`: every resource of the type.
+    names: Option<BTreeSet<String>>,
+    /// Hash of each resource as last sent.
+    sent: BTreeMap<String, u64>,
+    /// Nonce of the last response (empty: none sent yet).
+    nonce: String,
+    /// Version the client last accepted.
+    acked: String,
+}
+
+impl Sub {
+    fn wants(&self, name: &str) -> bool {
+        self.names.as_ref().is_none_or(|n| n.contains(name))
+    }
+
+    /// The resources to send now, or `None` when the client has them all.
+    fn pending<'r>(
+        &self,
+        kind: Kind,
+        res: &'r Resources,
+    ) -> Option<Vec<(&'r String, &'r crate::xds::Resource)>> {
+        let current: Vec<_> = res
+            .of(kind)
+            .iter()
+            .filter(|(name, _)| self.wants(name))
+            .map(|(n, r)| (n, r.as_ref()))
+            .collect();
+        if kind.full_state() {
+            let same = self.sent.len() == current.len()
+                && current
+                    .iter()
+                    .all(|(n, r)| self.sent.get(*n) == Some(&r.hash));
+            // The first response goes out even when empty: a client waits
+            // for it to finish its initialization.
+            (!same || self.nonce.is_empty()).then_some(current)
+        } else {
+            let changed: Vec<_> = current
+                .into_iter()
+                .filter(|(n, r)| self.sent.get(*n) != Some(&r.hash))
+                .collect();
+            (!changed.is_empty()).then_some(changed)
+        }
+    }
+}
+
+struct AdsSession {
+    id: u64,
+    node: String,
+    subs: [Option<Sub>; 4],
+    nonce: u64,
+    metrics: Arc<Metrics>,
+    subscribers: Arc<Subscribers>,
+}
+
+impl AdsSession {
+    async fn run(
+        mut self,
+        first: DiscoveryRequest,
+        mut inbound: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        mut resources: ResourcesRx,
+        shutdown: CancellationToken,
+    ) {
+        self.metrics.xds_streams.inc();
+        info!("xDS client connected");
+        if let Err(e) = self.handle(first) {
+            let _ = tx.send(Err(e)).await;
+            self.end();
+            return;
+        }
+        loop {
+            // Never answer from a partial view (see the module docs).
+            let current = resources.borrow_and_update().clone();
+            let next = current
+                .as_ref()
+                .and_then(|res| Kind::ALL.into_iter().find(|k| self.has_pending(*k, res)));
+            if next.is_none()
+                && let Some(res) = &current
+            {
+                self.subscribers.synced(self.id, res.revision);
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        if let Err(e) = self.handle(req) {
+                            let _ = tx.send(Err(e)).await;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(error = %e, "xDS stream ended");
+                        break;
+                    }
+                },
+                r = resources.changed() => if r.is_err() { break },
+                permit = tx.reserve(), if next.is_some() => {
+                    let Ok(permit) = permit else { break };
+                    // The newest resources, whatever `next` was computed from.
+                    let res = resources.borrow_and_update().clone();
+                    if let (Some(kind), Some(res)) = (next, res)
+                        && let Some(resp) = self.respond(kind, &res)
+                    {
+                        let bytes = resp.encoded_len();
+                        permit.send(Ok(resp));
+                        self.subscribers.sent(self.id, res.revision, bytes, now_ms());
+                    }
+                }
+            }
+        }
+        self.end();
+    }
+
+    fn end(&self) {
+        self.subscribers.remove(self.id);
+        self.metrics.xds_streams.dec();
+        info!("xDS client gone");
+    }
+
+    fn has_pending(&self, kind: Kind, res: &Resources) -> bool {
+        self.subs[kind as usize]
+            .as_ref()
+            .is_some_and(|s| s.pending(kind, res).is_some())
+    }
+
+    /// The response for `kind` from `res` (recorded as sent), if any is due.
+    fn respond(&mut self, kind: Kind, res: &Resources) -> Option<DiscoveryResponse> {
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let sub = self.subs[kind as usize].as_mut()?;
+        let pending = sub.pending(kind, res)?;
+        if kind.full_state() {
+            sub.sent.clear();
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (name, r) in pending {
+            sub.sent.insert(name.clone(), r.hash);
+            out.push(r.any.clone());
+        }
+        // Forget what no longer exists, so it is sent again if it returns.
+        sub.sent.retain(|n, _| res.of(kind).contains_key(n));
+        sub.nonce.clone_from(&nonce);
+        self.metrics.xds_responses[kind as usize].inc();
+        debug!(kind = kind.name(), version = %res.version, %nonce, resources = out.len(), "xDS response");
+        Some(DiscoveryResponse {
+            version_info: res.version.clone(),
+            resources: out,
+            type_url: kind.type_url(),
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    /// Applies one request: ACK, NACK or a (new) subscription.
+    fn handle(&mut self, req: DiscoveryRequest) -> Result<(), Status> {
+        let Some(kind) = Kind::from_type_url(&req.type_url) else {
+            // Types this server does not serve (secrets, runtime, …) get no
+            // answer, as from a server that has none of them.
+            debug!(type_url = %req.type_url, "xDS request for a type not served");
+            return Ok(());
+        };
+        if req.resource_names.len() > MAX_RESOURCE_NAMES {
+            return Err(Status::invalid_argument(format!(
+                "resource_names: at most {MAX_RESOURCE_NAMES}"
+            )));
+        }
+        if let Some(n) = req.resource_names.iter().find(|n| n.len() > 253) {
+            return Err(Status::invalid_argument(format!(
+                "resource_names: {:?}… is longer than 253 bytes",
+                n.chars().take(32).collect::<String>()
+            )));
+        }
+        let sub = self.subs[kind as usize].get_or_insert_with(Sub::default);
+        if !req.response_nonce.is_empty() && req.response_nonce != sub.nonce {
+            debug!(kind = kind.name(), nonce = %req.response_nonce, "stale xDS request ignored");
+            return Ok(());
+        }
+        if !req.response_nonce.is_empty() {
+            if let Some(detail) = &req.error_detail {
+                self.metrics.xds_nacks[kind as usize].inc();
+                warn!(
+                    node = %self.node,
+                    kind = kind.name(),
+                    rejected_nonce = %req.response_nonce,
+                    kept_version = %req.version_info,
+                    error = %detail.message,
+                    "xDS client rejected a response (NACK); it keeps its last accepted version"
+                );
+            } else {
+                sub.acked.clone_from(&req.version_info);
+                debug!(kind = kind.name(), version = %req.version_info, "xDS ACK");
+            }
+        }
+        let wildcard = req.resource_names.iter().any(|n| n == "*")
+            || (kind.full_state() && req.resource_names.is_empty());
+        let names =
+            (!wildcard).then(|| req.resource_names.iter().cloned().collect::<BTreeSet<_>>());
+        if names != sub.names {
+            // Unsubscribed names are forgotten, so they are sent again if
+            // asked for again.
+            if let Some(n) = &names {
+                sub.sent.retain(|k, _| n.contains(k));
+            }
+            sub.names = names;
+        }
+        Ok(())
+    }
+}
