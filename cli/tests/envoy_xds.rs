@@ -328,3 +328,295 @@ async fn envoy_routes_only_to_up_backends_over_ads() {
     agent.cancel();
     cp.stop().await;
 }
+
+/// `deploy/examples/grpc/bootstrap.json` with this test's control plane and files.
+fn grpc_bootstrap(cp: &str, tls_dir: &Path) -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/grpc/bootstrap.json"
+    );
+    let text = std::fs::read_to_string(path).expect("read the gRPC bootstrap example");
+    serde_json::from_str::<serde_json::Value>(&text).expect("the example is JSON");
+    [
+        ("cp-1.trackwire.internal:7400", cp.to_string()),
+        ("/etc/trackwire/tls/", format!("{}/", tls_dir.display())),
+    ]
+    .into_iter()
+    .fold(text, |t, (from, to)| {
+        assert!(
+            t.contains(from),
+            "the bootstrap example no longer has {from:?}"
+        );
+        t.replace(from, &to)
+    })
+}
+
+/// The Python side of the proxyless gRPC test (`xds_grpc_client.py`).
+struct GrpcClient {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl GrpcClient {
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+            .await
+            .expect("the gRPC client answers within 60 s")
+            .expect("read")
+            .expect("the gRPC client is running")
+    }
+
+    async fn send(&mut self, cmd: &str) -> String {
+        self.stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .expect("write");
+        self.line().await
+    }
+
+    /// `n` calls to `xds:///<pool>`: calls answered per backend, and errors.
+    async fn call(&mut self, n: usize) -> (std::collections::BTreeMap<String, usize>, usize) {
+        let out = self.send(&format!("call {n}")).await;
+        let mut counts = std::collections::BTreeMap::new();
+        let mut err = 0;
+        for w in out.strip_prefix("COUNTS ").expect("COUNTS").split(' ') {
+            let (k, v) = w.split_once('=').expect("name=count");
+            let v = v.parse().expect("count");
+            if k == "err" {
+                err = v;
+            } else {
+                counts.insert(k.to_owned(), v);
+            }
+        }
+        (counts, err)
+    }
+}
+
+/// grpcio resolving `xds:///grpc-web` through trackwire's ADS (mutual TLS,
+/// a proxy certificate) calls only backends whose gRPC health check
+/// passes: one turning NOT_SERVING stops getting calls once the fleet
+/// decides DOWN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_call_only_healthy_backends_over_xds() {
+    use tokio::io::AsyncBufReadExt;
+    logs();
+    let etcd = EtcdCluster::start();
+    let store = etcd_store(etcd.endpoints()).await;
+    let pki = Pki::for_domain("trackwire.local");
+    pki.files(Role::Proxy, "grpc-client-1");
+    let cp = start_cp(
+        Arc::clone(&store),
+        trackwire_control_plane::Config {
+            tls: Some(pki.server()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let url = cp.url.replacen("http://", "https://", 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bootstrap = dir.path().join("bootstrap.json");
+    std::fs::write(
+        &bootstrap,
+        grpc_bootstrap(cp.url.trim_start_matches("http://"), pki.dir.path()),
+    )
+    .expect("write bootstrap");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/xds_grpc_client.py");
+    let mut child = tokio::process::Command::new("python3")
+        .args([script, "grpc-web", "g1", "g2"])
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run python3 (scripts/test installs grpcio)");
+    let stdin = child.stdin.take().expect("stdin");
+    let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut py = GrpcClient {
+        child,
+        stdin,
+        lines,
+    };
+    let ready = py.line().await;
+    let backends: Vec<BackendSpec> = ready
+        .strip_prefix("READY ")
+        .expect("READY")
+        .split(' ')
+        .map(|w| {
+            let (name, addr) = w.split_once('=').expect("name=addr");
+            BackendSpec::new(name, addr)
+        })
+        .collect();
+    let pool = trackwire_core::PoolSpec {
+        check: Some(trackwire_core::CheckSpec {
+            kind: trackwire_core::CheckKind::Grpc,
+            rise: 1,
+            fall: 1,
+            ..trackwire_core::CheckSpec::every(Duration::from_millis(100))
+        }),
+        grpc_xds: true,
+        ..trackwire_core::PoolSpec::new("grpc-web", backends)
+    };
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(
+        trackwire_connect::channel(&url, Some(&pki.client(Role::Admin, "ops")))
+            .await
+            .expect("connect admin"),
+    );
+    apply_pools(&mut admin, std::slice::from_ref(&pool)).await;
+    let agent = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(trackwire_probe_agent::run(
+        trackwire_probe_agent::Config {
+            control_plane: vec![url.clone()],
+            zone: "a".into(),
+            state_dir: None,
+            heartbeat: Duration::from_millis(300),
+            tls: Some(pki.client(Role::Agent, "agent-1")),
+        },
+        None,
+        agent.clone(),
+    ));
+
+    // Both backends UP: calls spread over both.
+    let start = Instant::now();
+    loop {
+        let (counts, err) = py.call(20).await;
+        assert_eq!(err, 0, "{counts:?}");
+        if counts.values().all(|c| *c > 0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "calls never reached both backends: {counts:?}"
+        );
+    }
+
+    // g1 turns NOT_SERVING: once the fleet decides DOWN the client calls only g2.
+    assert_eq!(py.send("health g1 NOT_SERVING").await, "OK");
+    let flipped = Instant::now();
+    let converged = loop {
+        let (counts, err) = py.call(10).await;
+        assert_eq!(err, 0, "{counts:?}");
+        if counts["g1"] == 0 {
+            break flipped.elapsed();
+        }
+        assert!(
+            flipped.elapsed() < Duration::from_secs(15),
+            "g1 still called: {counts:?}"
+        );
+    };
+    let (counts, err) = py.call(50).await;
+    assert_eq!((counts["g1"], counts["g2"], err), (0, 50, 0));
+    println!(
+        "convergence: gRPC health NOT_SERVING -> grpcio stops calling g1 within {converged:?}"
+    );
+
+    // Back to SERVING: calls return to g1.
+    assert_eq!(py.send("health g1 SERVING").await, "OK");
+    let back = Instant::now();
+    loop {
+        let (counts, _) = py.call(20).await;
+        if counts["g1"] > 0 {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(15), "g1 never back");
+    }
+    py.stdin.write_all(b"quit\n").await.expect("write");
+    let _ = tokio::time::timeout(Duration::from_secs(10), py.child.wait()).await;
+    agent.cancel();
+    cp.stop().await;
+}
+
+/// The first response (or error) of an ADS stream opened on `ch` as `node`.
+async fn ads_first(
+    ch: tonic::transport::Channel,
+    node: &str,
+) -> Result<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse, tonic::Status> {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let req = DiscoveryRequest {
+        node: Some(Node {
+            id: node.into(),
+            ..Default::default()
+        }),
+        type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+        resource_names: vec!["web".into()],
+        ..Default::default()
+    };
+    let (_keep_open, rx) = tokio::sync::mpsc::channel(1);
+    let first = tokio_stream::iter(vec![req]);
+    let requests =
+        tokio_stream::StreamExt::chain(first, tokio_stream::wrappers::ReceiverStream::new(rx));
+    let fut = async move {
+        let mut stream = AggregatedDiscoveryServiceClient::new(ch)
+            .stream_aggregated_resources(requests)
+            .await?
+            .into_inner();
+        stream
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unknown("stream ended"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("an answer within 10 s")
+}
+
+/// ADS is for role `proxy` only, and a certificate speaks only as the
+/// node it names; a request without a node id is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_is_for_proxies_speaking_as_their_certificate() {
+    logs();
+    let pki = Pki::new();
+    let cp = start_cp(
+        Arc::new(trackwire_control_plane::store::MemStore::new()),
+        trackwire_control_plane::Config {
+            tls: Some(pki.server()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let url = cp.url.replacen("http://", "https://", 1);
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(
+        trackwire_connect::channel(&url, Some(&pki.client(Role::Admin, "ops")))
+            .await
+            .expect("connect admin"),
+    );
+    let mut pool =
+        trackwire_core::PoolSpec::new("web", vec![BackendSpec::new("b1", "127.0.0.1:1")]);
+    pool.initial_state = trackwire_core::HealthState::Up;
+    apply_pools(&mut admin, &[pool]).await;
+    let channel = |role: Role, name: &str| {
+        let tls = pki.client(role, name);
+        let url = url.clone();
+        async move {
+            trackwire_connect::channel(&url, Some(&tls))
+                .await
+                .expect("connect")
+        }
+    };
+
+    let e = ads_first(channel(Role::Agent, "agent-1").await, "agent-1")
+        .await
+        .expect_err("an agent");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{}", e.message());
+    assert!(e.message().contains("role agent"), "{}", e.message());
+
+    let edge = channel(Role::Proxy, "edge-1").await;
+    let e = ads_first(edge.clone(), "edge-2")
+        .await
+        .expect_err("edge-1 as edge-2");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{}", e.message());
+    assert!(
+        e.message().contains("edge-2") && e.message().contains("edge-1"),
+        "{}",
+        e.message()
+    );
+    let e = ads_first(edge.clone(), "").await.expect_err("no node id");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("node.id"), "{}", e.message());
+
+    let r = ads_first(edge, "edge-1").await.expect("edge-1 as itself");
+    assert_eq!(r.resources.len(), 1, "the assignment of web");
+    cp.stop().await;
+}

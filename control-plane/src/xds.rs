@@ -163,6 +163,31 @@ impl Resources {
     }
 }
 
+#[cfg(test)]
+impl Resources {
+    /// Endpoints resources whose encodings are the given bytes (session tests).
+    pub(crate) fn for_test(revision: u64, endpoints: &[(&str, &str)]) -> Resources {
+        let mut out = Resources {
+            version: format!("1.{revision}"),
+            revision,
+            ..Resources::default()
+        };
+        for (name, value) in endpoints {
+            let mut h = std::hash::DefaultHasher::new();
+            value.as_bytes().hash(&mut h);
+            let r = Arc::new(Resource {
+                hash: h.finish(),
+                any: Any {
+                    type_url: Kind::Endpoints.type_url(),
+                    value: value.as_bytes().to_vec(),
+                },
+            });
+            out.by_kind[Kind::Endpoints as usize].insert((*name).to_owned(), r);
+        }
+        out
+    }
+}
+
 /// `host:port` (IPv6 hosts in brackets) as a socket address.
 fn socket_address(address: &str) -> core::Address {
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));

@@ -34,7 +34,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -201,7 +201,7 @@ impl AdsSession {
     async fn run(
         mut self,
         first: DiscoveryRequest,
-        mut inbound: Streaming<DiscoveryRequest>,
+        mut inbound: impl Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
         mut resources: ResourcesRx,
         shutdown: CancellationToken,
@@ -227,15 +227,15 @@ impl AdsSession {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => {
+                msg = inbound.next() => match msg {
+                    Some(Ok(req)) => {
                         if let Err(e) = self.handle(req) {
                             let _ = tx.send(Err(e)).await;
                             break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
+                    None => break,
+                    Some(Err(e)) => {
                         debug!(error = %e, "xDS stream ended");
                         break;
                     }
@@ -351,5 +351,184 @@ impl AdsSession {
             sub.names = names;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+    use tokio::sync::watch;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    type Res = Option<Arc<Resources>>;
+
+    struct Harness {
+        requests: mpsc::UnboundedSender<Result<DiscoveryRequest, Status>>,
+        responses: mpsc::Receiver<Result<DiscoveryResponse, Status>>,
+        resources: watch::Sender<Res>,
+        metrics: Arc<Metrics>,
+        _stop: tokio_util::sync::DropGuard,
+    }
+
+    fn eds(names: &[&str], nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: Kind::Endpoints.type_url(),
+            resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn start(first: DiscoveryRequest, initial: Resources) -> Harness {
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(1);
+        let (res_tx, res_rx) = watch::channel(Some(Arc::new(initial)));
+        let metrics = Arc::new(Metrics::default());
+        let subscribers = Arc::new(Subscribers::default());
+        let stop = CancellationToken::new();
+        let session = AdsSession {
+            id: subscribers.add(Default::default()),
+            node: "n".into(),
+            subs: Default::default(),
+            nonce: 0,
+            metrics: Arc::clone(&metrics),
+            subscribers,
+        };
+        tokio::spawn(session.run(
+            first,
+            UnboundedReceiverStream::new(req_rx),
+            tx,
+            res_rx,
+            stop.clone(),
+        ));
+        Harness {
+            requests: req_tx,
+            responses: rx,
+            resources: res_tx,
+            metrics,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    impl Harness {
+        async fn recv(&mut self) -> DiscoveryResponse {
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.responses.recv())
+                .await
+                .expect("a response within 5 s")
+                .expect("stream open")
+                .expect("not an error")
+        }
+
+        fn publish(&self, revision: u64, endpoints: &[(&str, &str)]) {
+            self.resources
+                .send_replace(Some(Arc::new(Resources::for_test(revision, endpoints))));
+        }
+
+        fn send(&self, req: DiscoveryRequest) {
+            self.requests.send(Ok(req)).expect("session running");
+        }
+    }
+
+    /// The resources in a response, as their (test) encodings.
+    fn values(r: &DiscoveryResponse) -> Vec<String> {
+        r.resources
+            .iter()
+            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn answers_only_the_names_asked_and_only_what_changed() {
+        let mut h = start(
+            eds(&["a"], ""),
+            Resources::for_test(1, &[("a", "a1"), ("b", "b1")]),
+        );
+        let r = h.recv().await;
+        assert_eq!(
+            (values(&r), r.version_info.as_str()),
+            (vec!["a1".into()], "1.1")
+        );
+        h.send(DiscoveryRequest {
+            version_info: r.version_info.clone(),
+            ..eds(&["a"], &r.nonce)
+        });
+        // Only b changes at 2 (nothing is due); a at 3: the next response
+        // is 3's, so none was sent for 2.
+        h.publish(2, &[("a", "a1"), ("b", "b2")]);
+        h.publish(3, &[("a", "a3"), ("b", "b2")]);
+        let r = h.recv().await;
+        assert_eq!(
+            (values(&r), r.version_info.as_str()),
+            (vec!["a3".into()], "1.3")
+        );
+
+        // A request with a stale nonce is ignored; with the current one,
+        // the newly asked name is sent (alone: a did not change).
+        h.send(eds(&["a", "b"], "1"));
+        h.send(eds(&["a", "b"], &r.nonce));
+        let r = h.recv().await;
+        assert_eq!(values(&r), ["b2"]);
+        // Unsubscribing from a: its changes are not sent.
+        h.send(eds(&["b"], &r.nonce));
+        h.publish(4, &[("a", "a4"), ("b", "b2")]);
+        h.publish(5, &[("a", "a4"), ("b", "b5")]);
+        assert_eq!(values(&h.recv().await), ["b5"]);
+    }
+
+    #[tokio::test]
+    async fn a_nack_is_counted_and_nothing_is_resent_until_a_change() {
+        let mut h = start(eds(&["a"], ""), Resources::for_test(1, &[("a", "a1")]));
+        let r = h.recv().await;
+        h.send(DiscoveryRequest {
+            version_info: String::new(),
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "endpoint address is not an IP".into(),
+                ..Default::default()
+            }),
+            ..eds(&["a"], &r.nonce)
+        });
+        h.publish(2, &[("a", "a2")]);
+        let r2 = h.recv().await;
+        assert_eq!(values(&r2), ["a2"], "the next response is the next change");
+        assert_eq!(h.metrics.xds_nacks[Kind::Endpoints as usize].get(), 1);
+        assert_eq!(h.metrics.xds_responses[Kind::Endpoints as usize].get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_slow_client_skips_intermediate_states() {
+        let mut h = start(eds(&["a"], ""), Resources::for_test(1, &[("a", "a1")]));
+        let mut got = vec![values(&h.recv().await)[0].clone()];
+        // Not read while four changes land: the stream holds at most one
+        // response, and the next is built from the newest state.
+        for rev in 2..=5 {
+            h.publish(rev, &[("a", &format!("a{rev}"))]);
+        }
+        loop {
+            let v = values(&h.recv().await)[0].clone();
+            got.push(v.clone());
+            if v == "a5" {
+                break;
+            }
+        }
+        assert!(got.len() <= 3, "intermediate states were queued: {got:?}");
+        // Nothing else is queued behind a5: the next response is 6's.
+        h.publish(6, &[("a", "a6")]);
+        assert_eq!(values(&h.recv().await), ["a6"]);
+    }
+
+    #[tokio::test]
+    async fn listeners_and_clusters_are_sent_whole_and_first_even_when_empty() {
+        let mut h = start(
+            DiscoveryRequest {
+                type_url: Kind::Cluster.type_url(),
+                ..Default::default()
+            },
+            Resources::for_test(1, &[("a", "a1")]),
+        );
+        let r = h.recv().await;
+        assert_eq!(r.type_url, Kind::Cluster.type_url());
+        assert!(r.resources.is_empty(), "no pool asks for gRPC resources");
     }
 }
