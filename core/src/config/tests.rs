@@ -97,6 +97,14 @@ fn errors_name_the_field() {
         err("[[pool]]\nname = \"a\"\n[pool.check]\ninterval = \"0s\"\n")
             .starts_with("pool[0].check.interval:")
     );
+    let e = err(
+        "[[pool]]\nname = \"a\"\n[[pool.backend]]\nname = \"b\"\naddress = \"h:1\"\nzone = \"eu west\"\n",
+    );
+    assert!(
+        e.starts_with("pool[0].backend[0].zone:") && e.contains("invalid zone \"eu west\""),
+        "{e}"
+    );
+    assert!(err("[[pool]]\nname = \"a\"\ngrpc_xds = \"yes\"\n").contains("grpc_xds"));
 }
 
 #[test]
@@ -494,17 +502,18 @@ mod round_trip {
                 Just(AdminState::Maint)
             ],
             any::<bool>(),
+            prop_oneof![Just(String::new()), name()],
         )
-            .prop_map(
-                move |(name, address, weight, admin_state, backup)| BackendSpec {
+            .prop_map(move |(name, address, weight, admin_state, backup, zone)| {
+                BackendSpec {
                     name: format!("{name}-{i}"),
                     address,
                     weight,
                     admin_state,
                     backup,
-                    zone: String::new(),
-                },
-            )
+                    zone,
+                }
+            })
     }
 
     fn pool(i: usize) -> impl Strategy<Value = PoolSpec> {
@@ -517,6 +526,7 @@ mod round_trip {
             1u32..=64,
             any::<bool>(),
             proptest::option::of(damping()),
+            any::<bool>(),
         )
             .prop_map(
                 move |(
@@ -528,6 +538,7 @@ mod round_trip {
                     replicas,
                     zone_spread,
                     damping,
+                    grpc_xds,
                 )| {
                     PoolSpec {
                         name: format!("{name}-{i}"),
@@ -538,7 +549,7 @@ mod round_trip {
                         replicas,
                         zone_spread,
                         damping,
-                        grpc_xds: false,
+                        grpc_xds,
                     }
                 },
             )
