@@ -46,7 +46,12 @@ pub fn endpoint(url: &str, tls: Option<&Tls>) -> Result<Connector, String> {
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+        .keep_alive_timeout(Duration::from_secs(5))
+        // Ping whatever hyper thinks of the connection's streams: without
+        // this no ping went out on a proxy's open Subscribe stream, and a
+        // proxy cut off from the control plane (no FIN, no RST) kept the
+        // dead connection, and a stale map, indefinitely (chaos scenario 4).
+        .keep_alive_while_idle(true);
     Ok(Connector {
         endpoint,
         tls: tls.cloned(),

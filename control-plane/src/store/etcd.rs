@@ -4,7 +4,18 @@
 //! a lost etcd leader costs about one election, not the default ~6 s stall.
 //! Watches and lease keep-alives use a second client without that timeout
 //! because they are long-lived streams.
+//!
+//! Requests go to one **pinned member** at a time, as etcd's Go client
+//! does: a failure of that member (refused, timed out, reset, no leader)
+//! moves the pin to the next endpoint, and the request is retried there
+//! at once. etcd-client's own balancing over all endpoints kept sending a
+//! share of every kind of request to a killed member (etcd-client#39):
+//! lease keep-alives and verdict writes failed at random, agent sessions
+//! ended over and over, and a real failure went unseen for seconds
+//! (chaos scenario 8).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use etcd_client::{
@@ -12,7 +23,7 @@ use etcd_client::{
     Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::mpsc;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     Compare, KeyValue, LeaseId, Op, Result, Store, StoreError, TxnResult, WatchBatch, WatchEvent,
@@ -62,10 +73,71 @@ impl EtcdOptions {
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    unary: Client,
-    streams: Client,
+    members: Arc<Members>,
     attempts: u32,
     cluster_id: u64,
+}
+
+/// A client pair per endpoint (each connects lazily, to that member
+/// only) and the one requests go to.
+struct Members {
+    endpoints: Vec<String>,
+    unary: Vec<Client>,
+    streams: Vec<Client>,
+    pinned: AtomicUsize,
+}
+
+impl Members {
+    fn pinned(&self) -> usize {
+        self.pinned.load(Relaxed) % self.endpoints.len()
+    }
+
+    /// The request to member `i` failed with `e`: when that says the member
+    /// (not the request) is at fault, pin the next member — unless another
+    /// request already moved the pin. Whether the next attempt goes elsewhere.
+    fn failed(&self, i: usize, e: &etcd_client::Error) -> bool {
+        if self.endpoints.len() < 2 || !member_failure(e) {
+            return false;
+        }
+        let next = (i + 1) % self.endpoints.len();
+        if self
+            .pinned
+            .compare_exchange(i, next, Relaxed, Relaxed)
+            .is_ok()
+        {
+            warn!(
+                from = %self.endpoints[i],
+                to = %self.endpoints[next],
+                error = %e,
+                "etcd member failed; using the next one"
+            );
+        }
+        true
+    }
+}
+
+/// Whether `e` says the member could not serve (so another one may):
+/// transport failures, timeouts, resets and `Unavailable` (also "no
+/// leader"), not answers about the request itself.
+fn member_failure(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether the request never reached the member (so even a
+/// non-idempotent one may be sent again elsewhere).
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let text = format!("{e:?}");
+    text.contains("ConnectError") || text.contains("tcp connect error")
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
@@ -118,19 +190,33 @@ impl EtcdStore {
             }
             None => base,
         };
-        let unary = Client::connect(
-            &opts.endpoints,
-            Some(base.clone().with_timeout(opts.request_timeout)),
-        )
-        .await
-        .map_err(unavailable)?;
-        let streams = Client::connect(&opts.endpoints, Some(base))
-            .await
-            .map_err(unavailable)?;
+        let mut unary = Vec::new();
+        let mut streams = Vec::new();
+        for e in &opts.endpoints {
+            // Lazy: a member down at start costs nothing until it is pinned.
+            unary.push(
+                Client::connect(
+                    [e],
+                    Some(base.clone().with_timeout(opts.request_timeout)),
+                )
+                .await
+                .map_err(unavailable)?,
+            );
+            streams.push(
+                Client::connect([e], Some(base.clone()))
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
         let mut store = EtcdStore {
-            unary,
-            streams,
-            attempts: opts.attempts.max(1),
+            members: Arc::new(Members {
+                endpoints: opts.endpoints.clone(),
+                unary,
+                streams,
+                pinned: AtomicUsize::new(0),
+            }),
+            // Every member gets a try before a request fails.
+            attempts: opts.attempts.max(1).max(opts.endpoints.len() as u32),
             cluster_id: 0,
         };
         let resp = store
@@ -148,14 +234,18 @@ impl EtcdStore {
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut last = None;
+        let mut moved = false;
         for attempt in 0..self.attempts {
-            if attempt > 0 {
+            // Another member is tried at once; the same one after a pause.
+            if attempt > 0 && !moved {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
             }
-            match f(self.unary.clone()).await {
+            let i = self.members.pinned();
+            match f(self.members.unary[i].clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    debug!(attempt, error = %e, "etcd {what} failed");
+                    debug!(attempt, member = %self.members.endpoints[i], error = %e, "etcd {what} failed");
+                    moved = self.members.failed(i, &e);
                     last = Some(e);
                 }
             }
@@ -234,13 +324,23 @@ impl Store for EtcdStore {
                 Op::Delete(key) => TxnOp::delete(key, None),
             })
             .collect();
-        // Not retried: a commit whose response was lost would then fail its compares.
-        let resp = self
-            .unary
-            .clone()
-            .txn(Txn::new().when(when).and_then(then))
-            .await
-            .map_err(|e| lease_error(unavailable(e), leases.first().copied()))?;
+        // Retried only when it never reached a member: a commit whose
+        // response was lost would then fail its compares.
+        let txn = Txn::new().when(when).and_then(then);
+        let mut attempt = 0;
+        let resp = loop {
+            let i = self.members.pinned();
+            match self.members.unary[i].clone().txn(txn.clone()).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    attempt += 1;
+                    let moved = self.members.failed(i, &e);
+                    if !(moved && never_sent(&e) && attempt < self.attempts) {
+                        return Err(lease_error(unavailable(e), leases.first().copied()));
+                    }
+                }
+            }
+        };
         Ok(TxnResult {
             succeeded: resp.succeeded(),
             revision: header_revision(resp.header()),
@@ -251,14 +351,19 @@ impl Store for EtcdStore {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from_revision as i64);
-        let mut stream = self
-            .streams
+        let i = self.members.pinned();
+        let members = Arc::clone(&self.members);
+        let fail = |e: etcd_client::Error| {
+            members.failed(i, &e);
+            unavailable(e)
+        };
+        let mut stream = self.members.streams[i]
             .clone()
             .watch(prefix, Some(opts))
             .await
-            .map_err(unavailable)?;
+            .map_err(fail)?;
         // The first message confirms creation, or says the start revision is compacted.
-        match stream.message().await.map_err(unavailable)? {
+        match stream.message().await.map_err(fail)? {
             Some(m) if m.canceled() => {
                 return Err(if m.compact_revision() > 0 {
                     StoreError::Compacted {
@@ -311,7 +416,10 @@ impl Store for EtcdStore {
                             Ok(WatchBatch { events })
                         }
                         Ok(None) => Err(StoreError::WatchCancelled("stream closed".into())),
-                        Err(e) => Err(unavailable(e)),
+                        Err(e) => {
+                            members.failed(i, &e);
+                            Err(unavailable(e))
+                        }
                     };
                     let end = batch.is_err();
                     if tx.send(batch).await.is_err() || end {
@@ -335,10 +443,13 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
-        let err = |e| lease_error(unavailable(e), Some(lease));
+        let i = self.members.pinned();
+        let err = |e: etcd_client::Error| {
+            self.members.failed(i, &e);
+            lease_error(unavailable(e), Some(lease))
+        };
         let fut = async {
-            let (mut keeper, mut responses) = self
-                .streams
+            let (mut keeper, mut responses) = self.members.streams[i]
                 .clone()
                 .lease_keep_alive(lease)
                 .await
@@ -355,11 +466,15 @@ impl Store for EtcdStore {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {
-        self.unary
+        let i = self.members.pinned();
+        self.members.unary[i]
             .clone()
             .lease_revoke(lease)
             .await
-            .map_err(|e| lease_error(unavailable(e), Some(lease)))?;
+            .map_err(|e| {
+                self.members.failed(i, &e);
+                lease_error(unavailable(e), Some(lease))
+            })?;
         Ok(())
     }
 
