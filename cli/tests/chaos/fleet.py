@@ -625,12 +625,15 @@ def s4_proxy_cut(f, r):
 
 def s5_rolling_restart(f, r):
     """Rolling restart of both proxies under load: no refused connection."""
+    start = time.time()
     for p in PROXIES:
         handover(f, p, 7404)
         t = time.time()
-        wait(f"load through the new {p}", 10,
-             lambda p=p: any(f.routed_after(b, t)[p] for b in BACKENDS))
+        # Two seconds of load through the new process before the next one.
+        wait(f"load through the new {p} to every backend", 10, lambda p=p: (
+            time.time() - t > 2 and all(f.routed_after(b, t)[p] for b in BACKENDS)))
     r.fig("proxies restarted", len(PROXIES))
+    r.fig("rolling restart took (s)", round(time.time() - start, 1))
     check_no_failures(f, r)
 
 
