@@ -86,6 +86,33 @@ pub enum Command {
     /// Make a CA and certificates for mutual TLS between trackwire processes.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Serve a demo HTTP backend (`/readyz` flipped by POST /down, /up, /toggle).
+    DemoBackend(DemoBackendArgs),
+    /// Exit 0 when this host's trackwire process answers /healthz with 200
+    /// (for container HEALTHCHECKs), else 1.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoBackendArgs {
+    /// Where to serve HTTP.
+    #[arg(long, env = "TRACKWIRE_DEMO_BIND", default_value = "0.0.0.0:8080")]
+    pub bind: std::net::SocketAddr,
+    /// The name it answers `hello from NAME` with.
+    #[arg(long, env = "TRACKWIRE_DEMO_NAME", default_value = "demo")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The process's HTTP port, as given to it (an unspecified address such
+    /// as 0.0.0.0 is reached on loopback). The same variable the process
+    /// reads, so a container's HEALTHCHECK needs no flags.
+    #[arg(long, env = "TRACKWIRE_HTTP_BIND", default_value = "127.0.0.1:7401")]
+    pub http_bind: std::net::SocketAddr,
+    /// Give up after this long.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -53,6 +53,8 @@ fn main() -> ExitCode {
             Command::Check(a) => trackwire_cli::check(&a.file),
             Command::Certs(c) => trackwire_cli::certs::run(c),
             Command::Export(a) => trackwire_cli::export::run(a).await,
+            Command::DemoBackend(a) => trackwire_cli::demo::serve(a).await,
+            Command::Healthcheck(a) => trackwire_cli::demo::healthcheck(a).await,
             Command::Import(a) => match a.from {
                 trackwire_cli::args::ImportFrom::Haproxy => trackwire_cli::import::run(&a.file),
             },

@@ -195,12 +195,9 @@ impl EtcdStore {
         for e in &opts.endpoints {
             // Lazy: a member down at start costs nothing until it is pinned.
             unary.push(
-                Client::connect(
-                    [e],
-                    Some(base.clone().with_timeout(opts.request_timeout)),
-                )
-                .await
-                .map_err(unavailable)?,
+                Client::connect([e], Some(base.clone().with_timeout(opts.request_timeout)))
+                    .await
+                    .map_err(unavailable)?,
             );
             streams.push(
                 Client::connect([e], Some(base.clone()))
