@@ -754,7 +754,9 @@ def main():
         ok = True
     except Exception:
         traceback.print_exc()
-        for p in ["cp1", "cp2", "agent1", "agent2", "agent3", "proxy1", "proxy2"]:
+        a.keep = True  # the logs of a failed run are kept
+        for p in ["cp1", "cp2", "agent1", "agent2", "agent3", "proxy1", "proxy2",
+                  "proxy1-7404", "proxy2-7404"]:
             path = os.path.join(workdir, f"{p}.log")
             if os.path.exists(path):
                 with open(path, errors="replace") as fh:
