@@ -91,24 +91,6 @@ async fn health_flags(admin: u16, cluster: &str, address: &str) -> Option<String
         .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
 }
 
-/// One HTTP/1.0 request through Envoy's listener to a test backend.
-async fn through(port: u16, path: &str) -> bool {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    let req = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await;
-    out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
-}
-
-fn hits(http: &TestHttp, path: &str) -> usize {
-    http.requests().iter().filter(|(p, _)| p == path).count()
-}
-
 /// `deploy/examples/envoy/envoy.yaml` with this test's addresses and files.
 fn envoy_config(cp_port: u16, listen: u16, admin: u16, tls_dir: &Path) -> String {
     let path = concat!(
@@ -190,23 +172,13 @@ async fn envoy_routes_only_to_up_backends_over_ads() {
         });
     }
     apply_pools(&mut admin, std::slice::from_ref(&pool)).await;
-    let agent = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(trackwire_probe_agent::run(
-        trackwire_probe_agent::Config {
-            control_plane: vec![url.clone()],
-            zone: "a".into(),
-            state_dir: None,
-            heartbeat: Duration::from_millis(300),
-            tls: Some(pki.client(Role::Agent, "agent-1")),
-        },
-        None,
-        agent.clone(),
-    ));
+    let agent = run_agent(&url, Some(pki.client(Role::Agent, "agent-1")));
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (listen, envoy_admin) = (free_port().await, free_port().await);
+    let (listen_port, envoy_admin) = (free_port().await, free_port().await);
+    let listen: std::net::SocketAddr = ([127, 0, 0, 1], listen_port).into();
     let _envoy = start_envoy(
-        &envoy_config(cp_addr.port(), listen, envoy_admin, pki.dir.path()),
+        &envoy_config(cp_addr.port(), listen_port, envoy_admin, pki.dir.path()),
         dir.path(),
     );
     let envoy_log = || std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default();
@@ -227,7 +199,7 @@ async fn envoy_routes_only_to_up_backends_over_ads() {
         "{lines:#?}"
     );
     for _ in 0..9 {
-        assert!(through(listen, "/before").await, "{}", envoy_log());
+        assert!(ok_through(listen, "/before").await, "{}", envoy_log());
     }
     assert_eq!(
         hits(&b1, "/before") + hits(&b2, "/before") + hits(&b3, "/before"),
@@ -245,7 +217,7 @@ async fn envoy_routes_only_to_up_backends_over_ads() {
     .await;
     let converged = flipped.elapsed();
     for _ in 0..20 {
-        assert!(through(listen, "/after-down").await, "{}", envoy_log());
+        assert!(ok_through(listen, "/after-down").await, "{}", envoy_log());
     }
     assert_eq!(hits(&b1, "/after-down"), 0, "no new connection to b1");
     assert_eq!(hits(&b2, "/after-down") + hits(&b3, "/after-down"), 20);
@@ -270,7 +242,7 @@ async fn envoy_routes_only_to_up_backends_over_ads() {
     })
     .await;
     for _ in 0..10 {
-        assert!(through(listen, "/drained").await);
+        assert!(ok_through(listen, "/drained").await);
     }
     assert_eq!(hits(&b3, "/drained"), 10);
 
@@ -278,7 +250,7 @@ async fn envoy_routes_only_to_up_backends_over_ads() {
     // endpoints meanwhile and after, and keeps routing to b3.
     cp.stop().await;
     for _ in 0..5 {
-        assert!(through(listen, "/cp-down").await, "{}", envoy_log());
+        assert!(ok_through(listen, "/cp-down").await, "{}", envoy_log());
     }
     assert_eq!(hits(&b3, "/cp-down"), 5);
     let grpc = TcpListener::bind(cp_addr).await.expect("rebind");
@@ -299,7 +271,7 @@ async fn envoy_routes_only_to_up_backends_over_ads() {
         Some("healthy")
     );
     for _ in 0..5 {
-        assert!(through(listen, "/cp-back").await);
+        assert!(ok_through(listen, "/cp-back").await);
     }
     assert_eq!(hits(&b3, "/cp-back"), 5);
 
@@ -463,18 +435,7 @@ async fn grpc_clients_call_only_healthy_backends_over_xds() {
             .expect("connect admin"),
     );
     apply_pools(&mut admin, std::slice::from_ref(&pool)).await;
-    let agent = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(trackwire_probe_agent::run(
-        trackwire_probe_agent::Config {
-            control_plane: vec![url.clone()],
-            zone: "a".into(),
-            state_dir: None,
-            heartbeat: Duration::from_millis(300),
-            tls: Some(pki.client(Role::Agent, "agent-1")),
-        },
-        None,
-        agent.clone(),
-    ));
+    let agent = run_agent(&url, Some(pki.client(Role::Agent, "agent-1")));
 
     // Both backends UP: calls spread over both.
     let start = Instant::now();

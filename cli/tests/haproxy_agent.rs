@@ -14,7 +14,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use trackwire_core::HealthState;
@@ -75,24 +74,6 @@ async fn wait_status(sock: &Path, server: &str, want: &str, secs: u64) -> Durati
     )
     .await;
     start.elapsed()
-}
-
-/// One request through HAProxy's frontend.
-async fn through(frontend: std::net::SocketAddr, path: &str) -> bool {
-    let Ok(mut s) = tokio::net::TcpStream::connect(frontend).await else {
-        return false;
-    };
-    let req = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await;
-    out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
-}
-
-fn hits(http: &TestHttp, path: &str) -> usize {
-    http.requests().iter().filter(|(p, _)| p == path).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +157,7 @@ async fn haproxy_follows_the_map_through_agent_check() {
         .expect("b1");
     assert!(last.contains("L7STS"), "the reason reaches HAProxy: {last}");
     for _ in 0..10 {
-        assert!(through(fe, "/after-down").await, "HAProxy routes to b2");
+        assert!(ok_through(fe, "/after-down").await, "HAProxy routes to b2");
     }
     assert_eq!(hits(&b1, "/after-down"), 0, "no new connection to b1");
     assert_eq!(hits(&b2, "/after-down"), 10);
@@ -214,7 +195,7 @@ async fn haproxy_follows_the_map_through_agent_check() {
     assert_eq!(status(&sock, "b1"), "DOWN (agent)");
     assert_eq!(status(&sock, "b2"), "UP");
     for _ in 0..5 {
-        assert!(through(fe, "/after-cp").await, "still routing");
+        assert!(ok_through(fe, "/after-cp").await, "still routing");
     }
     assert_eq!(hits(&b2, "/after-cp"), 5);
     agent.cancel();

@@ -338,3 +338,42 @@ pub async fn apply_pools(
         .await
         .expect("apply");
 }
+
+/// Runs a real probe agent in zone `a` (no state dir, 300 ms heartbeat)
+/// against `url` until the returned token is cancelled.
+pub fn run_agent(url: &str, tls: Option<Tls>) -> CancellationToken {
+    let token = CancellationToken::new();
+    tokio::spawn(trackwire_probe_agent::run(
+        trackwire_probe_agent::Config {
+            control_plane: vec![url.to_string()],
+            zone: "a".into(),
+            state_dir: None,
+            heartbeat: Duration::from_millis(300),
+            tls,
+        },
+        None,
+        token.clone(),
+    ));
+    token
+}
+
+/// One HTTP/1.0 request through a proxy (HAProxy, Envoy, …) to a
+/// [`trackwire_testkit::http::TestHttp`] backend: whether it answered 200.
+pub async fn ok_through(proxy: std::net::SocketAddr, path: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(proxy).await else {
+        return false;
+    };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: t\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await;
+    out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
+}
+
+/// Requests for `path` a test backend received.
+pub fn hits(http: &trackwire_testkit::http::TestHttp, path: &str) -> usize {
+    http.requests().iter().filter(|(p, _)| p == path).count()
+}
