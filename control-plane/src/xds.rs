@@ -10,8 +10,11 @@
 //! | `drain` (or weight 0) | `DRAINING`: no new connections, existing ones kept |
 //! | `maint` | not listed |
 //! | weight | `load_balancing_weight` (at least 1) |
-//! | zone | the locality's `zone`; localities weigh the sum of their endpoints' weights |
-//! | backup | priority 1 (priority 0 when the pool lists no other backend) |
+//! | zone | the locality's `zone`; localities weigh the sum of their healthy endpoints' weights (at least 1) |
+//! | backup | priority 1 (priority 0 when the pool lists no other backend); the overprovisioning factor keeps priority 0 whole while any of it is healthy |
+//!
+//! A backend whose address is a name, or repeats one already listed, is
+//! left out (xDS clients reject both), with a warning.
 //!
 //! A pool with `grpc_xds` also gets the `Listener` (an API listener whose
 //! HTTP connection manager takes its routes over ADS and ends in the
@@ -38,6 +41,7 @@ use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use prost::Name;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 use trackwire_core::map::PoolMap;
 use trackwire_core::model::{AdminState, HealthState, PoolSpec};
 
@@ -167,37 +171,39 @@ impl Resources {
 impl Resources {
     /// Endpoints resources whose encodings are the given bytes (session tests).
     pub(crate) fn for_test(revision: u64, endpoints: &[(&str, &str)]) -> Resources {
+        Resources::for_test_kind(Kind::Endpoints, revision, endpoints)
+    }
+
+    /// Resources of `kind` whose encodings are the given bytes (session tests).
+    pub(crate) fn for_test_kind(kind: Kind, revision: u64, items: &[(&str, &str)]) -> Resources {
         let mut out = Resources {
             version: format!("1.{revision}"),
             revision,
             ..Resources::default()
         };
-        for (name, value) in endpoints {
+        for (name, value) in items {
             let mut h = std::hash::DefaultHasher::new();
             value.as_bytes().hash(&mut h);
             let r = Arc::new(Resource {
                 hash: h.finish(),
                 any: Any {
-                    type_url: Kind::Endpoints.type_url(),
+                    type_url: kind.type_url(),
                     value: value.as_bytes().to_vec(),
                 },
             });
-            out.by_kind[Kind::Endpoints as usize].insert((*name).to_owned(), r);
+            out.by_kind[kind as usize].insert((*name).to_owned(), r);
         }
         out
     }
 }
 
-/// `host:port` (IPv6 hosts in brackets) as a socket address.
-fn socket_address(address: &str) -> core::Address {
-    let (host, port) = address.rsplit_once(':').unwrap_or((address, "0"));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+fn socket_address(addr: std::net::SocketAddr) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-            address: host.to_owned(),
-            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(
-                port.parse().unwrap_or(0),
-            )),
+            address: addr.ip().to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                addr.port(),
+            ))),
             ..Default::default()
         })),
     }
@@ -212,7 +218,16 @@ fn health_status(e: &trackwire_core::Endpoint) -> core::HealthStatus {
     }
 }
 
+/// Envoy's overprovisioning factor, in percent: a priority (or locality)
+/// counts as fully available while any endpoint in it is healthy, so
+/// backups take traffic only when no primary is healthy, as in HAProxy
+/// (Envoy's default, 140, starts spilling to them once a primary is DOWN).
+pub const OVERPROVISIONING_FACTOR: u32 = 1_000_000;
+
 /// A pool's `ClusterLoadAssignment` (see the module docs for the mapping).
+/// Endpoints whose host is not an IP address (xDS clients do not resolve
+/// names here, and Envoy would reject the whole response) and repeats of
+/// an address already listed are left out, with a warning.
 pub fn load_assignment(
     name: &str,
     pool: &PoolMap,
@@ -224,22 +239,45 @@ pub fn load_assignment(
             .find(|b| b.name == backend)
             .map_or("", |b| b.zone.as_str())
     };
-    let listed = || pool.values().filter(|e| e.admin_state != AdminState::Maint);
-    let any_primary = listed().any(|e| !e.backup);
+    let mut seen = std::collections::HashSet::new();
+    let listed: Vec<(&trackwire_core::Endpoint, std::net::SocketAddr)> = pool
+        .values()
+        .filter(|e| e.admin_state != AdminState::Maint)
+        .filter_map(|e| match e.address.parse::<std::net::SocketAddr>() {
+            Ok(a) if seen.insert(a) => Some((e, a)),
+            Ok(_) => {
+                warn!(pool = name, backend = %e.backend, address = %e.address,
+                    "left out of the xDS assignment: another backend has the same address");
+                None
+            }
+            Err(_) => {
+                warn!(pool = name, backend = %e.backend, address = %e.address,
+                    "left out of the xDS assignment: xDS clients need an IP address, not a name");
+                None
+            }
+        })
+        .collect();
+    let any_primary = listed.iter().any(|(e, _)| !e.backup);
     // (priority, zone) → endpoints, so localities come out sorted.
     let mut groups: BTreeMap<(u32, &str), Vec<endpoint::LbEndpoint>> = BTreeMap::new();
+    // A locality weighs what its healthy endpoints weigh (at least 1):
+    // gRPC clients pick localities by weight without looking at health.
     let mut weights: BTreeMap<(u32, &str), u32> = BTreeMap::new();
-    for e in listed() {
+    for (e, addr) in listed {
         let priority = u32::from(e.backup && any_primary);
         let key = (priority, zone_of(&e.backend));
         let weight = e.weight.max(1);
-        *weights.entry(key).or_default() += weight;
+        let status = health_status(e);
+        let w = weights.entry(key).or_default();
+        if status == core::HealthStatus::Healthy {
+            *w += weight;
+        }
         groups.entry(key).or_default().push(endpoint::LbEndpoint {
-            health_status: health_status(e) as i32,
+            health_status: status as i32,
             load_balancing_weight: Some(UInt32Value { value: weight }),
             host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
                 endpoint::Endpoint {
-                    address: Some(socket_address(&e.address)),
+                    address: Some(socket_address(addr)),
                     hostname: e.backend.clone(),
                     ..Default::default()
                 },
@@ -259,12 +297,18 @@ pub fn load_assignment(
                 lb_endpoints,
                 // gRPC clients ignore localities without a weight.
                 load_balancing_weight: Some(UInt32Value {
-                    value: weights[&key],
+                    value: weights[&key].max(1),
                 }),
                 priority: key.0,
                 ..Default::default()
             })
             .collect(),
+        policy: Some(endpoint::cluster_load_assignment::Policy {
+            overprovisioning_factor: Some(UInt32Value {
+                value: OVERPROVISIONING_FACTOR,
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -480,13 +524,19 @@ mod tests {
                 ),
             ]
         );
-        // Locality weights: the sum of their endpoints' weights.
+        // Locality weights: what their healthy endpoints weigh, at least 1.
         let weights: Vec<u32> = cla
             .endpoints
             .iter()
             .map(|l| l.load_balancing_weight.map_or(0, |w| w.value))
             .collect();
-        assert_eq!(weights, [4, 1, 1]);
+        assert_eq!(weights, [1, 1, 1]);
+        assert_eq!(
+            cla.policy
+                .and_then(|p| p.overprovisioning_factor)
+                .map(|f| f.value),
+            Some(OVERPROVISIONING_FACTOR)
+        );
         let Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) =
             &cla.endpoints[0].lb_endpoints[1].host_identifier
         else {
@@ -501,6 +551,29 @@ mod tests {
         assert_eq!(
             sa.port_specifier,
             Some(core::socket_address::PortSpecifier::PortValue(81))
+        );
+    }
+
+    #[test]
+    fn names_and_repeated_addresses_are_left_out() {
+        let mut pool = PoolMap::new();
+        for e in [
+            Endpoint {
+                weight: 5,
+                ..Endpoint::up("a", "10.0.0.1:80")
+            },
+            Endpoint::up("b", "10.0.0.1:80"),
+            Endpoint::up("c", "db.internal:5432"),
+            Endpoint::up("d", "10.0.0.2:80"),
+        ] {
+            pool.insert(e.backend.clone(), e);
+        }
+        let cla = load_assignment("web", &pool, &spec(&[]));
+        let names: Vec<String> = endpoints(&cla).into_iter().map(|e| e.2).collect();
+        assert_eq!(names, ["a", "d"]);
+        assert_eq!(
+            cla.endpoints[0].load_balancing_weight.map(|w| w.value),
+            Some(6)
         );
     }
 

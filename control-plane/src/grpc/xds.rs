@@ -18,8 +18,11 @@
 //!   newest resources, so a slow client skips intermediate states as a
 //!   slow `Subscribe` does;
 //! - listeners and clusters are sent whole, endpoints and routes only
-//!   where they changed (or were newly asked for); a requested name that
-//!   does not exist is left out, for the client's does-not-exist timer.
+//!   where they changed (or were newly asked for), at most about
+//!   [`RESPONSE_BUDGET`] per response; a requested name that does not
+//!   exist is left out, for the client's does-not-exist timer;
+//! - an empty list of names means every listener or cluster only until
+//!   the client names one (then it means none), as the protocol says.
 //!
 //! Nothing is answered before the replica has loaded the whole map, so a
 //! reconnecting client never receives an empty assignment. Delta xDS is
@@ -55,8 +58,14 @@ pub struct XdsSvc {
     pub shutdown: CancellationToken,
 }
 
-/// Names a stream may subscribe to per type, and the length of each.
+/// Names a stream may subscribe to per type.
 pub const MAX_RESOURCE_NAMES: usize = 10_000;
+/// How long a new stream may take to send its first request (naming its node).
+pub const FIRST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Encoded resources per endpoints or routes response, roughly: more go
+/// out in the next response (gRPC clients refuse messages over 4 MiB by
+/// default). Listeners and clusters are sent whole.
+pub const RESPONSE_BUDGET: usize = 2 << 20;
 
 type AdsStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
@@ -74,10 +83,14 @@ impl AggregatedDiscoveryService for XdsSvc {
         let caller = super::caller(&request);
         let mut inbound = request.into_inner();
         // The first request names the node: checked before anything is sent.
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
+        let first = tokio::select! {
+            r = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()) => r
+                .map_err(|_| Status::deadline_exceeded(format!(
+                    "no first request within {FIRST_REQUEST_TIMEOUT:?}"
+                )))??,
+            () = self.shutdown.cancelled() => return Err(Status::unavailable("control plane shutting down")),
+        }
+        .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
         let node = first.node.clone().unwrap_or_default();
         if node.id.is_empty() {
             return Err(Status::invalid_argument(
@@ -151,6 +164,9 @@ struct Sub {
     nonce: String,
     /// Version the client last accepted.
     acked: String,
+    /// It named resources once: an empty list no longer means every
+    /// listener or cluster, but none.
+    explicit: bool,
 }
 
 impl Sub {
@@ -280,7 +296,14 @@ impl AdsSession {
             sub.sent.clear();
         }
         let mut out = Vec::with_capacity(pending.len());
+        let mut bytes = 0;
         for (name, r) in pending {
+            // What does not fit stays pending, for the next response.
+            if !kind.full_state() && !out.is_empty() && bytes + r.any.value.len() > RESPONSE_BUDGET
+            {
+                break;
+            }
+            bytes += r.any.value.len();
             sub.sent.insert(name.clone(), r.hash);
             out.push(r.any.clone());
         }
@@ -317,12 +340,21 @@ impl AdsSession {
                 n.chars().take(32).collect::<String>()
             )));
         }
-        let sub = self.subs[kind as usize].get_or_insert_with(Sub::default);
-        if !req.response_nonce.is_empty() && req.response_nonce != sub.nonce {
+        // A nonce other than the last one sent is stale: ignored. Before
+        // anything was sent of this type any nonce is accepted (a client's
+        // first request on a new stream may carry one from the last).
+        let sent_nonce = self.subs[kind as usize]
+            .as_ref()
+            .map_or("", |s| s.nonce.as_str());
+        if !req.response_nonce.is_empty()
+            && !sent_nonce.is_empty()
+            && req.response_nonce != sent_nonce
+        {
             debug!(kind = kind.name(), nonce = %req.response_nonce, "stale xDS request ignored");
             return Ok(());
         }
-        if !req.response_nonce.is_empty() {
+        let sub = self.subs[kind as usize].get_or_insert_with(Sub::default);
+        if !req.response_nonce.is_empty() && req.response_nonce == sub.nonce {
             if let Some(detail) = &req.error_detail {
                 self.metrics.xds_nacks[kind as usize].inc();
                 warn!(
@@ -338,8 +370,13 @@ impl AdsSession {
                 debug!(kind = kind.name(), version = %req.version_info, "xDS ACK");
             }
         }
+        // Legacy wildcard: listeners and clusters with no name, until the
+        // client names one; `*` for any type.
         let wildcard = req.resource_names.iter().any(|n| n == "*")
-            || (kind.full_state() && req.resource_names.is_empty());
+            || (kind.full_state() && req.resource_names.is_empty() && !sub.explicit);
+        if !req.resource_names.is_empty() && !wildcard {
+            sub.explicit = true;
+        }
         let names =
             (!wildcard).then(|| req.resource_names.iter().cloned().collect::<BTreeSet<_>>());
         if names != sub.names {
@@ -516,6 +553,55 @@ mod tests {
         // Nothing else is queued behind a5: the next response is 6's.
         h.publish(6, &[("a", "a6")]);
         assert_eq!(values(&h.recv().await), ["a6"]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_list_after_names_unsubscribes_from_every_cluster() {
+        let cds = |names: &[&str], nonce: &str| DiscoveryRequest {
+            type_url: Kind::Cluster.type_url(),
+            ..eds(names, nonce)
+        };
+        let clusters = |rev| {
+            Resources::for_test_kind(Kind::Cluster, rev, &[("a", &format!("a{rev}")), ("b", "b")])
+        };
+        // No name: every cluster.
+        let mut h = start(cds(&[], ""), clusters(1));
+        let r = h.recv().await;
+        assert_eq!(values(&r), ["a1", "b"]);
+        // Named: only that one (a narrowing needs no response).
+        h.send(cds(&["a"], &r.nonce));
+        h.resources.send_replace(Some(Arc::new(clusters(2))));
+        let r = h.recv().await;
+        assert_eq!(values(&r), ["a2"]);
+        // Having named one, an empty list means none: a changes at 3 and
+        // nothing is sent; the next response is what b's subscription asks.
+        h.send(cds(&[], &r.nonce));
+        h.resources.send_replace(Some(Arc::new(clusters(3))));
+        h.send(cds(&["b"], &r.nonce));
+        assert_eq!(values(&h.recv().await), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_first_request_with_an_old_nonce_subscribes_to_what_it_names() {
+        let mut h = start(
+            eds(&["a"], "41"),
+            Resources::for_test(1, &[("a", "a1"), ("b", "b1")]),
+        );
+        assert_eq!(values(&h.recv().await), ["a1"]);
+    }
+
+    #[tokio::test]
+    async fn large_endpoint_updates_are_split_across_responses() {
+        let big = |c: char| c.to_string().repeat(RESPONSE_BUDGET * 3 / 4);
+        let (a, b) = (big('a'), big('b'));
+        let mut h = start(
+            eds(&["a", "b"], ""),
+            Resources::for_test(1, &[("a", &a), ("b", &b)]),
+        );
+        let r1 = h.recv().await;
+        let r2 = h.recv().await;
+        assert_eq!((r1.resources.len(), r2.resources.len()), (1, 1));
+        assert_ne!(r1.nonce, r2.nonce);
     }
 
     #[tokio::test]

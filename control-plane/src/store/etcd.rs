@@ -96,7 +96,13 @@ impl Members {
     /// (not the request) is at fault, pin the next member — unless another
     /// request already moved the pin. Whether the next attempt goes elsewhere.
     fn failed(&self, i: usize, e: &etcd_client::Error) -> bool {
-        if self.endpoints.len() < 2 || !member_failure(e) {
+        member_failure(e) && self.move_pin(i, &e.to_string())
+    }
+
+    /// Member `i` did not answer in time (or failed): pin the next one,
+    /// unless another request already moved the pin.
+    fn move_pin(&self, i: usize, error: &str) -> bool {
+        if self.endpoints.len() < 2 {
             return false;
         }
         let next = (i + 1) % self.endpoints.len();
@@ -108,7 +114,7 @@ impl Members {
             warn!(
                 from = %self.endpoints[i],
                 to = %self.endpoints[next],
-                error = %e,
+                error,
                 "etcd member failed; using the next one"
             );
         }
@@ -170,7 +176,7 @@ fn convert_kv(kv: &etcd_client::KeyValue) -> KeyValue {
 }
 
 impl EtcdStore {
-    /// Connects to the endpoints (etcd-client balances across them).
+    /// Makes a lazy client pair per endpoint and pins the first (see the module docs).
     pub async fn connect(opts: &EtcdOptions) -> Result<Self> {
         if opts.endpoints.is_empty() {
             return Err(StoreError::Invalid("no etcd endpoints".into()));
@@ -178,7 +184,11 @@ impl EtcdStore {
         let base = ConnectOptions::new()
             .with_connect_timeout(opts.connect_timeout)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from its peers still answers pings: with
+            // this its watches end with "no leader" instead of going
+            // silent, and the pin moves on.
+            .with_require_leader(true);
         let base = match &opts.tls {
             Some(t) => {
                 let mut tls = etcd_client::TlsOptions::new()
@@ -212,8 +222,9 @@ impl EtcdStore {
                 streams,
                 pinned: AtomicUsize::new(0),
             }),
-            // Every member gets a try before a request fails.
-            attempts: opts.attempts.max(1).max(opts.endpoints.len() as u32),
+            // Two rounds over the members, a pause between them: a request
+            // outlives an election, when every member answers "no leader".
+            attempts: opts.attempts.max(1).max(2 * opts.endpoints.len() as u32),
             cluster_id: 0,
         };
         let resp = store
@@ -232,9 +243,11 @@ impl EtcdStore {
     {
         let mut last = None;
         let mut moved = false;
+        let members = self.members.endpoints.len() as u32;
         for attempt in 0..self.attempts {
-            // Another member is tried at once; the same one after a pause.
-            if attempt > 0 && !moved {
+            // Another member is tried at once; the same one, or the first
+            // again after a full round (an election), after a pause.
+            if attempt > 0 && (!moved || attempt % members == 0) {
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
             }
             let i = self.members.pinned();
@@ -459,7 +472,12 @@ impl Store for EtcdStore {
         };
         tokio::time::timeout(Duration::from_secs(3), fut)
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("lease keep-alive timed out".into())))
+            .unwrap_or_else(|_| {
+                // A blackholed member: its connection's pings have not
+                // failed yet, but it is not answering.
+                self.members.move_pin(i, "lease keep-alive timed out");
+                Err(StoreError::Unavailable("lease keep-alive timed out".into()))
+            })
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<()> {
