@@ -214,25 +214,32 @@ fn diff(old: Option<&PoolSpec>, new: Option<&PoolSpec>) -> anyhow::Result<String
     Ok(out)
 }
 
+/// Every stored pool (`ListPools`), checked as specs.
+pub async fn stored_pools(client: &mut Client) -> anyhow::Result<Vec<PoolSpec>> {
+    let resp = client
+        .list_pools(pb::ListPoolsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    resp.pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            PoolSpec::try_from(p)
+                .with_context(|| format!("control plane sent an invalid pool (pools[{i}])"))
+        })
+        .collect()
+}
+
 pub async fn get(args: GetArgs, output: Output) -> anyhow::Result<()> {
     let mut client = connect(&args.control_plane).await?;
     match args.what {
         GetWhat::Pools => {
-            let resp = client
-                .list_pools(pb::ListPoolsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let rows = resp
-                .pools
+            let rows: Vec<PoolRow> = stored_pools(&mut client)
+                .await?
                 .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    PoolSpec::try_from(p)
-                        .map(|spec| PoolRow::new(&spec))
-                        .with_context(|| format!("control plane sent an invalid pool (pools[{i}])"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+                .map(PoolRow::new)
+                .collect();
             print_rows(&rows, output, now_ms())
         }
         GetWhat::Proxies => {

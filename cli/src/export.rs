@@ -6,9 +6,7 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use anyhow::Context;
 use trackwire_core::PoolSpec;
-use trackwire_proto::v1 as pb;
 
 use crate::Invalid;
 use crate::args::ExportArgs;
@@ -99,20 +97,7 @@ pub fn haproxy(pools: &[PoolSpec], agent: &AgentCheck) -> String {
 pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     let agent = AgentCheck::parse(&args.agent_check_addr, args.agent_inter, args.check_inter)?;
     let mut client = crate::admin::connect(&args.control_plane).await?;
-    let resp = client
-        .list_pools(pb::ListPoolsRequest {})
-        .await
-        .map_err(crate::admin::status_error)?
-        .into_inner();
-    let pools = resp
-        .pools
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            PoolSpec::try_from(p)
-                .with_context(|| format!("control plane sent an invalid pool (pools[{i}])"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pools = crate::admin::stored_pools(&mut client).await?;
     print!("{}", haproxy(&pools, &agent));
     Ok(())
 }

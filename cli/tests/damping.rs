@@ -1,6 +1,8 @@
 //! Flap damping end to end: a backend that flaps is held DOWN after the
 //! suppress threshold, even while it answers 200, until its penalty decays.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use trackwire_control_plane::keys::{self, Keys};
 use trackwire_control_plane::store::{MemStore, Store};
 use trackwire_core::DampingSpec;
-use trackwire_core::{BackendSpec, CheckSpec, HealthMap, HealthState, PoolSpec, Quorum, StatusSet};
+use trackwire_core::{HealthMap, HealthState, PoolSpec};
 use trackwire_testkit::http::TestHttp;
 
 async fn wait_state(rx: &watch::Receiver<Arc<HealthMap>>, want: HealthState, what: &str) {
@@ -50,19 +52,7 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
     ));
     let interval = Duration::from_millis(50);
     let pool = PoolSpec {
-        name: "web".into(),
-        backends: vec![BackendSpec::new("b0", server.address())],
-        check: Some(CheckSpec {
-            path: "/flip".into(),
-            expect_status: StatusSet::single(200),
-            rise: 1,
-            fall: 1,
-            ..CheckSpec::every(interval)
-        }),
-        quorum: Quorum::Majority,
-        initial_state: HealthState::Down,
         replicas: 1,
-        zone_spread: false,
         damping: Some(DampingSpec {
             half_life: Duration::from_secs(1),
             penalty: 1000,
@@ -70,7 +60,7 @@ async fn a_flapping_backend_is_held_down_until_its_penalty_decays() {
             reuse: 750,
             max_suppress: Duration::from_secs(30),
         }),
-        grpc_xds: false,
+        ..support::flip_pool("web", "b0", server.address(), interval)
     };
     let k = Keys::new("/trackwire/").expect("prefix");
     trackwire_control_plane::writes::apply(store.as_ref(), &k, &[pool], 0, false)

@@ -120,8 +120,10 @@ pub struct Resources {
     pub version: String,
     pub revision: u64,
     by_kind: [BTreeMap<String, Arc<Resource>>; 4],
-    /// What each pool's assignment was built from, to reuse it.
-    sources: BTreeMap<String, (Arc<PoolMap>, PoolSpec)>,
+    /// What the assignments were built from (shared with the snapshot, not
+    /// copied), to reuse those of pools whose map and spec did not change.
+    maps: BTreeMap<String, Arc<PoolMap>>,
+    specs: Arc<BTreeMap<String, PoolSpec>>,
 }
 
 impl Resources {
@@ -135,6 +137,7 @@ impl Resources {
         let mut out = Resources {
             version: format!("{}.{}", map.epoch, map.revision),
             revision: map.revision,
+            specs: Arc::clone(&snap.facts.pools),
             ..Resources::default()
         };
         for (name, pool) in &map.pools {
@@ -142,15 +145,16 @@ impl Resources {
                 continue;
             };
             let reused = prev.and_then(|p| {
-                let (m, s) = p.sources.get(name)?;
-                (Arc::ptr_eq(m, pool) && s == spec)
+                let same_map = Arc::ptr_eq(p.maps.get(name)?, pool);
+                let same_spec =
+                    Arc::ptr_eq(&p.specs, &snap.facts.pools) || p.specs.get(name) == Some(spec);
+                (same_map && same_spec)
                     .then(|| p.of(Kind::Endpoints).get(name).cloned())
                     .flatten()
             });
             let cla = reused.unwrap_or_else(|| Resource::new(&load_assignment(name, pool, spec)));
             out.by_kind[Kind::Endpoints as usize].insert(name.clone(), cla);
-            out.sources
-                .insert(name.clone(), (Arc::clone(pool), spec.clone()));
+            out.maps.insert(name.clone(), Arc::clone(pool));
             if spec.grpc_xds {
                 let reuse = |kind: Kind| prev.and_then(|p| p.of(kind).get(name).cloned());
                 for (kind, build) in [

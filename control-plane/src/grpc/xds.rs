@@ -126,7 +126,6 @@ impl AggregatedDiscoveryService for XdsSvc {
         let span = info_span!("xds_stream", node = %node.id);
         let stream = AdsSession {
             id,
-            node: node.id,
             subs: Default::default(),
             nonce: 0,
             metrics: Arc::clone(&self.metrics),
@@ -162,8 +161,6 @@ struct Sub {
     sent: BTreeMap<String, u64>,
     /// Nonce of the last response (empty: none sent yet).
     nonce: String,
-    /// Version the client last accepted.
-    acked: String,
     /// It named resources once: an empty list no longer means every
     /// listener or cluster, but none.
     explicit: bool,
@@ -206,7 +203,6 @@ impl Sub {
 
 struct AdsSession {
     id: u64,
-    node: String,
     subs: [Option<Sub>; 4],
     nonce: u64,
     metrics: Arc<Metrics>,
@@ -357,8 +353,8 @@ impl AdsSession {
         if !req.response_nonce.is_empty() && req.response_nonce == sub.nonce {
             if let Some(detail) = &req.error_detail {
                 self.metrics.xds_nacks[kind as usize].inc();
+                // The stream's span names the node.
                 warn!(
-                    node = %self.node,
                     kind = kind.name(),
                     rejected_nonce = %req.response_nonce,
                     kept_version = %req.version_info,
@@ -366,7 +362,6 @@ impl AdsSession {
                     "xDS client rejected a response (NACK); it keeps its last accepted version"
                 );
             } else {
-                sub.acked.clone_from(&req.version_info);
                 debug!(kind = kind.name(), version = %req.version_info, "xDS ACK");
             }
         }
@@ -426,7 +421,6 @@ mod tests {
         let stop = CancellationToken::new();
         let session = AdsSession {
             id: subscribers.add(Default::default()),
-            node: "n".into(),
             subs: Default::default(),
             nonce: 0,
             metrics: Arc::clone(&metrics),
